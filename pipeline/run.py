@@ -18,11 +18,12 @@ from pipeline.config import UserError, help_text, load_config  # noqa: E402
 
 def pipeline(cfg) -> None:
     from pipeline.artifacts import Run
-    from pipeline.stages import sample_space
+    from pipeline.stages import sample_space, spmcmc
 
     with Run(cfg) as run:
-        run.stage(sample_space)
-        not_built = [s for s in ("spmcmc", "preferences", "finetune", "evaluate") if s in cfg.stages]
+        space = run.stage(sample_space)
+        run.stage(spmcmc, sample_space=space)
+        not_built = [s for s in ("preferences", "finetune", "evaluate") if s in cfg.stages]
         if not_built:
             print(f"[pipeline] not built yet: {', '.join(not_built)}", flush=True)
 
