@@ -32,7 +32,7 @@ def test_exact_accepts_yaml_booleans():
     (["recipe=tiny", "modle.name_or_path=x"], "did you mean 'model.name_or_path'?"),
     (["recipe=tiny", "spmcmc.iterations=abc"], "spmcmc.iterations: Value 'abc'"),
     (["recipe=tiny", "spmcmc.iterations=-3"], "spmcmc.iterations: must be >= 1"),
-    (["recipe=tiny", "spmcmc.iterations=20"], "spmcmc.burn_in: 50 must be >= 0 and < spmcmc.iterations (20)"),
+    (["recipe=tiny", "spmcmc.iterations=3"], "spmcmc.burn_in: 5 must be >= 0 and < spmcmc.iterations (3)"),
     (["recipe=tiny", "judge.temperature=0"], "judge.temperature: must be > 0"),
     (["recipe=tiny", "model.dtype=float64"], "model.dtype: Invalid value 'float64'"),
     (["recipe=tiny", "stages=[sample_spac]"], "did you mean 'sample_space'?"),
