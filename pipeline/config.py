@@ -67,7 +67,7 @@ DEFAULT_PREAMBLES = [
 class SampleSpaceConfig:
     query: str = setting("???", "the request the model answers many times (e.g. 'Tell me a joke.')")
     system_prompt: Optional[str] = setting(None, "system message for generation; null = template default")
-    num_samples: int = setting(96, "random answers to generate before dedup")
+    num_samples: int = setting(64, "random answers to generate before dedup")
     chunk_size: int = setting(32, "answers per persisted chunk (resume granularity)")
     batch_size: int = setting(32, "answers generated together")
     temperature: float = setting(1.0, "sampling temperature")
@@ -110,7 +110,7 @@ class JudgeConfig:
     system_prompt: Optional[str] = setting(None, "system message for the judge; null = template default")
     labels: list[str] = setting(None, "the two answer labels; each must be one token", factory=lambda: ["A", "B"])
     temperature: float = setting(1.0, "divides the two label logits (1.0 = the model's own choice probability)")
-    batch_size: int = setting(32, "comparisons per forward pass", semantic=False)
+    batch_size: int = setting(16, "comparisons per forward pass", semantic=False)
     prefix_cache: bool = setting(True, "reuse the key/value cache of shared prompt prefixes", semantic=False)
 
     def __post_init__(self):
@@ -125,8 +125,8 @@ class JudgeConfig:
 @dataclass
 class SpmcmcConfig:
     num_chains: int = setting(4, "independent chains from dispersed starts")
-    iterations: int = setting(500, "Metropolis-Hastings steps per chain")
-    burn_in: int = setting(50, "steps per chain dropped before counting visits")
+    iterations: int = setting(1250, "Metropolis-Hastings steps per chain (4 x 1250 = the paper's 5000)")
+    burn_in: int = setting(100, "steps per chain dropped before counting visits")
     thin: int = setting(1, "count every thin-th step after burn-in")
     order: str = setting("random", "presentation order: random | both (debiased, 2 passes) | fixed (current first)")
     exact: str = setting("auto", "exact stationary distribution: auto | true | false")

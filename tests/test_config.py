@@ -78,4 +78,4 @@ def test_module_and_path_invocations_resolve_the_same_config():
     assert outs[0] == outs[1]
     help_out = subprocess.run([sys.executable, "pipeline/run.py", "--help"], cwd=REPO, capture_output=True,
                               text=True, timeout=60)
-    assert help_out.returncode == 0 and "spmcmc.iterations = 500" in help_out.stdout
+    assert help_out.returncode == 0 and "spmcmc.iterations = 1250" in help_out.stdout

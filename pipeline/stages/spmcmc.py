@@ -137,6 +137,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if not parallel.is_main():
         return None
     merged = {k: np.concatenate([p["trace"][k] for p in parts]) for k in trace}
+    by_chain = np.lexsort((merged["step"], merged["chain"]))  # one order however the run was split or resumed
+    merged = {k: v[by_chain] for k, v in merged.items()}
     probs = {k: v for p in parts for k, v in p["probs"].items()}
     mass = {k: v for p in parts for k, v in p["mass"].items()}
     return summarise(cfg, space, merged, probs, mass, exact, workdir)
@@ -189,7 +191,7 @@ def summarise(cfg: Config, space, trace: dict, probs: dict, mass: dict, exact: b
     candidates = candidates.add_column("visits", visits.tolist()).add_column("frequency", freq.tolist())
     candidates = candidates.add_column("stationary", stationary.tolist() if exact else [None] * n)
     candidates = candidates.add_column("bt_score", bt.tolist())
-    keys = list(probs)
+    keys = sorted(probs)
     return DatasetDict({
         "candidates": candidates,
         "trace": Dataset.from_dict({k: v.tolist() for k, v in trace.items()}),
