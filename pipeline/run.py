@@ -19,12 +19,14 @@ from pipeline.config import UserError, help_text, load_config  # noqa: E402
 def pipeline(cfg) -> None:
     from pipeline import parallel
     from pipeline.artifacts import Run
-    from pipeline.stages import sample_space, spmcmc
+    from pipeline.stages import finetune, preferences, sample_space, spmcmc
 
     with Run(cfg) as run:
         space = run.stage(sample_space)
-        run.stage(spmcmc, sample_space=space)
-        not_built = [s for s in ("preferences", "finetune", "evaluate") if s in cfg.stages]
+        chains = run.stage(spmcmc, sample_space=space)
+        prefs = run.stage(preferences, spmcmc=chains)
+        run.stage(finetune, preferences=prefs)
+        not_built = [s for s in ("evaluate",) if s in cfg.stages]
         if not_built and parallel.is_main():
             print(f"[pipeline] not built yet: {', '.join(not_built)}", flush=True)
 
