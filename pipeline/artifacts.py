@@ -42,10 +42,10 @@ def fingerprint(name: str, version: int, settings: dict, inputs: dict[str, str])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj, sort_keys: bool = True) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str))
     os.replace(tmp, path)
 
 
@@ -123,6 +123,13 @@ def _with_fingerprint(result, fp: str):
     if isinstance(result, DatasetDict):
         return DatasetDict({k: _with_fingerprint(v, f"{fp}-{k}") for k, v in result.items()})
     return Dataset(result.data, info=result.info, split=result.split, fingerprint=fp)
+
+
+def _empty_as_one_shard(result):
+    """datasets saves a 0-row split as 0 shards, which load_from_disk then cannot read: force one."""
+    if hasattr(result, "keys"):
+        return {k: 1 for k in result if result[k].num_rows == 0} or None
+    return 1 if result.num_rows == 0 else None
 
 
 def _rows(result) -> dict:
@@ -225,7 +232,7 @@ class Run:
         tmp, dst = art.partial / "dataset.tmp", art.partial / "dataset"
         shutil.rmtree(tmp, ignore_errors=True)
         result = _with_fingerprint(result, art.fingerprint)
-        result.save_to_disk(str(tmp))
+        result.save_to_disk(str(tmp), num_shards=_empty_as_one_shard(result))
         failpoint("finalise")
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
@@ -244,4 +251,4 @@ class Run:
         if art.complete:
             entry["rows"] = art.meta()["rows"]
         self.manifest["stages"][art.name] = entry
-        write_json(self.manifest_path, self.manifest)
+        write_json(self.manifest_path, self.manifest, sort_keys=False)  # stages in pipeline order

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import ConfigError, ModelConfig, UserError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -223,3 +225,32 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
             certainty = (-log_v - logp[r, lo:hi].mean(-1)).mean()  # KL(U||p) = -log V - mean log p
             out[i] = (float(lp.sum()), float(lp.mean()), float(certainty))
     return out
+
+
+def next_token_probs(model, tok, prompts: list[str], token_ids: list[int], batch_size: int = 16, desc: str = ""):
+    """For each prompt: the next-token probabilities of `token_ids` renormalised over them, and the
+    total probability mass the model puts on them. One forward per prompt, last position only."""
+    import torch
+    from tqdm.auto import tqdm
+
+    rows = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    probs = np.zeros((len(rows), len(token_ids)))
+    mass = np.zeros(len(rows))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not desc):
+        idx = order[start:start + batch_size]
+        width = max(len(rows[i]) for i in idx)
+        ids = torch.full((len(idx), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):  # left padding: the last position is every row's next token
+            ids[r, width - len(rows[i]):] = torch.tensor(rows[i])
+            mask[r, width - len(rows[i]):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() does: pads don't shift positions
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           position_ids=positions.to(model.device), logits_to_keep=1).logits[:, -1].float()
+        logp = torch.log_softmax(logits, -1)[:, token_ids]
+        for r, i in enumerate(idx):
+            probs[i] = torch.softmax(logp[r], -1).cpu().numpy()
+            mass[i] = float(torch.exp(logp[r]).sum())
+    return probs, mass

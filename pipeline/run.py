@@ -19,16 +19,18 @@ from pipeline.config import UserError, help_text, load_config  # noqa: E402
 def pipeline(cfg) -> None:
     from pipeline import parallel
     from pipeline.artifacts import Run
-    from pipeline.stages import finetune, preferences, sample_space, spmcmc
+    from pipeline.report import publish_report
+    from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
 
     with Run(cfg) as run:
         space = run.stage(sample_space)
         chains = run.stage(spmcmc, sample_space=space)
         prefs = run.stage(preferences, spmcmc=chains)
-        run.stage(finetune, preferences=prefs)
-        not_built = [s for s in ("evaluate",) if s in cfg.stages]
-        if not_built and parallel.is_main():
-            print(f"[pipeline] not built yet: {', '.join(not_built)}", flush=True)
+        tuned = run.stage(finetune, preferences=prefs)
+        report = run.stage(evaluate, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned)
+        if report.complete and parallel.is_main():
+            publish_report(report, cfg.output_dir)
+            print(f"[pipeline] report: {cfg.output_dir}/report.md", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,8 @@ def build_candidates(sampled: list[dict], greedy: dict | None, extra: list[str],
         if not finished and sc.drop_truncated and source != "greedy":
             stats["truncated"] += 1
             return
-        text = normalise(raw, sc.preamble_patterns)
+        # model outputs get preambles stripped; an external pool keeps its wording (whitespace aside)
+        text = " ".join(raw.split()) if source == "external" else normalise(raw, sc.preamble_patterns)
         if len(text) < sc.min_chars or len(text) > sc.max_chars:
             stats["too_short" if len(text) < sc.min_chars else "too_long"] += 1
             return

@@ -38,41 +38,42 @@ def use_exact(mode: str, n: int, budget: int) -> bool:
     return mode == "true" or (mode == "auto" and n * (n - 1) <= budget)
 
 
-def cached_model_judge(cfg: Config, texts: list[str], shas: list[str], workdir: Path, adapter: Path | None = None,
-                       extra_cache_files: list[Path] = ()) -> tuple[CachedJudge, PairStore]:
-    """A memoising judge whose model loads only when a comparison is missing from the pair cache."""
-    key = judge_key(cfg.model, cfg.judge, cfg.sample_space.query, str(adapter) if adapter else None)
-    store = PairStore(workdir, key, shas, rank=parallel.rank())
+def cached_model_judge(cfg: Config, texts: list[str], shas: list[str], folder: Path, load, adapter_key: str | None = None,
+                       extra_cache_files: list[Path] = (), rank: int = 0) -> tuple[CachedJudge, PairStore]:
+    """A memoising judge over `texts`; `load()` -> (model, tokenizer) runs only when a comparison is
+    missing from the pair cache (the stage folder's, plus any `extra_cache_files`)."""
+    key = judge_key(cfg.model, cfg.judge, cfg.sample_space.query, adapter_key)
+    store = PairStore(folder, key, shas, rank=rank)
     holder = {}
 
     def judge(first, second):
         if "judge" not in holder:
-            from pipeline.models import load_model
-
-            model, tok = load_model(cfg.model, adapter)
+            model, tok = load()
             holder["judge"] = ModelJudge(model, tok, cfg.judge, cfg.sample_space.query, texts)
         return holder["judge"](first, second)
 
     def persist(pairs, probs):
         store.append(pairs, probs, holder["judge"].last_mass.tolist())
-        log_work(workdir, "judge_comparisons", len(pairs))
+        log_work(folder, "judge_comparisons", len(pairs))
 
     return CachedJudge(judge, store.load(extra_cache_files), on_new=persist), store
 
 
-def fill_all_pairs(cached: CachedJudge, n: int, desc: str) -> None:
-    """Every ordered comparison; rows split across processes, then merged everywhere."""
+def fill_all_pairs(cached: CachedJudge, n: int, desc: str, distributed: bool = True) -> None:
+    """Every ordered comparison; with `distributed`, rows are split across processes, then merged."""
     from tqdm.auto import tqdm
 
-    mine = [(i, j) for i in range(parallel.rank(), n, parallel.world_size()) for j in range(n) if j != i]
+    rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
+    mine = [(i, j) for i in range(rank, n, world) for j in range(n) if j != i]
     todo = [p for p in mine if p not in cached.probs]
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="cmp") as bar:
         for start in range(0, len(todo), EXACT_CHUNK):
             cached.ensure(todo[start:start + EXACT_CHUNK])
             bar.update(min(EXACT_CHUNK, len(todo) - start))
             failpoint("spmcmc.exact_chunk")
-    for probs in parallel.gather({p: cached.probs[p] for p in mine}):
-        cached.probs.update(probs)
+    if distributed:
+        for probs in parallel.gather({p: cached.probs[p] for p in mine}):
+            cached.probs.update(probs)
 
 
 def _load_chains(state: Path, ids: list[int], n: int, seed: int, num_chains: int):
@@ -128,7 +129,10 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if n < 2:
         raise StageError(f"spMCMC needs at least 2 candidates; the sample space has {n} "
                          "(raise sample_space.num_samples or loosen its filters)")
-    cached, store = cached_model_judge(cfg, space["text"], space["text_sha"], workdir)
+    from pipeline.models import load_model
+
+    cached, store = cached_model_judge(cfg, space["text"], space["text_sha"], workdir, lambda: load_model(cfg.model),
+                                       rank=parallel.rank())
     exact = use_exact(sc.exact, n, sc.exact_budget)
     if exact:  # all comparisons first: the chains then run entirely from the cache
         fill_all_pairs(cached, n, "[spmcmc] exact: all comparisons")

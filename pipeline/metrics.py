@@ -1,0 +1,76 @@
+"""Agreement between a model's scores and human ratings (scipy.stats), with bootstrap intervals."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def _corr(kind: str):
+    from scipy import stats
+
+    fn = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}[kind]
+
+    def statistic(x, y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant resamples: nan, dropped below
+            return fn(x, y).statistic
+    return statistic
+
+
+def _bootstrap_ci(x, y, kind: str, n_resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile interval over items resampled with replacement (paired)."""
+    from scipy.stats import bootstrap
+
+    res = bootstrap((x, y), _corr(kind), paired=True, vectorized=False, n_resamples=n_resamples,
+                    method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def precision_at_k(scores, human, k: int) -> float:
+    k = min(k, len(human))
+    top_model = set(np.argsort(-np.asarray(scores), kind="stable")[:k].tolist())
+    top_human = set(np.argsort(-np.asarray(human), kind="stable")[:k].tolist())
+    return len(top_model & top_human) / k
+
+
+def agreement(scores, human, k: int, n_resamples: int, seed: int) -> dict:
+    """Pearson r, Spearman rho, Kendall tau with p-values, 95% bootstrap CIs (Pearson, Spearman),
+    precision@k against the human top-k, and whether the model's top item is in the human top-k."""
+    from scipy import stats
+
+    x, y = np.asarray(scores, dtype=float), np.asarray(human, dtype=float)
+    out = {"n_items": len(x), "precision_at_k": precision_at_k(x, y, k), "k": k,
+           "top1_in_human_topk": bool(int(np.argmax(x)) in set(np.argsort(-y, kind="stable")[:k].tolist()))}
+    if np.ptp(x) == 0:  # a constant score carries no ranking: no correlation
+        return {**out, **{f"{m}_{s}": None for m in ("pearson", "spearman") for s in ("r", "p", "ci_low", "ci_high")},
+                "kendall_tau": None, "kendall_p": None}
+    for kind, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
+        res = fn(x, y)
+        low, high = _bootstrap_ci(x, y, kind, n_resamples, seed)
+        out.update({f"{kind}_r": float(res.statistic), f"{kind}_p": float(res.pvalue),
+                    f"{kind}_ci_low": low, f"{kind}_ci_high": high})
+    tau = stats.kendalltau(x, y)
+    out.update({"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue)})
+    return out
+
+
+def paired_difference(a, b, human, kind: str, n_resamples: int, seed: int) -> dict:
+    """Bootstrap (items resampled jointly) of corr(a, human) - corr(b, human): the difference, a
+    95% percentile interval, and a two-sided bootstrap p-value for 'no difference'."""
+    corr = _corr(kind)
+    a, b, h = (np.asarray(v, dtype=float) for v in (a, b, human))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):
+        i = rng.integers(len(h), size=len(h))
+        diffs.append(corr(a[i], h[i]) - corr(b[i], h[i]))
+    diffs = np.array(diffs)
+    diffs = diffs[np.isfinite(diffs)]
+    point = corr(a, h) - corr(b, h)
+    if not diffs.size or not np.isfinite(point):
+        return {"diff": None, "ci_low": None, "ci_high": None, "p": None}
+    p = 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())
+    return {"diff": float(point), "ci_low": float(np.percentile(diffs, 2.5)),
+            "ci_high": float(np.percentile(diffs, 97.5)), "p": float(min(1.0, p))}

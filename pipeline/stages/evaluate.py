@@ -1,0 +1,266 @@
+"""Stage 5 — evaluate: every evaluator scores human-rated items with the base model and, when a
+fine-tuned adapter exists, with the tuned model; agreement with the human means, with intervals.
+
+Evaluators (same model, same items): spmcmc (visit frequency) and spmcmc_exact (stationary
+distribution, when within spmcmc.exact_budget), direct_rating (expected 1-7 answer from the digit
+tokens; direct_rating_argmax), p_true (P("Yes") to "is it good/funny?", the paper's importance
+sampling), logprob (mean token log-probability as an answer to the query), self_certainty (Kang et
+al. 2025), random.
+
+Inputs:  all optional: sample_space + spmcmc (paper checks on the generated answers), preferences +
+         finetune (tuned model; sharpening on the held-out candidates)
+Output:  DatasetDict
+           scores:       item_id, text, human, model, evaluator, score
+           metrics:      evaluator, model, n_items, pearson_r/_p/_ci_low/_ci_high, spearman_r/_p/_ci_low/_ci_high,
+                         kendall_tau, kendall_p, precision_at_k, k, top1_in_human_topk
+           comparisons:  model, a, b, diff (spearman a - b), ci_low, ci_high, p
+           before_after: evaluator, base_spearman, finetuned_spearman, diff, ci_low, ci_high, p
+         summary.json, scatter.png, correlations.png, report.md (also copied to OUTPUT_DIR/report.md)
+Resume:  judge comparisons are cached in pair_cache.rank0.jsonl as they are computed; the
+         other evaluators are single forward passes, recomputed.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import tracking
+from pipeline.artifacts import write_json
+from pipeline.chains import new_chains, run_chains, visit_frequencies
+from pipeline.config import Config
+from pipeline.metrics import agreement, paired_difference
+from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
+from pipeline.ratings import load_ratings, noise_ceiling, select_items
+from pipeline.stages.sample_space import text_sha
+from pipeline.stages.spmcmc import cached_model_judge, fill_all_pairs, use_exact
+
+NAME, VERSION = "evaluate", 1
+SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate")
+OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune")
+ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
+
+
+def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adapter_key, extra_cache) -> dict:
+    """spMCMC over the rated items, through the same judge code and pair cache as the spmcmc stage."""
+    n = len(texts)
+    cached, _ = cached_model_judge(cfg, texts, [text_sha(t) for t in texts], workdir, lambda: (model, tok),
+                                   adapter_key=adapter_key, extra_cache_files=extra_cache)
+    exact = use_exact(cfg.spmcmc.exact, n, cfg.spmcmc.exact_budget)
+    if exact:
+        fill_all_pairs(cached, n, f"[evaluate] {adapter_key or 'base'}: all comparisons", distributed=False)
+    iterations = cfg.evaluate.spmcmc_iterations
+    trace = run_chains(new_chains(n, cfg.spmcmc.num_chains, cfg.spmcmc.seed), n, cached, iterations, cfg.spmcmc.order)
+    out = {"spmcmc": visit_frequencies(trace, n, burn_in=min(cfg.spmcmc.burn_in, iterations // 2))}
+    if exact:
+        from pipeline.stationary import exact_stationary
+
+        out["spmcmc_exact"] = exact_stationary(cached.probs, n, cfg.spmcmc.order)
+    return out
+
+
+def item_prompts(tok, cfg: Config, texts: list[str], question: str, instruction: str) -> list[str]:
+    return [chat_prompt(tok, ITEM_PROMPT.format(query=cfg.sample_space.query, text=t, question=question,
+                                                instruction=instruction)) for t in texts]
+
+
+def score_items(cfg: Config, model, tok, texts: list[str], workdir: Path, adapter_key, extra_cache) -> dict:
+    ec, out = cfg.evaluate, {}
+    if "spmcmc" in ec.evaluators:
+        out.update(spmcmc_scores(cfg, model, tok, texts, workdir, adapter_key, extra_cache))
+    if "direct_rating" in ec.evaluators:
+        digits = [single_token_id(tok, str(d), "rating digit") for d in range(1, 8)]
+        prompts = item_prompts(tok, cfg, texts, ec.rating_question, "Answer with a single digit from 1 to 7.")
+        probs, _ = next_token_probs(model, tok, prompts, digits, ec.batch_size, "[evaluate] direct rating")
+        out["direct_rating"] = probs @ np.arange(1, 8)
+        out["direct_rating_argmax"] = probs.argmax(1) + 1.0
+    if "p_true" in ec.evaluators:
+        yes_no = [single_token_id(tok, w, "answer word") for w in ("Yes", "No")]
+        prompts = item_prompts(tok, cfg, texts, ec.binary_question, "Answer Yes or No.")
+        out["p_true"] = next_token_probs(model, tok, prompts, yes_no, ec.batch_size, "[evaluate] p_true")[0][:, 0]
+    if {"logprob", "self_certainty"} & set(ec.evaluators):
+        scores = answer_scores(model, tok, chat_prompt(tok, cfg.sample_space.query, cfg.sample_space.system_prompt),
+                               texts, ec.batch_size, "[evaluate] log-probabilities")
+        if "logprob" in ec.evaluators:
+            out["logprob"] = np.array([s[1] for s in scores])
+        if "self_certainty" in ec.evaluators:
+            out["self_certainty"] = np.array([s[2] for s in scores])
+    if "random" in ec.evaluators:
+        out["random"] = np.random.default_rng(ec.seed).random(len(texts))
+    return out
+
+
+def policy_logprobs(model, tok, cfg: Config, texts: list[str]) -> np.ndarray:
+    prompt = chat_prompt(tok, cfg.sample_space.query, cfg.sample_space.system_prompt)
+    return np.array([s[1] for s in answer_scores(model, tok, prompt, texts, cfg.evaluate.batch_size)])
+
+
+def run(cfg: Config, inputs: dict, workdir: Path):
+    ec = cfg.evaluate
+    ratings = load_ratings(ec.human_ratings)
+    items = select_items(ratings.items, ec.max_items, ec.max_chars)
+    texts, human = items["text"].tolist(), items["rating"].to_numpy()
+    print(f"[evaluate] {len(items)} of {len(ratings.items)} rated items from {ratings.source} "
+          f"(<= {ec.max_chars or 'any'} chars, spread over the rating range)", flush=True)
+    extra_cache = sorted(inputs["spmcmc"].path.glob("pair_cache.rank*.jsonl")) if "spmcmc" in inputs else []
+    models = {"base": (None, None)}
+    if "finetune" in inputs:
+        models["finetuned"] = (inputs["finetune"].path / "adapter", inputs["finetune"].fingerprint)
+    scores, sharpening = {}, {}
+    for name, (adapter, adapter_key) in models.items():
+        model, tok = load_model(cfg.model, adapter)
+        scores[name] = score_items(cfg, model, tok, texts, workdir, adapter_key, extra_cache)
+        if "preferences" in inputs and "spmcmc" in inputs:
+            sharpening[name] = _sharpening(cfg, model, tok, inputs)
+        del model
+    return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir)
+
+
+def _sharpening(cfg: Config, model, tok, inputs: dict) -> dict:
+    """On the held-out candidates: Spearman between the policy's log-probability and the base spMCMC score."""
+    from scipy.stats import spearmanr
+
+    from pipeline.stages.preferences import SCORE_COLUMN
+
+    test = inputs["preferences"].load()["test"]
+    ids = sorted(set(test["chosen_id"]) | set(test["rejected_id"]))
+    cands = inputs["spmcmc"].load()["candidates"]
+    text, score = dict(zip(cands["id"], cands["text"])), dict(zip(cands["id"], cands[SCORE_COLUMN[cfg.preferences.score]]))
+    if len(ids) < 3:
+        return {"n": len(ids), "spearman_r": None, "spearman_p": None}
+    lp = policy_logprobs(model, tok, cfg, [text[i] for i in ids])
+    res = spearmanr(lp, [score[i] for i in ids])
+    return {"n": len(ids), "spearman_r": float(res.statistic), "spearman_p": float(res.pvalue)}
+
+
+def paper_checks(inputs: dict) -> dict | None:
+    """On the generated sample space: the greedy answer's rank under spMCMC, and whether the model
+    prefers what it generates most often (Spearman of count and frequency)."""
+    from scipy.stats import spearmanr
+
+    if "spmcmc" not in inputs:
+        return None
+    c = inputs["spmcmc"].load()["candidates"]
+    freq = np.array(c["frequency"])
+    ranks = (-freq).argsort(kind="stable").argsort() + 1
+    greedy = [i for i, g in enumerate(c["is_greedy"]) if g]
+    out = {"n_candidates": c.num_rows, "greedy_rank_by_frequency": int(ranks[greedy[0]]) if greedy else None,
+           "greedy_text": c["text"][greedy[0]] if greedy else None}
+    if None not in c["stationary"]:
+        st = np.array(c["stationary"])
+        out["greedy_rank_by_stationary"] = int(((-st).argsort(kind="stable").argsort() + 1)[greedy[0]]) if greedy else None
+    counts = np.array(c["count"])
+    if np.ptp(counts) > 0:
+        res = spearmanr(counts, freq)
+        out.update({"count_vs_frequency_spearman": float(res.statistic), "count_vs_frequency_p": float(res.pvalue)})
+    return out
+
+
+def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path):
+    from datasets import Dataset, DatasetDict
+
+    ec = cfg.evaluate
+    metrics = [{"evaluator": e, "model": m, **agreement(s, human, ec.top_k, ec.bootstrap, ec.seed)}
+               for m, per in scores.items() for e, s in per.items()]
+    base = scores["base"]
+    comparisons = [{"model": "base", "a": a, "b": b,
+                    **paired_difference(base[a], base[b], human, "spearman", ec.bootstrap, ec.seed)}
+                   for a, b in combinations(base, 2)]
+    before_after = []
+    if "finetuned" in scores:
+        m = {(r["evaluator"], r["model"]): r for r in metrics}
+        before_after = [{"evaluator": e, "base_spearman": m[e, "base"]["spearman_r"],
+                         "finetuned_spearman": m[e, "finetuned"]["spearman_r"],
+                         **paired_difference(scores["finetuned"][e], base[e], human, "spearman", ec.bootstrap, ec.seed)}
+                        for e in base if e in scores["finetuned"]]
+    summary = {"ratings": ratings.source, "citation": ratings.citation, "n_items": len(items),
+               "item_ids": items["id"].tolist(), "max_items": ec.max_items, "max_chars": ec.max_chars,
+               "noise_ceiling": noise_ceiling(ratings.long, items["id"].tolist(), ec.seed),
+               "paper_checks": paper_checks(inputs), "sharpening": sharpening or None}
+    write_json(workdir / "summary.json", summary)
+    plots = _plots(workdir, human, scores, metrics, summary["noise_ceiling"])
+    from pipeline.report import write_report
+
+    write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
+    _log(metrics, summary, plots, items, human, scores)
+    rows = [{"item_id": i, "text": t, "human": float(h), "model": m, "evaluator": e, "score": float(s[k])}
+            for m, per in scores.items() for e, s in per.items()
+            for k, (i, t, h) in enumerate(zip(items["id"], items["text"], human))]
+    return DatasetDict({"scores": Dataset.from_list(rows), "metrics": Dataset.from_list(metrics),
+                        "comparisons": Dataset.from_list(comparisons),
+                        "before_after": Dataset.from_list(before_after) if before_after
+                        else Dataset.from_dict({"evaluator": []})})
+
+
+def _log(metrics, summary, plots, items, human, scores) -> None:
+    import pandas as pd
+
+    for r in metrics:
+        for k in ("pearson_r", "spearman_r", "kendall_tau", "precision_at_k", "pearson_ci_low", "pearson_ci_high"):
+            if r[k] is not None:
+                tracking.summary({f"eval/{r['model']}/{r['evaluator']}/{k}": r[k]})
+        print(f"[evaluate] {r['model']:9s} {r['evaluator']:21s} pearson {_f(r['pearson_r'])} "
+              f"[{_f(r['pearson_ci_low'])}, {_f(r['pearson_ci_high'])}]  spearman {_f(r['spearman_r'])} "
+              f"[{_f(r['spearman_ci_low'])}, {_f(r['spearman_ci_high'])}]  P@{r['k']} {r['precision_at_k']:.2f}",
+              flush=True)
+    if summary["noise_ceiling"]:
+        tracking.summary({"eval/noise_ceiling": summary["noise_ceiling"]["spearman_brown"]})
+        print(f"[evaluate] human noise ceiling (split-half, Spearman-Brown): "
+              f"{summary['noise_ceiling']['spearman_brown']:.4f}", flush=True)
+    frame = pd.DataFrame({"item_id": items["id"], "human": human,
+                          **{f"{m}/{e}": s for m, per in scores.items() for e, s in per.items()}})
+    tracking.table("eval/scores", frame)
+    for p in plots:
+        tracking.image(f"eval/{p.stem}", p)
+
+
+def _f(v) -> str:
+    return "  n/a" if v is None else f"{v:+.3f}"
+
+
+def _plots(workdir: Path, human, scores: dict, metrics: list[dict], ceiling: dict | None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluators = list(scores["base"])
+    fig, axes = plt.subplots(len(scores), len(evaluators), figsize=(2.6 * len(evaluators), 2.6 * len(scores)),
+                             squeeze=False)
+    m = {(r["evaluator"], r["model"]): r for r in metrics}
+    for row, (model, per) in enumerate(scores.items()):
+        for col, e in enumerate(evaluators):
+            ax = axes[row][col]
+            ax.scatter(per[e], human, s=10)
+            ax.set_title(f"{model}: {e}\nr={_f(m[e, model]['pearson_r'])}", fontsize=8)
+            ax.set_xlabel("model score", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[row][0].set_ylabel("human mean rating", fontsize=7)
+    fig.tight_layout()
+    paths = [workdir / "scatter.png"]
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(evaluators)), 3.5))
+    width = 0.8 / len(scores)
+    for k, model in enumerate(scores):
+        rs = [m[e, model] for e in evaluators]
+        y = np.array([np.nan if r["spearman_r"] is None else r["spearman_r"] for r in rs])
+        lo = np.array([np.nan if r["spearman_ci_low"] is None else r["spearman_ci_low"] for r in rs])
+        hi = np.array([np.nan if r["spearman_ci_high"] is None else r["spearman_ci_high"] for r in rs])
+        x = np.arange(len(evaluators)) + k * width
+        ax.bar(x, y, width, label=model, alpha=0.7)
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", color="k", lw=0.8)
+    if ceiling:
+        ax.axhline(ceiling["spearman_brown"], color="grey", ls="--", lw=0.8, label="human noise ceiling")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(np.arange(len(evaluators)) + width * (len(scores) - 1) / 2, evaluators, rotation=30, fontsize=7)
+    ax.set_ylabel("Spearman ρ with human mean (95% CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(workdir / "correlations.png")
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths

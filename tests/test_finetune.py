@@ -1,0 +1,100 @@
+import json
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset, DatasetDict
+from safetensors.numpy import load_file
+
+from conftest import run_cli, tiny_config
+from pipeline.artifacts import Artifact, StageError
+from pipeline.stages import finetune
+
+LIKED = ["banana split", "banana bread", "banana cake", "banana pie", "banana boat", "banana jam"]
+DISLIKED = ["zebra crossing", "zebra stripes", "zebra herd", "zebra foal", "zebra crossings", "zebra print"]
+
+
+def synthetic_preferences(root: Path) -> Artifact:
+    """Chosen always one style (banana ...), rejected another (zebra ...); held-out pairs of new texts."""
+    msg = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+
+    def pairs(chosen, rejected, offset):
+        return Dataset.from_dict({
+            "prompt": [msg("user", "Tell me a joke.")] * len(chosen), "chosen": [msg("assistant", c) for c in chosen],
+            "rejected": [msg("assistant", r) for r in rejected], "chosen_id": list(range(offset, offset + len(chosen))),
+            "rejected_id": list(range(offset + 50, offset + 50 + len(chosen))),
+            "chosen_score": [0.1] * len(chosen), "rejected_score": [0.01] * len(chosen), "margin": [0.09] * len(chosen)})
+    train = pairs([f"{c} {i}" for i in range(4) for c in LIKED[:4]], [f"{r} {i}" for i in range(4) for r in DISLIKED[:4]], 0)
+    test = pairs([f"{c} {i}" for i in range(3) for c in LIKED[4:]], [f"{r} {i}" for i in range(3) for r in DISLIKED[4:]], 20)
+    sft = Dataset.from_dict({"prompt": [msg("user", "Tell me a joke.")] * 2,
+                             "completion": [msg("assistant", t) for t in LIKED[:2]], "id": [0, 1], "score": [0.1, 0.1]})
+    DatasetDict({"train": train, "test": test, "sft": sft}).save_to_disk(str(root / "prefs" / "dataset"))
+    return Artifact("preferences", "synthetic", root / "prefs")
+
+
+def train(tmp_path, *overrides):
+    cfg = tiny_config(tmp_path, "finetune.learning_rate=0.02", "finetune.num_epochs=6", "finetune.lora_r=8",
+                      "finetune.save_steps=100", *overrides)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = finetune.run(cfg, {"preferences": synthetic_preferences(tmp_path)}, work)
+    return out, json.loads((work / "summary.json").read_text()), work
+
+
+def test_dpo_changes_the_adapter_and_learns_a_held_out_preference(tmp_path):
+    out, summary, work = train(tmp_path)
+    weights = load_file(str(work / "adapter" / "adapter_model.safetensors"))
+    assert any(np.abs(v).max() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at zero
+    assert summary["tuned_test_accuracy"] > summary["base_test_accuracy"]
+    assert summary["tuned_reward_accuracy"] == 1.0
+    assert out["log"].num_rows == summary["optimizer_steps"] and "rewards_margins" in out["log"].column_names
+    assert (work / "adapter" / "README.md").read_text().count("base model") == 1
+
+
+def test_sft_warmup_then_dpo(tmp_path):
+    _, summary, work = train(tmp_path, "finetune.sft_first=true", "finetune.num_epochs=1")
+    assert (work / "_state" / "sft_adapter" / "adapter_config.json").is_file()
+    assert summary["optimizer_steps"] > 0
+
+
+def test_qlora_without_cuda_is_a_clear_error(tmp_path):
+    with pytest.raises(StageError, match="needs a CUDA GPU"):
+        train(tmp_path, "finetune.quantization=4bit")
+
+
+def tiny_finetune_args(out):
+    return ["recipe=tiny", f"output_dir={out}", "finetune.save_steps=1", "preferences.max_pairs=12",
+            "preferences.top_fraction=0.5", "sample_space.num_samples=16"]
+
+
+def adapter(out: Path) -> dict:
+    path = json.loads((out / "manifest.json").read_text())["stages"]["finetune"]["path"]
+    return load_file(str(Path(path) / "adapter" / "adapter_model.safetensors")), Path(path)
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
+    args = tiny_finetune_args(tmp_path / "a")
+    killed = run_cli(*args, env={"SPMCMC_KILL_AT": "finetune.save:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
+    clean = run_cli(*tiny_finetune_args(tmp_path / "b"))
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    (a, path), (b, _) = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = json.loads((path / "summary.json").read_text())["optimizer_steps"]
+    log = [json.loads(line) for line in (path / "work_log.jsonl").read_text().splitlines()]
+    assert sum(e["count"] for e in log if e["event"] == "train_step") == steps  # no step trained twice
+
+
+@pytest.mark.slow
+def test_data_parallel_training_with_two_processes(tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    proc = run_cli(*tiny_finetune_args(tmp_path), launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, path = adapter(tmp_path)
+    assert json.loads((path / "meta.json").read_text())["world_size"] == 2
+    assert json.loads((path / "summary.json").read_text())["optimizer_steps"] > 0
