@@ -1,4 +1,9 @@
-"""Console commands: `spmcmc inspect OUTPUT_DIR [STAGE]`, `spmcmc annotate export|import ...`."""
+"""Console commands.
+
+    spmcmc inspect OUTPUT_DIR [STAGE]                 stages, state, rows, columns, first rows
+    spmcmc annotate export OUTPUT_DIR --out S.csv     a shuffled rating sheet of the sample space
+    spmcmc annotate import S1.csv S2.csv --out R.csv  filled sheets -> evaluate.human_ratings=R.csv
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,58 @@ def inspect_run(output_dir: str, stage: str | None, rows: int) -> None:
                 print("    summary: " + json.dumps(json.loads(summary.read_text()))[:2000])
 
 
+def _stage_path(output_dir: str, stage: str) -> Path:
+    manifest = Path(output_dir) / "manifest.json"
+    if not manifest.is_file():
+        raise UserError(f"{output_dir} has no manifest.json: not a pipeline output_dir")
+    entry = json.loads(manifest.read_text())["stages"].get(stage)
+    if not entry or not entry["complete"]:
+        raise UserError(f"{output_dir} has no complete {stage} stage; run it first")
+    return Path(entry["path"])
+
+
+def annotate_export(output_dir: str, out: str, seed: int) -> None:
+    """A shuffled rating sheet of the sample space: one copy per rater, who fills in `rating`."""
+    import numpy as np
+    import pandas as pd
+    from datasets import load_from_disk
+
+    space = load_from_disk(str(_stage_path(output_dir, "sample_space") / "dataset"))
+    order = np.random.default_rng(seed).permutation(space.num_rows)
+    sheet = pd.DataFrame({"id": np.array(space["id"])[order], "text": np.array(space["text"], dtype=object)[order],
+                          "rating": ""})
+    sheet.to_csv(out, index=False)
+    print(f"wrote {len(sheet)} items to {out}; each rater fills `rating` (e.g. 1-7) in a copy of it")
+
+
+def annotate_import(sheets: list[str], out: str) -> None:
+    """Filled sheets (rater, id, text, rating) -> a long ratings file for evaluate.human_ratings."""
+    import pandas as pd
+
+    from pipeline.tables import read_table
+
+    frames = []
+    for path in sheets:
+        sheet = read_table(path, ["id", "text", "rating"], "rating sheet")
+        rater = sheet["rater"] if "rater" in sheet.columns else Path(path).stem
+        frames.append(pd.DataFrame({"item": sheet["id"].astype(str), "text": sheet["text"], "rater": rater,
+                                    "rating": pd.to_numeric(sheet["rating"], errors="coerce")}))
+        bad = sheet["rating"][frames[-1]["rating"].isna() & sheet["rating"].notna()]
+        if len(bad):
+            raise UserError(f"{path}: rating {bad.iloc[0]!r} is not a number")
+    long = pd.concat(frames).dropna(subset=["rating"])
+    if long.empty:
+        raise UserError("the sheets hold no ratings")
+    writers = {".csv": lambda f: long.to_csv(f, index=False), ".parquet": long.to_parquet,
+               ".jsonl": lambda f: long.to_json(f, orient="records", lines=True)}
+    suffix = Path(out).suffix.lower()
+    if suffix not in writers:
+        raise UserError(f"--out must end in .csv, .jsonl or .parquet, not {suffix!r}")
+    writers[suffix](out)
+    print(f"wrote {len(long)} ratings of {long['item'].nunique()} items by {long['rater'].nunique()} raters to {out}; "
+          f"use it as evaluate.human_ratings={out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spmcmc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,10 +107,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output_dir")
     p.add_argument("stage", nargs="?")
     p.add_argument("--rows", type=int, default=5)
+    a = sub.add_parser("annotate", help="rating sheets for a human study of the sample space")
+    asub = a.add_subparsers(dest="action", required=True)
+    ex = asub.add_parser("export", help="write a shuffled rating sheet (CSV) of OUTPUT_DIR's sample space")
+    ex.add_argument("output_dir")
+    ex.add_argument("--out", default="rating_sheet.csv")
+    ex.add_argument("--seed", type=int, default=0)
+    im = asub.add_parser("import", help="filled sheets -> a ratings file evaluate.human_ratings accepts")
+    im.add_argument("sheets", nargs="+")
+    im.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "inspect":
             inspect_run(args.output_dir, args.stage, args.rows)
+        elif args.action == "export":
+            annotate_export(args.output_dir, args.out, args.seed)
+        else:
+            annotate_import(args.sheets, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

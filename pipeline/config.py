@@ -51,6 +51,8 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto = float32 on CPU, bfloat16 on GPUs that support it")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto = cuda when available")
+    cpu_threads: int = setting(0, "torch threads on CPU (0 = all cores, shared between local processes)",
+                               semantic=False)
     trust_remote_code: bool = setting(False, "run code shipped with the model (off unless you trust it)")
     cache_dir: str = setting("", "where converted embedded models live (default ~/.cache/spmcmc-pipeline)",
                              semantic=False)
@@ -78,7 +80,8 @@ class SampleSpaceConfig:
                                            factory=lambda: list(DEFAULT_PREAMBLES))
     min_chars: int = setting(10, "drop answers shorter than this after normalisation")
     max_chars: int = setting(600, "drop answers longer than this after normalisation")
-    extra_path: Optional[str] = setting(None, "CSV/JSONL/parquet with a `text` column added to the pool")
+    extra_path: Optional[str] = setting(None, "CSV/JSONL/parquet with a `text` column added to the pool (jester = "
+                                              "the bundled Jester jokes)")
     only_extra: bool = setting(False, "use only the extra pool (no generation)")
     seed: int = setting(0, "sampling seed")
 

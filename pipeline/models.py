@@ -129,14 +129,20 @@ def resolve_model_path(mcfg: ModelConfig) -> Path:
                          "download it yourself (huggingface-cli download) or pass a local folder") from None
 
 
-def pick_device(mcfg: ModelConfig) -> str:
+def setup_device(mcfg: ModelConfig) -> str:
+    """'cuda' or 'cpu'; on CPU also sets torch's thread count (model.cpu_threads)."""
     import torch
 
     if mcfg.device == "cuda" and not torch.cuda.is_available():
         raise ModelError("model.device=cuda but no CUDA device is visible")
-    if mcfg.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return mcfg.device
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if mcfg.device == "auto" else mcfg.device
+    if device == "cpu":
+        # accelerate launch exports OMP_NUM_THREADS=1 unless told otherwise, which halved every
+        # forward pass on a 2-core machine: use the cores this process's share of the machine has
+        from pipeline.parallel import local_world_size
+
+        torch.set_num_threads(mcfg.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size()))
+    return device
 
 
 def pick_dtype(mcfg: ModelConfig, device: str):
@@ -167,7 +173,7 @@ def load_model(mcfg: ModelConfig, adapter: Path | None = None):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(mcfg)
-    device = pick_device(mcfg)
+    device = setup_device(mcfg)
     tok = load_tokenizer(path, mcfg)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(mcfg, device),
                                                  trust_remote_code=mcfg.trust_remote_code)

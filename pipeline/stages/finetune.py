@@ -23,7 +23,7 @@ import numpy as np
 from pipeline import parallel, tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
 from pipeline.config import Config
-from pipeline.models import answer_scores, load_tokenizer, pick_device, pick_dtype, resolve_model_path
+from pipeline.models import answer_scores, load_tokenizer, setup_device, pick_dtype, resolve_model_path
 
 NAME, VERSION = "finetune", 1
 SETTINGS = ("finetune",)
@@ -124,7 +124,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     from trl import DPOConfig, DPOTrainer
 
     fc = cfg.finetune
-    device = pick_device(cfg.model)
+    device = setup_device(cfg.model)
     if fc.quantization == "4bit" and device != "cuda":
         raise StageError("finetune.quantization=4bit (QLoRA, bitsandbytes) needs a CUDA GPU; "
                          "on CPU use finetune.quantization=none")

@@ -19,6 +19,7 @@ from pipeline import tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
 from pipeline.config import Config, SampleSpaceConfig
 from pipeline.models import answer_scores, chat_prompt, load_model
+from pipeline.ratings import JESTER_DIR
 from pipeline.tables import read_table
 
 NAME, VERSION = "sample_space", 1
@@ -146,7 +147,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     sc = cfg.sample_space
     extra = []
     if sc.extra_path:
-        extra = [str(t) for t in read_table(sc.extra_path, ["text"], "sample_space.extra_path")["text"].dropna()]
+        path = JESTER_DIR / "jester_jokes.csv" if sc.extra_path == "jester" else sc.extra_path
+        extra = [str(t) for t in read_table(path, ["text"], "sample_space.extra_path")["text"].dropna()]
     model, tok = load_model(cfg.model)
     prompt = chat_prompt(tok, sc.query, sc.system_prompt)
     sampled, greedy = [], None
