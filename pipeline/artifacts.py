@@ -85,9 +85,10 @@ class Artifact:
         return (self.path / MARKER).is_file()
 
     def load(self):
+        """In memory: a later .map() (TRL tokenising, say) must not write cache files into a finished artifact."""
         from datasets import load_from_disk
 
-        return load_from_disk(str(self.path / "dataset"))
+        return load_from_disk(str(self.path / "dataset"), keep_in_memory=True)
 
     def meta(self) -> dict:
         return json.loads((self.path / "meta.json").read_text())
