@@ -96,12 +96,15 @@ class SampleSpaceConfig:
                  "needs sample_space.extra_path")
 
 
+# The question comes first and only a short reminder follows the second candidate: everything
+# before the second candidate is shared by many comparisons and computed once, so a short tail is
+# what makes the judge fast (docs/PERFORMANCE.md); SmolLM2 also followed this format more often.
 DEFAULT_JUDGE_TEMPLATE = (
-    "Here is a request and two possible responses.\n\n"
+    "{question} Answer with a single letter: {label_first} or {label_second}.\n\n"
     "Request: {query}\n\n"
     "Response {label_first}: {first}\n\n"
     "Response {label_second}: {second}\n\n"
-    "{question} Answer with a single letter: {label_first} or {label_second}."
+    "{label_first} or {label_second}?"
 )
 
 

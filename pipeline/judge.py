@@ -55,82 +55,103 @@ class ModelJudge:
         self._head_kv = None
 
     # -- forward passes -------------------------------------------------------------------------
-    def _kv(self, prefix_kv, ids: list[int]):
-        """Key/value tensors of `ids` appended to `prefix_kv` (batch 1)."""
+    def _padded(self, seqs: list[list[int]]):
+        """Right-padded ids and their mask: causal attention never lets a real token see a later pad."""
         import torch
 
-        out = self.model.get_decoder()(input_ids=torch.tensor([ids], device=self.model.device),
-                                       past_key_values=self._cache(prefix_kv, 1), use_cache=True)
-        self.tokens += len(ids)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.tok.pad_token_id, device=self.model.device)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.tensor(s)
+            mask[r, :len(s)] = 1
+        self.tokens += sum(map(len, seqs))
+        return ids, mask
 
-    def _cache(self, kv, batch: int):
+    def _cache(self, kv):
         from transformers import DynamicCache
 
-        if kv is None:
-            return DynamicCache(config=self.model.config)
-        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                            for k, v in kv], config=self.model.config)
+        return DynamicCache(ddp_cache_data=kv, config=self.model.config)
 
-    def _last_logits(self, prefix_kv, suffixes: list[list[int]]):
-        """Label log-probabilities and log mass for each suffix after a shared prefix."""
+    def _head_cache(self) -> list:
+        """Key/values of the instruction, shared by every comparison (computed once)."""
+        if self._head_kv is None:
+            ids, _ = self._padded([self.head])
+            out = self.model.get_decoder()(input_ids=ids, past_key_values=self._cache(None), use_cache=True)
+            self._head_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return self._head_kv
+
+    def _row_prefixes(self, firsts: list[int]):
+        """Key/values of instruction + first candidate for a block of rows, their mask and lengths."""
         import torch
 
-        width = max(map(len, suffixes))
-        ids = torch.full((len(suffixes), width), self.tok.pad_token_id, device=self.model.device)
-        for r, s in enumerate(suffixes):  # right padding: real tokens never attend to later pads
-            ids[r, :len(s)] = torch.tensor(s)
-        hidden = self.model.get_decoder()(input_ids=ids, past_key_values=self._cache(prefix_kv, len(suffixes)),
-                                          use_cache=prefix_kv is not None).last_hidden_state
-        last = hidden[torch.arange(len(suffixes)), torch.tensor([len(s) - 1 for s in suffixes])]
+        head = self._head_cache()
+        ids, row_mask = self._padded([self.cands[f] + self.mid for f in firsts])
+        past = self._cache([(k.expand(len(firsts), -1, -1, -1), v.expand(len(firsts), -1, -1, -1)) for k, v in head])
+        out = self.model.get_decoder()(input_ids=ids, past_key_values=past, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        mask = torch.cat([torch.ones(len(firsts), len(self.head), dtype=row_mask.dtype, device=ids.device), row_mask], 1)
+        return kv, mask, mask.sum(1)
+
+    def _label_logits(self, seqs: list[list[int]], prefix=None, rows=None):
+        """Label logits and log label mass at each sequence's last token, optionally continuing the
+        row prefixes `prefix` (kv, mask, lengths) selected by `rows`. Only last positions reach the head."""
+        import torch
+
+        ids, mask = self._padded(seqs)
+        if prefix is None:
+            hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        else:
+            kv, pmask, lengths = prefix
+            sel = torch.tensor(rows, device=ids.device)
+            positions = lengths[sel][:, None] + torch.arange(ids.shape[1], device=ids.device)  # after each row's real prefix
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=torch.cat([pmask[sel], mask], 1),
+                                              position_ids=positions, use_cache=True,
+                                              past_key_values=self._cache([(k[sel], v[sel]) for k, v in kv])
+                                              ).last_hidden_state
+        last = hidden[torch.arange(len(seqs)), mask.sum(1) - 1]
         logits = self.model.get_output_embeddings()(last).float()
-        self.tokens += sum(map(len, suffixes))
         labels = logits[:, self.label_ids]
-        log_mass = torch.logsumexp(labels, -1) - torch.logsumexp(logits, -1)
-        return labels, log_mass
+        return labels, torch.logsumexp(labels, -1) - torch.logsumexp(logits, -1)
 
-    def _run_group(self, prefix_kv, suffixes: list[list[int]], out: np.ndarray, rows: list[int], bar) -> None:
-        """Fill out[rows] (P(first chosen)) and last_mass[rows] for suffixes sharing one prefix."""
+    def _fill(self, out: np.ndarray, idx: list[int], labels, log_mass, bar) -> None:
         import torch
 
-        order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))  # length buckets
-        for start in range(0, len(order), self.jcfg.batch_size):
-            idx = order[start:start + self.jcfg.batch_size]
-            labels, log_mass = self._last_logits(prefix_kv, [suffixes[i] for i in idx])
-            p_first = torch.softmax(labels / self.jcfg.temperature, dim=-1)[:, 0]
-            for r, i in enumerate(idx):
-                out[rows[i]] = float(p_first[r])
-                self.last_mass[rows[i]] = float(torch.exp(log_mass[r]))
-            if bar is not None:
-                bar.update(len(idx))
+        p_first = torch.softmax(labels / self.jcfg.temperature, dim=-1)[:, 0]
+        out[idx] = p_first.cpu().numpy()
+        self.last_mass[idx] = torch.exp(log_mass).cpu().numpy()
+        if bar is not None:
+            bar.update(len(idx))
 
     def __call__(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """P(first shown is chosen) per comparison. Rows (first candidates) are processed in blocks of
+        `batch_size`: their prefixes in one forward, then their comparisons' suffixes (second
+        candidate + tail) in length-sorted batches that mix rows."""
         import torch
         from tqdm.auto import tqdm
 
-        out = np.empty(len(first))
-        self.last_mass = np.empty(len(first))
-        groups: dict[int, list[int]] = {}
-        for r, f in enumerate(first.tolist()):
-            groups.setdefault(f, []).append(r)
+        first, second = np.asarray(first).tolist(), np.asarray(second).tolist()
+        out, self.last_mass = np.empty(len(first)), np.empty(len(first))
+        bs = self.jcfg.batch_size
         bar = tqdm(total=len(first), desc="[judge] comparisons", leave=False) if self.progress else None
         with torch.no_grad():
             if not self.jcfg.prefix_cache:
-                rows = list(range(len(first)))
-                full = [self.head + self.cands[f] + self.mid + self.cands[s] + self.tail
-                        for f, s in zip(first.tolist(), second.tolist())]
-                self._run_group(None, full, out, rows, bar)
-                return out
-            if self._head_kv is None:
-                self._head_kv = self._kv(None, self.head)  # the instruction, shared by every comparison
-            singles = [r for rows in groups.values() if len(rows) == 1 for r in rows]
-            if singles:  # comparisons with a first candidate of their own share only the instruction
-                suffixes = [self.cands[first[r]] + self.mid + self.cands[second[r]] + self.tail for r in singles]
-                self._run_group(self._head_kv, suffixes, out, singles, bar)
-            for f, rows in groups.items():
-                if len(rows) > 1:  # many comparisons with the same first candidate: run it once
-                    kv = self._kv(self._head_kv, self.cands[f] + self.mid)
-                    self._run_group(kv, [self.cands[second[r]] + self.tail for r in rows], out, rows, bar)
+                full = [self.head + self.cands[f] + self.mid + self.cands[s] + self.tail for f, s in zip(first, second)]
+                order = sorted(range(len(full)), key=lambda i: len(full[i]))
+                for k in range(0, len(order), bs):
+                    idx = order[k:k + bs]
+                    self._fill(out, idx, *self._label_logits([full[i] for i in idx]), bar)
+            else:
+                firsts = list(dict.fromkeys(first))
+                for b in range(0, len(firsts), bs):
+                    block = {f: r for r, f in enumerate(firsts[b:b + bs])}
+                    prefix = self._row_prefixes(list(block))
+                    todo = sorted((i for i, f in enumerate(first) if f in block),
+                                  key=lambda i: len(self.cands[second[i]]))
+                    for k in range(0, len(todo), bs):
+                        idx = todo[k:k + bs]
+                        seqs = [self.cands[second[i]] + self.tail for i in idx]
+                        self._fill(out, idx, *self._label_logits(seqs, prefix, [block[first[i]] for i in idx]), bar)
         if bar is not None:
             bar.close()
         return out
