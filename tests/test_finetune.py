@@ -53,10 +53,11 @@ def test_dpo_changes_the_adapter_and_learns_a_held_out_preference(tmp_path):
     assert (work / "adapter" / "README.md").read_text().count("base model") == 1
 
 
-def test_sft_warmup_then_dpo(tmp_path):
-    _, summary, work = train(tmp_path, "finetune.sft_first=true", "finetune.num_epochs=1")
+def test_sft_warmup_then_dpo_and_merged_export(tmp_path):
+    _, summary, work = train(tmp_path, "finetune.sft_first=true", "finetune.num_epochs=1", "finetune.merge=true")
     assert (work / "_state" / "sft_adapter" / "adapter_config.json").is_file()
     assert summary["optimizer_steps"] > 0
+    assert (work / "merged" / "config.json").is_file() and not (work / "merged" / "adapter_config.json").exists()
 
 
 def test_qlora_without_cuda_is_a_clear_error(tmp_path):
