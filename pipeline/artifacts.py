@@ -156,7 +156,8 @@ class Run:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise StageError(f"output_dir {str(self.root)!r} is not writable ({e.strerror}); choose another output_dir=")
+            raise StageError(f"output_dir {str(self.root)!r} is not writable ({e.strerror}); "
+                             "choose another output_dir=") from None
         if parallel.is_main():
             self._take_lock()
         return self

@@ -17,8 +17,8 @@ a probability never changes the chain's law or its trajectory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -33,7 +33,7 @@ def main() -> None:
     for n in (50, 237, 1000):
         w = np.random.default_rng(0).gamma(1.0, size=n)
         for total in (1_000, 5_000, 20_000):
-            cached = CachedJudge(lambda f, s: w[f] / (w[f] + w[s]))
+            cached = CachedJudge(lambda f, s, w=w: w[f] / (w[f] + w[s]))
             tracemalloc.start()
             start = time.perf_counter()
             run_chains(new_chains(n, args.chains, seed=0), n, cached, total // args.chains, "random")

@@ -6,7 +6,7 @@ from conftest import tiny_config
 from pipeline.artifacts import Artifact, StageError
 from pipeline.config import PreferencesConfig
 from pipeline.stages import preferences
-from pipeline.stages.preferences import apply_caps, candidate_pairs, split_candidates, sft_targets
+from pipeline.stages.preferences import apply_caps, candidate_pairs, sft_targets, split_candidates
 
 SCORES = {0: 0.30, 1: 0.20, 2: 0.15, 3: 0.12, 4: 0.10, 5: 0.08, 6: 0.04, 7: 0.01}
 RNG = np.random.default_rng(0)

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline import parallel, tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
 from pipeline.config import Config
-from pipeline.models import answer_scores, load_tokenizer, setup_device, pick_dtype, resolve_model_path
+from pipeline.models import answer_scores, load_tokenizer, pick_dtype, resolve_model_path, setup_device
 
 NAME, VERSION = "finetune", 1
 SETTINGS = ("finetune",)

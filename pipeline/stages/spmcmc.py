@@ -25,8 +25,14 @@ from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, states_after, trace_arrays, visit_counts
 from pipeline.config import Config
 from pipeline.judge import ModelJudge, PairStore, judge_key
-from pipeline.stationary import (bradley_terry, chain_diagnostics, exact_stationary, intransitivity,
-                                 mixing_warnings, total_variation)
+from pipeline.stationary import (
+    bradley_terry,
+    chain_diagnostics,
+    exact_stationary,
+    intransitivity,
+    mixing_warnings,
+    total_variation,
+)
 
 NAME, VERSION = "spmcmc", 1
 SETTINGS = ("model", "judge", "spmcmc")
