@@ -108,31 +108,36 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     models = {"base": (None, None)}
     if "finetune" in inputs:
         models["finetuned"] = (inputs["finetune"].path / "adapter", inputs["finetune"].fingerprint)
+    held_out = _held_out(cfg, inputs) if "preferences" in inputs and "spmcmc" in inputs else None
     scores, sharpening = {}, {}
     for name, (adapter, adapter_key) in models.items():
         model, tok = load_model(cfg.model, adapter)
         scores[name] = score_items(cfg, model, tok, texts, workdir, adapter_key, extra_cache)
-        if "preferences" in inputs and "spmcmc" in inputs:
-            sharpening[name] = _sharpening(cfg, model, tok, inputs)
+        if held_out is not None:
+            sharpening[name] = _sharpening(cfg, model, tok, *held_out)
         del model
     return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir)
 
 
-def _sharpening(cfg: Config, model, tok, inputs: dict) -> dict:
-    """On the held-out candidates: Spearman between the policy's log-probability and the base spMCMC score."""
-    from scipy.stats import spearmanr
-
+def _held_out(cfg: Config, inputs: dict) -> tuple[list[str], list[float]]:
+    """Texts and base spMCMC scores of the candidates in the preferences test split."""
     from pipeline.stages.preferences import SCORE_COLUMN
 
     test = inputs["preferences"].load()["test"]
     ids = sorted(set(test["chosen_id"]) | set(test["rejected_id"]))
     cands = inputs["spmcmc"].load()["candidates"]
     text, score = dict(zip(cands["id"], cands["text"])), dict(zip(cands["id"], cands[SCORE_COLUMN[cfg.preferences.score]]))
-    if len(ids) < 3:
-        return {"n": len(ids), "spearman_r": None, "spearman_p": None}
-    lp = policy_logprobs(model, tok, cfg, [text[i] for i in ids])
-    res = spearmanr(lp, [score[i] for i in ids])
-    return {"n": len(ids), "spearman_r": float(res.statistic), "spearman_p": float(res.pvalue)}
+    return [text[i] for i in ids], [score[i] for i in ids]
+
+
+def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float]) -> dict:
+    """On the held-out candidates: Spearman between the policy's log-probability and the base spMCMC score."""
+    from scipy.stats import spearmanr
+
+    if len(texts) < 3:
+        return {"n": len(texts), "spearman_r": None, "spearman_p": None}
+    res = spearmanr(policy_logprobs(model, tok, cfg, texts), scores)
+    return {"n": len(texts), "spearman_r": float(res.statistic), "spearman_p": float(res.pvalue)}
 
 
 def paper_checks(inputs: dict) -> dict | None:

@@ -114,11 +114,13 @@ def sample_chains(cfg: Config, cached: CachedJudge, n: int, workdir: Path) -> di
     bar = tqdm(total=len(ids) * sc.iterations, initial=sum(c.step for c in chains), desc="[spmcmc] chains",
                unit="step")
 
+    accepted = [sum(r[6] for r in rows)]  # running count: no rescan of the trace each step
+
     def on_step(active, new):
         rows.extend(new)
+        accepted[0] += sum(r[6] for r in new)
         bar.update(len(new))
-        accepted = np.mean([r[6] for r in rows]) if rows else 0.0
-        bar.set_postfix(accept=f"{accepted:.2f}", cache_hit=f"{cached.hit_rate:.2f}", refresh=False)
+        bar.set_postfix(accept=f"{accepted[0] / len(rows):.2f}", cache_hit=f"{cached.hit_rate:.2f}", refresh=False)
         if active[0].step % sc.checkpoint_every == 0 or active[0].step == sc.iterations:
             _checkpoint(state, chains, rows)
         failpoint("spmcmc.step")
