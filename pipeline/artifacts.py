@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import parallel, tracking
-from pipeline.config import REPO_ROOT, Config, UserError, semantic_settings, to_dict
+from pipeline.config import REPO_ROOT, STAGES, Config, UserError, semantic_settings, to_dict
+from pipeline.inputs import input_files
 
 MARKER = "_COMPLETE"
 STATE_DIR = "_state"  # resume scratch inside a stage folder, dropped once the stage is complete
@@ -36,9 +37,10 @@ class StageError(UserError):
     """A stage that cannot run as asked; printed as one line."""
 
 
-def fingerprint(name: str, version: int, settings: dict, inputs: dict[str, str]) -> str:
-    payload = json.dumps({"stage": name, "version": version, "settings": settings, "inputs": inputs},
-                         sort_keys=True, default=str)
+def fingerprint(name: str, version: int, settings: dict, inputs: dict[str, str], files: dict[str, str] | None = None) -> str:
+    """Stage, VERSION, semantic settings, upstream fingerprints and the content hashes of files read."""
+    payload = json.dumps({"stage": name, "version": version, "settings": settings, "inputs": inputs,
+                          "files": files or {}}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -81,8 +83,13 @@ class Artifact:
         return self.path.with_name(self.path.name + ".partial")
 
     @property
-    def complete(self) -> bool:
+    def marked(self) -> bool:
         return (self.path / MARKER).is_file()
+
+    @property
+    def complete(self) -> bool:
+        """Marked complete, and its dataset files are all there (a marker alone is not trusted)."""
+        return self.marked and dataset_intact(self.path / "dataset")
 
     def load(self):
         """In memory: a later .map() (TRL tokenising, say) must not write cache files into a finished artifact."""
@@ -92,6 +99,36 @@ class Artifact:
 
     def meta(self) -> dict:
         return json.loads((self.path / "meta.json").read_text())
+
+
+def dataset_intact(folder: Path) -> bool:
+    """Every file that datasets' save_to_disk listed is present (a Dataset, or each split of a DatasetDict)."""
+    try:
+        if (folder / "dataset_dict.json").is_file():
+            splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+            return all(dataset_intact(folder / split) for split in splits)
+        state = json.loads((folder / "state.json").read_text())
+        return (folder / "dataset_info.json").is_file() and all((folder / f["filename"]).is_file()
+                                                                  for f in state["_data_files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def read_manifest(output_dir: str | Path) -> dict:
+    """manifest.json with each stage's `path` made absolute (they are stored relative to output_dir)."""
+    root = Path(output_dir)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{root} has no manifest.json: not a pipeline output_dir")
+    try:
+        manifest = json.loads(path.read_text())
+        stages = manifest["stages"]
+        for entry in stages.values():
+            entry["path"] = str(root / entry["path"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}); run the pipeline command for this output_dir "
+                        "again to rewrite it (finished stages are not recomputed)") from None
+    return manifest
 
 
 def _versions() -> dict:
@@ -149,6 +186,14 @@ class Run:
         self.manifest = {"recipe": cfg.recipe, "stages": {}}
         self._lock = None
 
+    def _previous_stages(self) -> dict:
+        """What the manifest already lists: a run of some stages keeps the others' entries."""
+        try:
+            stages = json.loads(self.manifest_path.read_text())["stages"]
+            return stages if isinstance(stages, dict) else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
     def __enter__(self) -> "Run":
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -160,6 +205,7 @@ class Run:
                              "choose another output_dir=") from None
         if parallel.is_main():
             self._take_lock()
+            self.manifest["stages"] = self._previous_stages()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -186,9 +232,13 @@ class Run:
         optional = getattr(module, "OPTIONAL_INPUTS", ())
         used = {k: a for k, a in inputs.items() if k not in optional or a.complete}
         settings = {s: semantic_settings(getattr(self.cfg, s)) for s in module.SETTINGS}
-        fp = fingerprint(module.NAME, module.VERSION, settings, {k: a.fingerprint for k, a in used.items()})
+        files = input_files(self.cfg, module.SETTINGS)
+        fp = fingerprint(module.NAME, module.VERSION, settings, {k: a.fingerprint for k, a in used.items()},
+                         {k: f["sha256"] for k, f in files.items()})
         art = Artifact(module.NAME, fp, self.root / module.NAME / fp)
         if module.NAME not in self.cfg.stages:
+            if art.complete:
+                self._record(art)
             return art
         missing = [k for k, a in used.items() if not a.complete]
         if missing:
@@ -197,11 +247,16 @@ class Run:
         if art.complete:
             print(f"[{module.NAME}] up to date  {art.path}", flush=True)
         else:
-            self._execute(module, art, used, settings)
+            if art.marked and parallel.is_main():
+                print(f"[{module.NAME}] {art.path} is marked complete but its dataset files are missing or "
+                      "damaged: recomputing it", flush=True)
+                (art.path / MARKER).unlink()
+            parallel.barrier()
+            self._execute(module, art, used, settings, files)
         self._record(art)
         return art
 
-    def _execute(self, module, art: Artifact, inputs: dict, settings: dict) -> None:
+    def _execute(self, module, art: Artifact, inputs: dict, settings: dict, files: dict) -> None:
         distributed = getattr(module, "DISTRIBUTED", False)
         if parallel.is_main():
             if art.path.exists():  # killed between rename and marker: continue from it
@@ -217,7 +272,8 @@ class Run:
         if parallel.is_main():
             meta = {"stage": module.NAME, "version": module.VERSION, "fingerprint": art.fingerprint,
                     "settings": settings, "config": {s: to_dict(getattr(self.cfg, s)) for s in module.SETTINGS},
-                    "inputs": {k: a.fingerprint for k, a in inputs.items()}, "versions": _versions(),
+                    "inputs": {k: a.fingerprint for k, a in inputs.items()}, "input_files": files,
+                    "versions": _versions(),
                     "git_commit": _git_commit(), "started_at": started, "finished_at": time.time(),
                     "wall_s": round(time.time() - started, 2), "world_size": parallel.world_size()}
             self._finalise(art, result, meta)
@@ -248,9 +304,11 @@ class Run:
     def _record(self, art: Artifact) -> None:
         if not parallel.is_main():
             return
-        entry = {"path": str(art.path if art.complete else art.partial), "fingerprint": art.fingerprint,
-                 "complete": art.complete}
+        folder = art.path if art.complete else art.partial
+        entry = {"path": str(folder.relative_to(self.root)), "fingerprint": art.fingerprint, "complete": art.complete}
         if art.complete:
             entry["rows"] = art.meta()["rows"]
-        self.manifest["stages"][art.name] = entry
+        stages = {**self.manifest["stages"], art.name: entry}
+        rank = {name: k for k, name in enumerate(STAGES)}
+        self.manifest["stages"] = dict(sorted(stages.items(), key=lambda kv: rank.get(kv[0], len(rank))))
         write_json(self.manifest_path, self.manifest, sort_keys=False)  # stages in pipeline order

@@ -28,13 +28,11 @@ def _show(path: Path, rows: int, width: int = 100) -> None:
 
 
 def inspect_run(output_dir: str, stage: str | None, rows: int) -> None:
-    root = Path(output_dir)
-    manifest = root / "manifest.json"
-    if not manifest.is_file():
-        raise UserError(f"{root} has no manifest.json: not a pipeline output_dir")
-    stages = json.loads(manifest.read_text())["stages"]
+    from pipeline.artifacts import read_manifest
+
+    stages = read_manifest(output_dir)["stages"]
     if stage is not None and stage not in stages:
-        raise UserError(f"stage {stage!r} is not in {manifest}; it lists {list(stages)}")
+        raise UserError(f"stage {stage!r} is not in {output_dir}/manifest.json; it lists {list(stages)}")
     for name, entry in stages.items():
         if stage is not None and name != stage:
             continue
@@ -49,13 +47,24 @@ def inspect_run(output_dir: str, stage: str | None, rows: int) -> None:
 
 
 def _stage_path(output_dir: str, stage: str) -> Path:
-    manifest = Path(output_dir) / "manifest.json"
-    if not manifest.is_file():
-        raise UserError(f"{output_dir} has no manifest.json: not a pipeline output_dir")
-    entry = json.loads(manifest.read_text())["stages"].get(stage)
+    from pipeline.artifacts import read_manifest
+
+    entry = read_manifest(output_dir)["stages"].get(stage)
     if not entry or not entry["complete"]:
         raise UserError(f"{output_dir} has no complete {stage} stage; run it first")
     return Path(entry["path"])
+
+
+def _out_path(out: str, suffixes: tuple[str, ...]) -> Path:
+    """--out: a writable file in an existing folder, with a known suffix (checked before any work)."""
+    path = Path(out).expanduser()
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"--out must end in {', '.join(suffixes)}, not {path.suffix or 'nothing'!r}")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {out}: folder {str(path.parent)!r} does not exist; create it first")
+    if path.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
+    return path
 
 
 def annotate_export(output_dir: str, out: str, seed: int) -> None:
@@ -64,11 +73,12 @@ def annotate_export(output_dir: str, out: str, seed: int) -> None:
     import pandas as pd
     from datasets import load_from_disk
 
+    path = _out_path(out, (".csv",))
     space = load_from_disk(str(_stage_path(output_dir, "sample_space") / "dataset"))
     order = np.random.default_rng(seed).permutation(space.num_rows)
     sheet = pd.DataFrame({"id": np.array(space["id"])[order], "text": np.array(space["text"], dtype=object)[order],
                           "rating": ""})
-    sheet.to_csv(out, index=False)
+    sheet.to_csv(path, index=False)
     print(f"wrote {len(sheet)} items to {out}; each rater fills `rating` (e.g. 1-7) in a copy of it")
 
 
@@ -78,6 +88,10 @@ def annotate_import(sheets: list[str], out: str) -> None:
 
     from pipeline.tables import read_table
 
+    target = _out_path(out, (".csv", ".jsonl", ".parquet"))
+    twice = [p for k, p in enumerate(sheets) if Path(p).resolve() in {Path(q).resolve() for q in sheets[:k]}]
+    if twice:
+        raise UserError(f"sheet {twice[0]} is given twice: its ratings would count double")
     frames = []
     for path in sheets:
         sheet = read_table(path, ["id", "text", "rating"], "rating sheet")
@@ -90,12 +104,15 @@ def annotate_import(sheets: list[str], out: str) -> None:
     long = pd.concat(frames).dropna(subset=["rating"])
     if long.empty:
         raise UserError("the sheets hold no ratings")
+    dup = long[long.duplicated(["rater", "item"], keep=False)]
+    if len(dup):
+        rater, item = dup["rater"].iloc[0], dup["item"].iloc[0]
+        times = int(((dup["rater"] == rater) & (dup["item"] == item)).sum())
+        raise UserError(f"rater {rater!r} rated item {item!r} {times} times; keep one rating per rater and item "
+                        "(sheets of different raters need a `rater` column or different file names)")
     writers = {".csv": lambda f: long.to_csv(f, index=False), ".parquet": long.to_parquet,
                ".jsonl": lambda f: long.to_json(f, orient="records", lines=True)}
-    suffix = Path(out).suffix.lower()
-    if suffix not in writers:
-        raise UserError(f"--out must end in .csv, .jsonl or .parquet, not {suffix!r}")
-    writers[suffix](out)
+    writers[target.suffix.lower()](target)
     print(f"wrote {len(long)} ratings of {long['item'].nunique()} items by {long['rater'].nunique()} raters to {out}; "
           f"use it as evaluate.human_ratings={out}")
 

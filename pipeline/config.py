@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import string
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -18,6 +22,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
 STAGES = ("sample_space", "spmcmc", "preferences", "finetune", "evaluate")
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+MIN_RATED_ITEMS = 10  # fewer human-rated items make every correlation meaningless
+# TRL 1.x DPO loss types (DPOConfig.loss_type's help text; tests/test_config.py checks the list against it)
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+EVALUATORS = ("spmcmc", "direct_rating", "p_true", "logprob", "self_certainty", "random")
+TEMPLATE_FIELDS = ("query", "first", "second", "label_first", "label_second", "question")
 
 
 class UserError(Exception):
@@ -29,8 +39,10 @@ class ConfigError(UserError):
     """A mistake in the command line or a recipe."""
 
 
-def setting(default, help: str, semantic: bool = True, factory=None):
-    meta = {"help": help, "semantic": semantic}
+def setting(default, help: str, semantic: bool = True, factory=None, reads: str | None = None):
+    """A field with its help text. `semantic=False`: no effect on results (kept out of fingerprints).
+    `reads="file"|"model"`: the value names something on disk whose content enters the fingerprint."""
+    meta = {"help": help, "semantic": semantic, "reads": reads}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,12 +53,40 @@ def _require(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"{key}: {why}")
 
 
+class Section:
+    """Checks shared by every settings section: the section's own `validate()` (the most specific
+    message), then no negative counts or seeds, no NaN or infinite numbers."""
+    SECTION = ""
+
+    def __post_init__(self):
+        self.validate()
+        for f in dataclasses.fields(self):
+            value, key = getattr(self, f.name), f"{self.SECTION}.{f.name}"
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int):
+                _require(value >= 0, key, f"must be >= 0, got {value}")
+            elif isinstance(value, float):
+                _require(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
+
+    def validate(self) -> None:
+        pass
+
+
+def _nonempty_list(values: list, key: str, example: str) -> None:
+    _require(len(values) > 0, key, f"must not be empty, e.g. {key}={example}")
+    twice = [v for k, v in enumerate(values) if v in values[:k]]
+    _require(not twice, key, f"lists {twice[0] if twice else ''!r} twice")
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
+    SECTION = "model"
     name_or_path: str = setting(
         EMBEDDED_MODEL,
         "local model folder, a hub id already in the local cache, or embedded:smollm2-135m-instruct "
         "/ embedded:tiny-random; never downloaded",
+        reads="model",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "auto = float32 on CPU, bfloat16 on GPUs that support it")
@@ -66,7 +106,8 @@ DEFAULT_PREAMBLES = [
 
 
 @dataclass
-class SampleSpaceConfig:
+class SampleSpaceConfig(Section):
+    SECTION = "sample_space"
     query: str = setting("???", "the request the model answers many times (e.g. 'Tell me a joke.')")
     system_prompt: Optional[str] = setting(None, "system message for generation; null = template default")
     num_samples: int = setting(64, "random answers to generate before dedup")
@@ -81,19 +122,25 @@ class SampleSpaceConfig:
     min_chars: int = setting(10, "drop answers shorter than this after normalisation")
     max_chars: int = setting(600, "drop answers longer than this after normalisation")
     extra_path: Optional[str] = setting(None, "CSV/JSONL/parquet with a `text` column added to the pool (jester = "
-                                              "the bundled Jester jokes)")
+                                              "the bundled Jester jokes)", reads="file")
     only_extra: bool = setting(False, "use only the extra pool (no generation)")
     seed: int = setting(0, "sampling seed")
 
-    def __post_init__(self):
+    def validate(self):
         _require(bool(self.query and self.query.strip()), "sample_space.query", "must not be empty")
-        _require(self.num_samples >= 0, "sample_space.num_samples", "must be >= 0")
         _require(self.chunk_size > 0 and self.batch_size > 0, "sample_space.chunk_size/batch_size", "must be > 0")
         _require(self.temperature > 0, "sample_space.temperature", "must be > 0")
         _require(0 < self.top_p <= 1, "sample_space.top_p", "must be in (0, 1]")
         _require(self.max_new_tokens > 0, "sample_space.max_new_tokens", "must be > 0")
+        _require(self.min_chars <= self.max_chars, "sample_space.min_chars",
+                 f"{self.min_chars} is above sample_space.max_chars ({self.max_chars})")
         _require(not self.only_extra or bool(self.extra_path), "sample_space.only_extra",
                  "needs sample_space.extra_path")
+        for pattern in self.preamble_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"sample_space.preamble_patterns: {pattern!r} is not a valid regex ({e})") from None
 
 
 # The question comes first and only a short reminder follows the second candidate: everything
@@ -109,7 +156,8 @@ DEFAULT_JUDGE_TEMPLATE = (
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(Section):
+    SECTION = "judge"
     template: str = setting(DEFAULT_JUDGE_TEMPLATE,
                             "pairwise prompt; fields {query} {first} {second} {label_first} {label_second} {question}")
     question: str = setting("Which response is better?", "the question the judge answers")
@@ -119,43 +167,56 @@ class JudgeConfig:
     batch_size: int = setting(16, "comparisons per forward pass", semantic=False)
     prefix_cache: bool = setting(True, "reuse the key/value cache of shared prompt prefixes", semantic=False)
 
-    def __post_init__(self):
-        _require(len(self.labels) == 2 and self.labels[0] != self.labels[1], "judge.labels",
-                 "needs two different labels, e.g. [A,B]")
+    def validate(self):
+        _require(len(self.labels) == 2 and self.labels[0] != self.labels[1] and all(x.strip() for x in self.labels),
+                 "judge.labels", "needs two different, non-empty labels, e.g. judge.labels=[A,B]")
         _require(self.temperature > 0, "judge.temperature", "must be > 0")
         _require(self.batch_size > 0, "judge.batch_size", "must be > 0")
-        for name in ("{first}", "{second}"):
-            _require(name in self.template, "judge.template", f"must contain {name}")
+        check_template(self.template, "judge.template")
+
+
+def check_template(template: str, key: str) -> None:
+    """Only the known {fields}, and {first} and {second} exactly once (the prompt is split around them)."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}; write a literal brace as {{{{ or }}}}") from None
+    for name in names:
+        _require(name in TEMPLATE_FIELDS, key, f"unknown field {{{name}}}; the fields are "
+                 + " ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS))
+    for name in ("first", "second"):
+        _require(names.count(name) == 1, key, f"must contain {{{name}}} exactly once (found {names.count(name)})")
 
 
 @dataclass
-class SpmcmcConfig:
+class SpmcmcConfig(Section):
+    SECTION = "spmcmc"
     num_chains: int = setting(4, "independent chains from dispersed starts")
     iterations: int = setting(1250, "Metropolis-Hastings steps per chain (4 x 1250 = the paper's 5000)")
     burn_in: int = setting(100, "steps per chain dropped before counting visits")
     thin: int = setting(1, "count every thin-th step after burn-in")
-    order: str = setting("random", "presentation order: random | both (debiased, 2 passes) | fixed (current first)")
-    exact: str = setting("auto", "exact stationary distribution: auto | true | false")
+    order: Literal["random", "both", "fixed"] = setting(
+        "random", "presentation order: random | both (debiased, 2 passes) | fixed (current first)")
+    exact: Literal["auto", "true", "false"] = setting("auto", "exact stationary distribution: auto | true | false")
     exact_budget: int = setting(2500, "auto computes the exact distribution when N(N-1) <= this")
     bt_alpha: float = setting(0.01, "regularisation of the Bradley-Terry fit")
     diagnostics_top_k: int = setting(10, "R-hat/ESS on indicator series of this many most-visited candidates")
     checkpoint_every: int = setting(50, "steps between chain checkpoints", semantic=False)
     seed: int = setting(0, "chain seed")
 
-    def __post_init__(self):
-        self.order, self.exact = str(self.order).lower(), str(self.exact).lower()
-        _require(self.order in ("random", "both", "fixed"), "spmcmc.order", "must be random, both or fixed")
-        _require(self.exact in ("auto", "true", "false"), "spmcmc.exact", "must be auto, true or false")
+    def validate(self):
         _require(self.num_chains >= 1, "spmcmc.num_chains", "must be >= 1")
         _require(self.iterations >= 1, "spmcmc.iterations", "must be >= 1")
         _require(0 <= self.burn_in < self.iterations, "spmcmc.burn_in",
                  f"{self.burn_in} must be >= 0 and < spmcmc.iterations ({self.iterations})")
         _require(self.thin >= 1, "spmcmc.thin", "must be >= 1")
         _require(self.checkpoint_every >= 1, "spmcmc.checkpoint_every", "must be >= 1")
+        _require(self.diagnostics_top_k >= 1, "spmcmc.diagnostics_top_k", "must be >= 1")
 
 
 @dataclass
-class PreferencesConfig:
+class PreferencesConfig(Section):
+    SECTION = "preferences"
     score: Literal["frequency", "stationary", "bt"] = setting("frequency", "which spMCMC estimate ranks candidates")
     strategy: Literal["top_vs_bottom", "margin", "sampled"] = setting("top_vs_bottom", "how pairs are built")
     top_fraction: float = setting(0.25, "top_vs_bottom: share of candidates on each side")
@@ -167,7 +228,7 @@ class PreferencesConfig:
     sft_k: int = setting(8, "number of SFT targets")
     seed: int = setting(0, "seed for the split and sampling")
 
-    def __post_init__(self):
+    def validate(self):
         _require(0 < self.top_fraction <= 0.5, "preferences.top_fraction", "must be in (0, 0.5]")
         _require(self.min_ratio >= 1, "preferences.min_ratio", "must be >= 1")
         _require(self.max_pairs >= 1 and self.max_uses_per_candidate >= 1 and self.sft_k >= 1,
@@ -176,14 +237,16 @@ class PreferencesConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Section):
+    SECTION = "finetune"
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA alpha")
     lora_dropout: float = setting(0.0, "LoRA dropout")
     target_modules: list[str] = setting(None, "modules that get adapters",
                                         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     beta: float = setting(0.1, "DPO beta")
-    loss_type: list[str] = setting(None, "TRL loss types, e.g. [sigmoid] or [sigmoid,sft]", factory=lambda: ["sigmoid"])
+    loss_type: list[str] = setting(None, "TRL DPO loss types, e.g. [sigmoid] or [sigmoid,sft]",
+                                   factory=lambda: ["sigmoid"])
     learning_rate: float = setting(5e-5, "adapter learning rate")
     num_epochs: float = setting(2.0, "passes over the train pairs")
     batch_size: int = setting(8, "pairs per device per step")
@@ -196,8 +259,15 @@ class FinetuneConfig:
     save_steps: int = setting(10, "checkpoint every this many optimiser steps", semantic=False)
     seed: int = setting(0, "training seed")
 
-    def __post_init__(self):
-        _require(self.lora_r >= 1, "finetune.lora_r", "must be >= 1")
+    def validate(self):
+        _require(self.lora_r >= 1 and self.lora_alpha >= 1, "finetune.lora_r/lora_alpha", "must be >= 1")
+        _require(self.lora_dropout < 1, "finetune.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        _nonempty_list(self.target_modules, "finetune.target_modules", "[q_proj,v_proj]")
+        _nonempty_list(self.loss_type, "finetune.loss_type", "[sigmoid]")
+        for loss in self.loss_type:
+            _require(loss in DPO_LOSS_TYPES, "finetune.loss_type",
+                     f"unknown DPO loss {loss!r}{_nearest(loss, DPO_LOSS_TYPES)}; TRL has {list(DPO_LOSS_TYPES)}")
+        _require(self.max_length >= 2, "finetune.max_length", "must be >= 2 tokens")
         _require(self.beta > 0, "finetune.beta", "must be > 0")
         _require(self.learning_rate > 0, "finetune.learning_rate", "must be > 0")
         _require(self.num_epochs > 0, "finetune.num_epochs", "must be > 0")
@@ -206,13 +276,14 @@ class FinetuneConfig:
 
 
 @dataclass
-class EvaluateConfig:
-    human_ratings: str = setting("jester", "jester (bundled), or a CSV/JSONL/parquet of text+rating or item+rater+rating")
-    max_items: int = setting(30, "rated items used (0 = all); chosen deterministically")
+class EvaluateConfig(Section):
+    SECTION = "evaluate"
+    human_ratings: str = setting("jester", "jester (bundled), or a CSV/JSONL/parquet of text+rating or item+rater+rating",
+                                 reads="file")
+    max_items: int = setting(30, f"rated items used (0 = all, else >= {MIN_RATED_ITEMS}); chosen deterministically")
     max_chars: int = setting(300, "skip rated items longer than this (0 = no limit)")
     evaluators: list[str] = setting(
-        None, "spmcmc, direct_rating, p_true, logprob, self_certainty, random",
-        factory=lambda: ["spmcmc", "direct_rating", "p_true", "logprob", "self_certainty", "random"])
+        None, ", ".join(EVALUATORS), factory=lambda: list(EVALUATORS))
     spmcmc_iterations: int = setting(300, "chain steps per chain for the spmcmc evaluator")
     rating_question: str = setting("How good is this response, from 1 (very bad) to 7 (excellent)?",
                                    "direct rating question (answered with a digit 1-7)")
@@ -222,21 +293,29 @@ class EvaluateConfig:
     batch_size: int = setting(16, "items per forward pass", semantic=False)
     seed: int = setting(0, "seed for subsets, bootstrap and the random baseline")
 
-    def __post_init__(self):
-        known = {"spmcmc", "direct_rating", "p_true", "logprob", "self_certainty", "random"}
+    def validate(self):
+        _nonempty_list(self.evaluators, "evaluate.evaluators", "[spmcmc,p_true]")
         for e in self.evaluators:
-            _require(e in known, "evaluate.evaluators", f"unknown evaluator {e!r}; choose from {sorted(known)}")
-        _require(self.max_items >= 0 and self.max_chars >= 0, "evaluate.max_items/max_chars", "must be >= 0")
+            _require(e in EVALUATORS, "evaluate.evaluators",
+                     f"unknown evaluator {e!r}{_nearest(e, EVALUATORS)}; choose from {list(EVALUATORS)}")
+        _require(self.max_items == 0 or self.max_items >= MIN_RATED_ITEMS, "evaluate.max_items",
+                 f"must be 0 (all) or >= {MIN_RATED_ITEMS}: fewer items make every correlation meaningless")
+        _require(self.spmcmc_iterations >= 1, "evaluate.spmcmc_iterations", "must be >= 1")
         _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
         _require(self.top_k >= 1, "evaluate.top_k", "must be >= 1")
+        _require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
 
 
 @dataclass
-class WandbConfig:
+class WandbConfig(Section):
+    SECTION = "wandb"
     mode: Literal["offline", "online", "disabled"] = setting(
         "offline", "offline stores runs under output_dir (upload later with `wandb sync`)")
     project: str = setting("spmcmc-pipeline", "W&B project")
     entity: Optional[str] = setting(None, "W&B entity (team or user)")
+
+    def validate(self):
+        _require(bool(self.project.strip()), "wandb.project", "must not be empty")
 
 
 @dataclass
@@ -254,6 +333,8 @@ class Config:
     wandb: WandbConfig = setting(None, "experiment tracking", factory=WandbConfig)
 
     def __post_init__(self):
+        _require(len(self.stages) > 0, "stages", f"must name at least one stage, e.g. stages=[sample_space]; "
+                 f"stages are {list(STAGES)}")
         for s in self.stages:
             _require(s in STAGES, "stages", f"unknown stage {s!r}{_nearest(s, STAGES)}; stages are {list(STAGES)}")
         self.stages = [s for s in STAGES if s in self.stages]  # always pipeline order
@@ -297,7 +378,11 @@ def help_text() -> str:
 
 
 def load_config(argv: list[str]) -> Config:
-    """Schema defaults <- recipes/NAME.yaml <- key=value overrides; raises ConfigError."""
+    """Schema defaults <- recipes/NAME.yaml <- key=value overrides; raises ConfigError.
+
+    Values are typed by the schema, not by YAML: a text setting keeps exactly what was written
+    (`Tell me a joke #1`, `1e3`, `a: b`, `{x}`), list items stay text (`[Yes,No]`), numbers and
+    booleans are converted and checked by OmegaConf."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -308,45 +393,156 @@ def load_config(argv: list[str]) -> Config:
     recipe = overrides.get("recipe")
     if not recipe:
         raise ConfigError(f"missing recipe=NAME; available: {', '.join(available_recipes())}")
-    path = Path(recipe) if recipe.endswith(".yaml") else RECIPES_DIR / f"{recipe}.yaml"
+    path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else RECIPES_DIR / f"{recipe}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown recipe {recipe!r}{_nearest(recipe, available_recipes())}; "
                           f"available: {', '.join(available_recipes())}")
-    keys = [k for k, _ in all_keys()]
+    kinds = setting_kinds()
+    from_recipe = _flatten(_read_recipe(path), kinds, f"recipe {path}")
+    layers = [_typed(from_recipe, kinds, f"recipe {path}"), _typed(_known(overrides, kinds), kinds, "command line")]
     try:
-        schema = OmegaConf.structured(Config)
-        recipe_cfg = OmegaConf.load(path)
-        _check_keys(OmegaConf.to_container(recipe_cfg), keys, str(path))
-        dotlist = OmegaConf.from_dotlist(argv)
-        _check_keys(OmegaConf.to_container(dotlist), keys, "command line")
-        merged = OmegaConf.merge(schema, recipe_cfg, dotlist)
-        cfg = OmegaConf.to_object(merged)
-    except ConfigError:
-        raise
+        merged = OmegaConf.merge(OmegaConf.structured(Config), *(OmegaConf.create(_nest(v)) for v in layers))
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
         if "missing mandatory value" in msg:
             raise ConfigError(f"{key}: a value is required (set it in the recipe or as {key}=...)") from None
-        if "Incompatible value 'None'" in msg:  # `key=` on the command line parses as null
-            raise ConfigError(f"{key}: must not be empty") from None
         raise ConfigError(f"{key + ': ' if key else ''}{msg}") from None
-    except ValueError as e:  # yaml syntax and similar
-        raise ConfigError(str(e).splitlines()[0]) from None
-    return cfg
 
 
-def _check_keys(tree, keys: list[str], where: str) -> None:
-    """Unknown keys, with a suggestion among all dotted keys (OmegaConf suggests only within a level)."""
-    for full in _leaves(tree):
-        if full not in keys:
-            raise ConfigError(f"unknown setting {full!r} in {where}{_nearest(full, keys)}; see --help")
+def setting_kinds() -> dict[str, str]:
+    """How each dotted key's value is read: text, optional_text, list (of text) or scalar (number/bool)."""
+    out = {}
+    for key, f in all_keys():
+        owner = _owner(key)
+        tp = typing.get_type_hints(owner)[f.name]
+        optional = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+        if optional:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) is list:
+            kind = "list"
+        elif tp is str or typing.get_origin(tp) is Literal:
+            kind = "text"
+        else:
+            kind = "scalar"
+        out[key] = ("optional_" if optional else "") + kind
+    return out
 
 
-def _leaves(tree, prefix: str = "") -> list[str]:
+def _owner(key: str):
+    cls = Config
+    for part in key.split(".")[:-1]:
+        cls = next(f.default_factory for f in dataclasses.fields(cls) if f.name == part)
+    return cls
+
+
+def _read_recipe(path: Path) -> dict:
+    """The recipe as nested dicts of text (YAML's own typing is not applied: the schema types values)."""
+    import yaml
+
+    class Loader(yaml.BaseLoader):
+        pass
+
+    def mapping(loader, node):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise ConfigError(f"recipe {path}: duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return loader.construct_mapping(node, deep=True)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        tree = yaml.load(path.read_text(), Loader=Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if tree is None:
+        return {}
     if not isinstance(tree, dict):
-        return [prefix[:-1]] if prefix else []
-    return [k for key, value in tree.items() for k in _leaves(value, f"{prefix}{key}.")]
+        raise ConfigError(f"recipe {path} must be a mapping of settings (key: value), not a {type(tree).__name__}")
+    return tree
+
+
+def _sections(kinds: dict) -> set[str]:
+    return {key.rsplit(".", k)[0] for key in kinds for k in range(1, key.count(".") + 1)}
+
+
+def _flatten(tree: dict, kinds: dict, where: str, prefix: str = "") -> dict[str, object]:
+    """Nested recipe -> {dotted key: raw value}; unknown keys get a suggestion among all dotted keys."""
+    out = {}
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if key in kinds:
+            out[key] = value
+        elif key in _sections(kinds):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} in {where} is a group of settings, not a value; see --help")
+            out.update(_flatten(value, kinds, where, key + "."))
+        else:
+            raise ConfigError(f"unknown setting {key!r} in {where}{_nearest(key, list(kinds))}; see --help")
+    return out
+
+
+def _known(overrides: dict[str, str], kinds: dict) -> dict[str, str]:
+    for key in overrides:
+        if key in _sections(kinds):
+            raise ConfigError(f"{key} is a group of settings; set one of its keys, e.g. "
+                              f"{next(k for k in kinds if k.startswith(key + '.'))}=...")
+        if key not in kinds:
+            raise ConfigError(f"unknown setting {key!r} in command line{_nearest(key, list(kinds))}; see --help")
+    return overrides
+
+
+def _typed(raw: dict[str, object], kinds: dict, where: str) -> dict[str, object]:
+    return {key: _value(key, value, kinds[key], where) for key, value in raw.items()}
+
+
+def _escape(text: str) -> str:
+    return text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
+
+
+def _value(key: str, value, kind: str, where: str):
+    """One raw value (text from the command line, or what the YAML held) in the schema's type."""
+    if kind.startswith("optional_"):
+        if value is None or (isinstance(value, str) and value.strip() in ("", "null", "~")):
+            return None
+        kind = kind.removeprefix("optional_")
+    if kind == "list":
+        items = _parse_list(key, value) if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{key} ({where}): expected a list of text items, got {value!r}; write "
+                              f"{key}=[a,b] and quote items holding commas, colons or brackets: {key}='[\"a, b\",c]'")
+        return [_escape(v) for v in items]
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} ({where}): expected a single value, got {value!r}")
+    return _escape(value) if kind == "text" else value
+
+
+def _parse_list(key: str, text: str):
+    import yaml
+
+    if not text.strip().startswith("["):
+        raise ConfigError(f"{key}: a list is written in brackets, e.g. {key}=[{text}]")
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)  # every item stays text
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: could not read {text!r} as a list ({getattr(e, 'problem', e)}); quote items "
+                          f"holding commas, colons or brackets, e.g. {key}='[\"a, b\",c]'") from None
+
+
+def _nest(flat: dict[str, object]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
 
 
 def to_dict(cfg) -> dict:

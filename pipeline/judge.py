@@ -171,14 +171,14 @@ class PairStore:
         probs = {}
         for path in [*sorted(self.folder.glob("pair_cache.rank*.jsonl")), *extra_files]:
             for line in Path(path).read_text().splitlines():
-                try:
+                try:  # a line cut short by a kill, or of another shape: skipped, so recomputed
                     e = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill: recomputed
+                    key, f, s, p, m = e["k"], self.index.get(e["f"]), self.index.get(e["s"]), float(e["p"]), float(e["m"])
+                except (ValueError, TypeError, KeyError, AttributeError):
                     continue
-                f, s = self.index.get(e["f"]), self.index.get(e["s"])
-                if e["k"] == self.key and f is not None and s is not None:
-                    probs[f, s] = e["p"]
-                    self.label_mass[f, s] = e["m"]
+                if key == self.key and f is not None and s is not None and 0.0 <= p <= 1.0:
+                    probs[f, s] = p
+                    self.label_mass[f, s] = m
         return probs
 
     def append(self, pairs: list[tuple[int, int]], probs: np.ndarray, masses: list[float]) -> None:

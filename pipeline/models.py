@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -105,17 +106,17 @@ def _embedded_dir(mcfg: ModelConfig) -> Path:
     return smol
 
 
-def resolve_model_path(mcfg: ModelConfig) -> Path:
-    """A local folder holding the weights; never a download."""
+def weights_source(mcfg: ModelConfig) -> Path:
+    """What the model's weights come from on this machine (the embedded GGUF, or the model folder),
+    without converting anything: its content enters the fingerprints (pipeline/inputs.py)."""
     name = mcfg.name_or_path
     if name in EMBEDDED:
-        return _embedded_dir(mcfg)
+        return _gguf_path()
     if name.startswith("embedded:"):
         raise ConfigError(f"model.name_or_path: unknown embedded model {name!r}; choose from {sorted(EMBEDDED)}")
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path} has no config.json: not a transformers model folder")
+        _check_config_json(path)
         return path
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(f"model path {name!r} does not exist")
@@ -123,10 +124,32 @@ def resolve_model_path(mcfg: ModelConfig) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(name, local_files_only=True))
+        path = Path(snapshot_download(name, local_files_only=True))
     except LocalEntryNotFoundError:
         raise ModelError(f"model {name!r} is not on this machine and the pipeline never downloads weights; "
                          "download it yourself (huggingface-cli download) or pass a local folder") from None
+    _check_config_json(path)
+    return path
+
+
+def _check_config_json(path: Path) -> None:
+    """A readable transformers config, so a broken folder fails here in one line, not deep in from_pretrained."""
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelError(f"{path} has no config.json: not a transformers model folder")
+    try:
+        data = json.loads(config.read_text())
+    except (ValueError, OSError) as e:
+        raise ModelError(f"{config} is not valid JSON ({e}); restore the model folder") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelError(f"{config} has no model_type: not a transformers model config; restore the model folder")
+
+
+def resolve_model_path(mcfg: ModelConfig) -> Path:
+    """A local folder holding the weights; never a download."""
+    if mcfg.name_or_path in EMBEDDED:
+        return _embedded_dir(mcfg)
+    return weights_source(mcfg)
 
 
 def setup_device(mcfg: ModelConfig) -> str:

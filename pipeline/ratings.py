@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import REPO_ROOT
+from pipeline.config import MIN_RATED_ITEMS, REPO_ROOT
 from pipeline.tables import TableError, read_table
 
 JESTER_DIR = REPO_ROOT / "data" / "jester"
 JESTER_CITATION = ('Ken Goldberg, Theresa Roeder, Dhruv Gupta, and Chris Perkins. "Eigentaste: A Constant Time '
                    'Collaborative Filtering Algorithm." Information Retrieval, 4(2), 133-151, July 2001.')
-MIN_ITEMS = 10
 
 
 @dataclass
@@ -77,6 +76,19 @@ def _numeric(column, spec: str) -> None:
     if len(bad) or column.isna().any():
         example = bad.iloc[0] if len(bad) else "an empty cell"
         raise TableError(f"ratings file {spec!r}: `rating` must be numeric, found {example!r}")
+    if not np.isfinite(values.to_numpy(dtype=float)).all():
+        raise TableError(f"ratings file {spec!r}: `rating` must be finite, found "
+                         f"{values[~np.isfinite(values.to_numpy(dtype=float))].iloc[0]!r}")
+
+
+def _spread(items, where: str):
+    """At least MIN_RATED_ITEMS items whose ratings differ: otherwise no correlation means anything."""
+    if len(items) < MIN_RATED_ITEMS:
+        raise TableError(f"{where} has {len(items)} items; at least {MIN_RATED_ITEMS} are needed")
+    if np.ptp(items["rating"].to_numpy(dtype=float)) == 0:
+        raise TableError(f"{where}: every item has the same rating ({items['rating'].iloc[0]:g}); "
+                         "there is no human ranking to compare against")
+    return items
 
 
 def _validate(items, spec: str):
@@ -88,21 +100,20 @@ def _validate(items, spec: str):
                          "(or a long file with item, rater, rating)")
     if items["id"].duplicated().any():
         raise TableError(f"ratings file {spec!r}: duplicate id {items['id'][items['id'].duplicated()].iloc[0]!r}")
-    if len(items) < MIN_ITEMS:
-        raise TableError(f"ratings file {spec!r} has {len(items)} items; at least {MIN_ITEMS} are needed")
-    return items.reset_index(drop=True)
+    return _spread(items, f"ratings file {spec!r}").reset_index(drop=True)
 
 
 def select_items(items, max_items: int, max_chars: int):
     """Deterministic subset: items within max_chars, then max_items spread evenly over the rating
     range (every q-th item by rating), so a small subset still spans funny and unfunny."""
     kept = items[items["text"].str.len() <= max_chars] if max_chars else items
-    if len(kept) < MIN_ITEMS:
+    if len(kept) < MIN_RATED_ITEMS:
         raise TableError(f"only {len(kept)} rated items are at most evaluate.max_chars={max_chars} characters; "
-                         f"at least {MIN_ITEMS} are needed (raise evaluate.max_chars)")
+                         f"at least {MIN_RATED_ITEMS} are needed (raise evaluate.max_chars)")
     kept = kept.sort_values(["rating", "id"]).reset_index(drop=True)
     if max_items and len(kept) > max_items:
         kept = kept.iloc[np.linspace(0, len(kept) - 1, max_items).round().astype(int)]
+    _spread(kept, f"the rated items chosen by evaluate.max_items={max_items} and max_chars={max_chars}")
     return kept.sort_values("id", key=lambda s: s.str.zfill(12)).reset_index(drop=True)
 
 

@@ -34,6 +34,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, launcher:
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def stage_paths(output_dir) -> dict[str, Path]:
+    """Each stage's folder, from manifest.json (stored relative to output_dir)."""
+    from pipeline.artifacts import read_manifest
+
+    return {k: Path(v["path"]) for k, v in read_manifest(output_dir)["stages"].items()}
+
+
 def dataset_files(stage_dir: Path) -> dict[str, bytes]:
     """Every file of a saved dataset, for byte-for-byte comparisons."""
     return {str(p.relative_to(stage_dir)): p.read_bytes() for p in sorted((stage_dir / "dataset").rglob("*"))

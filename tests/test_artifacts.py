@@ -2,7 +2,7 @@ import types
 
 import pytest
 
-from conftest import tiny_config
+from conftest import stage_paths, tiny_config
 from pipeline.artifacts import MARKER, Run, StageError, fingerprint
 
 
@@ -75,8 +75,9 @@ def test_manifest_lists_the_stages(tmp_path):
 
     _, b = run_two(tiny_config(tmp_path), [])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["stages"]["spmcmc"] == {"path": str(b.path), "fingerprint": b.fingerprint, "complete": True,
-                                            "rows": {"train": 3}}
+    assert manifest["stages"]["spmcmc"] == {"path": f"spmcmc/{b.fingerprint}", "fingerprint": b.fingerprint,
+                                            "complete": True, "rows": {"train": 3}}  # relative: the folder can move
+    assert stage_paths(tmp_path)["spmcmc"] == b.path
 
 
 def test_missing_input_is_a_clear_error(tmp_path):

@@ -1,10 +1,9 @@
 import json
-from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
 
-from conftest import REPO, run_cli, run_pipeline, tiny_config
+from conftest import REPO, run_cli, run_pipeline, stage_paths, tiny_config
 from pipeline import tracking
 
 
@@ -14,7 +13,7 @@ def test_stage_on_tiny_model_with_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "summary", lambda metrics: (logged.update(metrics), original(metrics)))
     monkeypatch.setenv("WANDB_API_KEY", "secret-key-do-not-leak-0123456789")
     run_pipeline(tiny_config(tmp_path, "stages=[evaluate]", "wandb.mode=offline"))
-    path = Path(json.loads((tmp_path / "manifest.json").read_text())["stages"]["evaluate"]["path"])
+    path = stage_paths(tmp_path)["evaluate"]
     ds = load_from_disk(str(path / "dataset"))
     metrics = ds["metrics"]
     assert {"evaluator", "model", "n_items", "pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high",
@@ -39,10 +38,11 @@ def test_readme_main_command_on_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert list(manifest["stages"]) == ["sample_space", "spmcmc", "preferences", "finetune", "evaluate"]
-    for entry in manifest["stages"].values():
-        assert entry["complete"]
-        load_from_disk(entry["path"] + "/dataset")
-    metrics = load_from_disk(manifest["stages"]["evaluate"]["path"] + "/dataset")["metrics"]
+    assert all(entry["complete"] for entry in manifest["stages"].values())
+    paths = stage_paths(tmp_path)
+    for path in paths.values():
+        load_from_disk(str(path / "dataset"))
+    metrics = load_from_disk(str(paths["evaluate"] / "dataset"))["metrics"]
     assert set(metrics["model"]) == {"base", "finetuned"}
     assert "## Before and after fine-tuning" in (tmp_path / "report.md").read_text()
     again = run_cli("recipe=tiny", f"output_dir={tmp_path}", launcher=launcher)

@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 from safetensors.numpy import load_file
 
-from conftest import run_cli, tiny_config
+from conftest import run_cli, stage_paths, tiny_config
 from pipeline.artifacts import Artifact, StageError
 from pipeline.stages import finetune
 
@@ -71,7 +71,7 @@ def tiny_finetune_args(out):
 
 
 def adapter(out: Path) -> dict:
-    path = json.loads((out / "manifest.json").read_text())["stages"]["finetune"]["path"]
+    path = str(stage_paths(out)["finetune"])
     return load_file(str(Path(path) / "adapter" / "adapter_model.safetensors")), Path(path)
 
 

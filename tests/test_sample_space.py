@@ -4,7 +4,7 @@ import signal
 import pytest
 from datasets import load_from_disk
 
-from conftest import dataset_files, run_cli, run_pipeline, tiny_config
+from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
 from pipeline.config import SampleSpaceConfig
 from pipeline.stages.sample_space import build_candidates, normalise
 
@@ -54,7 +54,7 @@ def test_stage_on_tiny_model(tmp_path):
     run_pipeline(cfg)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     entry = manifest["stages"]["sample_space"]
-    ds = load_from_disk(entry["path"] + "/dataset")
+    ds = load_from_disk(str(stage_paths(tmp_path)["sample_space"] / "dataset"))
     assert {"id", "text", "count", "mean_logprob", "sum_logprob", "is_greedy", "source"} <= set(ds.column_names)
     assert ds["id"] == list(range(len(ds)))
     greedy = json.loads((tmp_path / "sample_space" / entry["fingerprint"] / "summary.json").read_text())["greedy"]
@@ -70,8 +70,7 @@ def test_extra_pool_only(tmp_path):
     cfg = tiny_config(tmp_path / "out", "stages=[sample_space]", f"sample_space.extra_path={pool}",
                       "sample_space.only_extra=true")
     run_pipeline(cfg)
-    path = json.loads((tmp_path / "out" / "manifest.json").read_text())["stages"]["sample_space"]["path"]
-    ds = load_from_disk(path + "/dataset")
+    ds = load_from_disk(str(stage_paths(tmp_path / "out")["sample_space"] / "dataset"))
     assert ds["text"] == ["One joke.", "Two jokes."] and set(ds["source"]) == {"external"}
 
 
@@ -84,8 +83,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
     assert clean.returncode == 0, clean.stderr
-    a, b = (json.loads((tmp_path / d / "manifest.json").read_text())["stages"]["sample_space"]["path"]
-            for d in ("a", "b"))
+    a, b = (stage_paths(tmp_path / d)["sample_space"] for d in ("a", "b"))
     from pathlib import Path
 
     assert dataset_files(Path(a)) == dataset_files(Path(b))

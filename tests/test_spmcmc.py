@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import dataset_files, run_cli, run_pipeline, tiny_config
+from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import JudgeConfig
 from pipeline.judge import ModelJudge
@@ -16,7 +16,7 @@ from pipeline.stages.spmcmc import summarise
 
 
 def stage_path(out: Path, stage: str) -> Path:
-    return Path(json.loads((out / "manifest.json").read_text())["stages"][stage]["path"])
+    return stage_paths(out)[stage]
 
 
 def test_stage_on_tiny_model(tmp_path):

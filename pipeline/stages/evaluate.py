@@ -194,9 +194,19 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
             for m, per in scores.items() for e, s in per.items()
             for k, (i, t, h) in enumerate(zip(items["id"], items["text"], human))]
     return DatasetDict({"scores": Dataset.from_list(rows), "metrics": Dataset.from_list(metrics),
-                        "comparisons": Dataset.from_list(comparisons),
-                        "before_after": Dataset.from_list(before_after) if before_after
-                        else Dataset.from_dict({"evaluator": []})})
+                        "comparisons": _table(comparisons, ("model", "a", "b", *DIFF_COLUMNS)),
+                        "before_after": _table(before_after, ("evaluator", "base_spearman", "finetuned_spearman",
+                                                              *DIFF_COLUMNS))})
+
+
+DIFF_COLUMNS = ("diff", "ci_low", "ci_high", "p")
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]):
+    """A table that keeps its columns when it has no rows (one evaluator: no pairs of evaluators)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in columns})
 
 
 def _log(metrics, summary, plots, items, human, scores) -> None:

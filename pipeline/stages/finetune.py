@@ -131,7 +131,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     prefs = inputs["preferences"].load()
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.model)
+    check_max_length(fc.max_length, tok, prefs["train"]["prompt"])
     model = load_base(cfg, path, device)
+    check_target_modules(fc.target_modules, model, cfg.model.name_or_path)
     peft_config = lora_config(cfg)
     if fc.sft_first and prefs["sft"].num_rows:
         model, peft_config = sft_warmup(cfg, model, tok, prefs["sft"], workdir, device), None
@@ -145,6 +147,27 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if not parallel.is_main():
         return None
     return _finish(cfg, trainer, tok, prefs, workdir, inputs["preferences"].fingerprint)
+
+
+def check_max_length(max_length: int, tok, prompts: list) -> None:
+    """Every pair must keep answer tokens after its prompt, or TRL trains on nothing."""
+    texts = {tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts}
+    longest = max(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+    if max_length <= longest:
+        raise StageError(f"finetune.max_length={max_length} leaves no room for answers: the longest prompt is "
+                         f"{longest} tokens; raise it well above that (e.g. {longest + 128})")
+
+
+def check_target_modules(targets: list[str], model, name: str) -> None:
+    """Each LoRA target must name modules of this model (PEFT matches a module name or its suffix)."""
+    import torch
+
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+    if unknown:
+        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise StageError(f"finetune.target_modules: {unknown} match no linear layer of {name}; its linear layers "
+                         f"are {names}")
 
 
 def held_out_logps(model, tok, test) -> dict:

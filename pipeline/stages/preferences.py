@@ -110,8 +110,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         pairs = apply_caps(candidate_pairs(ids, score, pc, rng), pc.max_pairs, pc.max_uses_per_candidate)
         splits[name] = Dataset.from_dict(_pair_rows(pairs, text, score, prompt))
     if splits["train"].num_rows == 0:
-        raise StageError(f"no train pairs from {len(train_ids)} candidates with strategy={pc.strategy} "
-                         "(scores tied or too close); try preferences.strategy=top_vs_bottom or more candidates")
+        raise StageError(_no_pairs_message(pc, train_ids, cands.num_rows, score))
     sft = sft_targets(train_ids, score, pc, rng)
     splits["sft"] = Dataset.from_dict({"prompt": [prompt] * len(sft),
                                        "completion": [_messages("assistant", text[i]) for i in sft],
@@ -123,6 +122,19 @@ def run(cfg: Config, inputs: dict, workdir: Path):
           f"{summary['test_pairs']} test pairs over {summary['test_candidates']}, {summary['sft_targets']} SFT targets;"
           f" margin median {summary['margin_median']:.4f}, max uses per candidate {summary['max_uses']}", flush=True)
     return DatasetDict(splits)
+
+
+def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score: dict) -> str:
+    if len(train_ids) < 2:
+        return (f"preferences.test_fraction={pc.test_fraction} leaves {len(train_ids)} of {n} candidates for training; "
+                "lower preferences.test_fraction")
+    if len({score[i] for i in train_ids}) == 1:
+        return (f"all {len(train_ids)} train candidates have the same {pc.score} score: the model showed no "
+                "preference; run more spMCMC steps (spmcmc.iterations) or use preferences.score=bt")
+    if pc.strategy == "margin":
+        return (f"no train pair reaches preferences.min_ratio={pc.min_ratio}; lower it or use "
+                "preferences.strategy=top_vs_bottom")
+    return f"no train pairs from {len(train_ids)} candidates with strategy={pc.strategy}; add candidates"
 
 
 def _summary(splits: dict, train_ids: list[int], test_ids: list[int]) -> dict:

@@ -123,22 +123,50 @@ def _chunks(model, tok, prompt: str, sc: SampleSpaceConfig, workdir: Path) -> li
     with tqdm(total=sc.num_samples, desc="[sample_space] generating", unit="answer") as bar:
         for c in range(n_chunks):
             path = state / f"chunk_{c:05d}.json"
-            if not path.is_file():
-                n = min(sc.chunk_size, sc.num_samples - c * sc.chunk_size)
-                write_json(path, _generate(model, tok, prompt, n, sc, True, sc.seed * 1_000_003 + c))
+            n = min(sc.chunk_size, sc.num_samples - c * sc.chunk_size)
+            chunk = _saved_chunk(path, n)
+            if chunk is None:
+                chunk = _generate(model, tok, prompt, n, sc, True, sc.seed * 1_000_003 + c)
+                write_json(path, chunk)
                 log_work(workdir, "generated_chunk", 1)
                 failpoint("sample_space.chunk")
-            chunk = json.loads(path.read_text())
             answers += chunk
             bar.update(len(chunk))
     return answers
 
 
+def _saved_chunk(path: Path, n: int) -> list[dict] | None:
+    """A finished chunk from disk, or None when it is missing or damaged (then it is generated again)."""
+    if not path.is_file():
+        return None
+    try:
+        chunk = json.loads(path.read_text())
+        if len(chunk) == n and all(isinstance(a["text"], str) and isinstance(a["finished"], bool) for a in chunk):
+            return chunk
+    except (ValueError, TypeError, KeyError):
+        pass
+    print(f"[sample_space] {path.name} is damaged: generating it again", flush=True)
+    return None
+
+
 def _greedy(model, tok, prompt: str, sc: SampleSpaceConfig, workdir: Path) -> dict:
     path = workdir / STATE_DIR / "chunks" / "greedy.json"
-    if not path.is_file():
-        write_json(path, _generate(model, tok, prompt, 1, sc, False, 0)[0])
-    return json.loads(path.read_text())
+    saved = _saved_chunk(path, 1)
+    if saved is None:
+        saved = _generate(model, tok, prompt, 1, sc, False, 0)
+        write_json(path, saved)
+    return saved[0]
+
+
+def _empty_message(sc: SampleSpaceConfig, stats: dict, n_extra: int) -> str:
+    lengths = (f"{stats['too_short']} shorter than sample_space.min_chars={sc.min_chars}, {stats['too_long']} "
+               f"longer than max_chars={sc.max_chars}")
+    if sc.only_extra:
+        return (f"empty sample space: the extra pool {sc.extra_path!r} has {n_extra} texts and none is usable "
+                f"({lengths}); check the file's `text` column or sample_space.min_chars/max_chars")
+    return (f"empty sample space: all {stats['sampled']} answers were dropped ({stats['truncated']} did not end within "
+            f"max_new_tokens={sc.max_new_tokens}, {lengths}); raise sample_space.max_new_tokens, set "
+            "sample_space.drop_truncated=false, loosen min_chars/max_chars, or check the query")
 
 
 def run(cfg: Config, inputs: dict, workdir: Path):
@@ -157,8 +185,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         greedy = _greedy(model, tok, prompt, sc, workdir)
     candidates, stats = build_candidates(sampled, greedy, extra, sc)
     if not candidates:
-        raise StageError(f"empty sample space: all {stats['sampled']} answers were dropped ({stats}); "
-                         "raise sample_space.max_new_tokens, set sample_space.drop_truncated=false, or check the query")
+        raise StageError(_empty_message(sc, stats, len(extra)))
     texts = [c["text"] for c in candidates]
     scores = answer_scores(model, tok, prompt, texts, desc="[sample_space] scoring")
     ds = Dataset.from_dict({

@@ -22,7 +22,16 @@ import numpy as np
 
 from pipeline import parallel, tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
-from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, states_after, trace_arrays, visit_counts
+from pipeline.chains import (
+    CachedJudge,
+    Chain,
+    new_chains,
+    run_chains,
+    shown_pairs,
+    states_after,
+    trace_arrays,
+    visit_counts,
+)
 from pipeline.config import Config
 from pipeline.judge import ModelJudge, PairStore, judge_key
 from pipeline.stationary import (
@@ -110,6 +119,14 @@ def sample_chains(cfg: Config, cached: CachedJudge, n: int, workdir: Path) -> di
     state.mkdir(parents=True, exist_ok=True)
     ids = list(range(parallel.rank(), sc.num_chains, parallel.world_size()))
     chains, rows = _load_chains(state, ids, n, sc.seed, sc.num_chains)
+    if any(p not in cached.probs for r in rows for p in shown_pairs(r[2], r[3], r[4] == r[3], sc.order)):
+        # the checkpoints used comparisons the pair cache no longer holds (deleted or damaged): chains
+        # and cache must agree, so the chains start again and the cache fills as before
+        print(f"[spmcmc] chain checkpoints use comparisons missing from the pair cache: restarting chains {ids}",
+              flush=True)
+        for c in ids:
+            (state / f"chain_{c}.json").unlink(missing_ok=True)
+        chains, rows = _load_chains(state, ids, n, sc.seed, sc.num_chains)
     cached.lookups = cached.hits = 0  # the bar shows the chains' own hit rate
     bar = tqdm(total=len(ids) * sc.iterations, initial=sum(c.step for c in chains), desc="[spmcmc] chains",
                unit="step")
