@@ -164,6 +164,9 @@ class JudgeConfig(Section):
     system_prompt: Optional[str] = setting(None, "system message for the judge; null = template default")
     labels: list[str] = setting(None, "the two answer labels; each must be one token", factory=lambda: ["A", "B"])
     temperature: float = setting(1.0, "divides the two label logits (1.0 = the model's own choice probability)")
+    calibration: Literal["none", "mean_logit"] = setting(
+        "none", "mean_logit: subtract the mean label-logit difference (the position bias) before the softmax "
+        "(needs a design computed up front: spmcmc.mode exact or sparse)")
     batch_size: int = setting(16, "comparisons per forward pass", semantic=False)
     prefix_cache: bool = setting(True, "reuse the key/value cache of shared prompt prefixes", semantic=False)
 
@@ -197,11 +200,20 @@ class SpmcmcConfig(Section):
     thin: int = setting(1, "count every thin-th step after burn-in")
     order: Literal["random", "both", "fixed"] = setting(
         "random", "presentation order: random | both (debiased, 2 passes) | fixed (current first)")
-    exact: Literal["auto", "true", "false"] = setting("auto", "exact stationary distribution: auto | true | false")
-    exact_budget: int = setting(2500, "auto computes the exact distribution when N(N-1) <= this")
+    mode: Literal["auto", "exact", "sparse", "chains"] = setting(
+        "auto", "design: exact (all N(N-1) comparisons) | sparse (random graph, both orders) | chains (the "
+        "paper's MH chains) | auto = exact if N(N-1) <= budget, else sparse if 4N <= budget, else chains")
+    budget: int = setting(5000, "judge comparisons the design may use (auto picks the mode by it)")
+    degree: int = setting(0, "sparse: others each candidate is compared with (0 = as many as the budget allows)")
+    chains: Literal["auto", "true", "false"] = setting(
+        "auto", "run the paper's chains too: auto = when they cost no new comparisons (exact) or are the design")
+    bootstrap: int = setting(100, "bootstrap resamples (over compared pairs) for standard errors")
+    reliability_splits: int = setting(10, "random split halves averaged for the reliability figure")
+    min_reliability: float = setting(0.5, "warn when the preference reliability is below this")
     bt_alpha: float = setting(0.01, "regularisation of the Bradley-Terry fit")
     diagnostics_top_k: int = setting(10, "R-hat/ESS on indicator series of this many most-visited candidates")
     checkpoint_every: int = setting(50, "steps between chain checkpoints", semantic=False)
+    design_chunk: int = setting(256, "design comparisons per persisted batch (resume granularity)", semantic=False)
     seed: int = setting(0, "chain seed")
 
     def validate(self):
@@ -210,14 +222,24 @@ class SpmcmcConfig(Section):
         _require(0 <= self.burn_in < self.iterations, "spmcmc.burn_in",
                  f"{self.burn_in} must be >= 0 and < spmcmc.iterations ({self.iterations})")
         _require(self.thin >= 1, "spmcmc.thin", "must be >= 1")
-        _require(self.checkpoint_every >= 1, "spmcmc.checkpoint_every", "must be >= 1")
+        _require(self.checkpoint_every >= 1 and self.design_chunk >= 1, "spmcmc.checkpoint_every/design_chunk",
+                 "must be >= 1")
         _require(self.diagnostics_top_k >= 1, "spmcmc.diagnostics_top_k", "must be >= 1")
+        _require(self.degree == 0 or self.degree >= 2, "spmcmc.degree", "must be 0 (from the budget) or >= 2 (connected)")
+        _require(self.bootstrap >= 20, "spmcmc.bootstrap", "must be >= 20")
+        _require(self.reliability_splits >= 1, "spmcmc.reliability_splits", "must be >= 1")
+        _require(self.min_reliability <= 1, "spmcmc.min_reliability", "must be <= 1")
 
 
 @dataclass
 class PreferencesConfig(Section):
     SECTION = "preferences"
-    score: Literal["frequency", "stationary", "bt"] = setting("frequency", "which spMCMC estimate ranks candidates")
+    score: Literal["auto", "frequency", "rao_blackwell", "bt", "stationary", "sparse"] = setting(
+        "auto", "which spMCMC estimate ranks candidates (auto = the spmcmc stage's best, its `score`)")
+    min_confidence: float = setting(
+        0.55, "keep a pair only if the model's own order-averaged choice of chosen over rejected is at least this")
+    min_gap_z: float = setting(1.0, "keep a pair only if its score gap is at least this many standard errors")
+    budget: int = setting(2000, "judge comparisons allowed for pair confidence beyond those spmcmc computed")
     strategy: Literal["top_vs_bottom", "margin", "sampled"] = setting("top_vs_bottom", "how pairs are built")
     top_fraction: float = setting(0.25, "top_vs_bottom: share of candidates on each side")
     min_ratio: float = setting(2.0, "margin: keep pairs whose score ratio is at least this")
@@ -234,6 +256,8 @@ class PreferencesConfig(Section):
         _require(self.max_pairs >= 1 and self.max_uses_per_candidate >= 1 and self.sft_k >= 1,
                  "preferences.max_pairs/max_uses_per_candidate/sft_k", "must be >= 1")
         _require(0 <= self.test_fraction < 1, "preferences.test_fraction", "must be in [0, 1)")
+        _require(0.5 <= self.min_confidence < 1, "preferences.min_confidence",
+                 "must be in [0.5, 1): below 0.5 the model itself prefers the rejected answer")
 
 
 @dataclass

@@ -9,6 +9,8 @@ right-padded, which causal attention never looks at, and bucketed by length.
 
 `PairStore` persists every computed probability as it is computed (JSONL, keyed by the judge's key
 and the two texts' hashes), so a killed run, a later stage, or another process reuses them.
+`cached_model_judge` puts the two together (the model is loaded only when a comparison is missing),
+and `fill_pairs` asks it for a whole design, split across processes.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import JudgeConfig, ModelConfig, semantic_settings
+from pipeline import parallel
+from pipeline.artifacts import failpoint, log_work
+from pipeline.chains import CachedJudge
+from pipeline.config import Config, JudgeConfig, ModelConfig, semantic_settings
 from pipeline.models import chat_prompt, single_token_id
 
 FIRST, SECOND = "\x00FIRST\x00", "\x00SECOND\x00"
+
+
+def text_sha(text: str) -> str:
+    """The one hash of a candidate's text: the sample space's `text_sha` column and the pair cache's keys."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def judge_key(mcfg: ModelConfig, jcfg: JudgeConfig, query: str, adapter: str | None = None) -> str:
@@ -189,3 +199,43 @@ class PairStore:
             fh.write("".join(line + "\n" for line in lines))
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def cached_model_judge(cfg: Config, texts: list[str], folder: Path, load, query: str, adapter_key: str | None = None,
+                       extra_cache_files: list[Path] = (), rank: int = 0) -> tuple[CachedJudge, PairStore]:
+    """A memoising judge over `texts`; `load()` -> (model, tokenizer) runs only when a comparison is
+    missing from the pair cache (the folder's, plus any `extra_cache_files`)."""
+    key = judge_key(cfg.model, cfg.judge, query, adapter_key)
+    store = PairStore(folder, key, [text_sha(t) for t in texts], rank=rank)
+    holder = {}
+
+    def judge(first, second):
+        if "judge" not in holder:
+            model, tok = load()
+            holder["judge"] = ModelJudge(model, tok, cfg.judge, query, texts)
+        return holder["judge"](first, second)
+
+    def persist(pairs, probs):
+        store.append(pairs, probs, holder["judge"].last_mass.tolist())
+        log_work(folder, "judge_comparisons", len(pairs))
+
+    return CachedJudge(judge, store.load(extra_cache_files), on_new=persist), store
+
+
+def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], desc: str, distributed: bool = True,
+               chunk: int = 256) -> None:
+    """Every comparison of a design; with `distributed`, split across processes by first candidate (so
+    each process reuses its rows' prefixes), then merged. Persisted in chunks as they finish."""
+    from tqdm.auto import tqdm
+
+    rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
+    mine = sorted(p for p in set(pairs) if p[0] % world == rank)
+    todo = [p for p in mine if p not in cached.probs]
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="cmp") as bar:
+        for start in range(0, len(todo), chunk):
+            cached.ensure(todo[start:start + chunk])
+            bar.update(min(chunk, len(todo) - start))
+            failpoint("spmcmc.design_chunk")
+    if distributed:
+        for probs in parallel.gather({p: cached.probs[p] for p in mine}):
+            cached.probs.update(probs)

@@ -35,6 +35,7 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
         lines += [f"Human noise ceiling (split-half reliability of the item means over {ceiling['raters']} raters, "
                   f"Spearman–Brown corrected, {ceiling['splits']} random splits): **{ceiling['spearman_brown']:.4f}** "
                   f"(split-half r = {ceiling['split_half_r']:.4f}).", ""]
+    lines += preference_section(summary.get("upstream") or {})
     lines += ["## Agreement with human ratings", "",
               "| evaluator | model | Pearson r [95% CI] | p | Spearman ρ [95% CI] | p | Kendall τ | P@k | top-1 in human top-k |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -53,14 +54,13 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
               f"{_n(r['p'], '.3g')} |" for r in comparisons]
     checks = summary["paper_checks"]
     if checks:
+        ranks = ", ".join(f"by {k.removeprefix('greedy_rank_by_')}: {v}" for k, v in checks.items()
+                          if k.startswith("greedy_rank_by_") and v is not None)
         lines += ["", "## On the generated sample space", "",
-                  f"- candidates: {checks['n_candidates']}; greedy answer's rank by spMCMC frequency: "
-                  f"{checks['greedy_rank_by_frequency']}" + (f", by the exact distribution: "
-                                                             f"{checks.get('greedy_rank_by_stationary')}"
-                                                             if "greedy_rank_by_stationary" in checks else ""),
+                  f"- candidates: {checks['n_candidates']}; the greedy answer's rank {ranks or 'n/a (no greedy answer)'}",
                   f"- greedy answer: {checks['greedy_text']!r}",
-                  f"- Spearman(generation count, spMCMC frequency): {_n(checks.get('count_vs_frequency_spearman'))} "
-                  f"(p = {_n(checks.get('count_vs_frequency_p'), '.3g')})"]
+                  f"- Spearman(generation count, spMCMC score): {_n(checks.get('count_vs_score_spearman'))} "
+                  f"(p = {_n(checks.get('count_vs_score_p'), '.3g')})"]
     if summary["sharpening"]:
         lines += ["", "## Sharpening on held-out candidates", "",
                   "Spearman between the policy's mean log-probability and the base spMCMC score, on the candidates "
@@ -74,6 +74,42 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def preference_section(up: dict) -> list[str]:
+    """How well the model's preferences were measured, and what the training pairs rest on."""
+    sp, pr = up.get("spmcmc"), up.get("preferences")
+    if not sp:
+        return []
+    rel = sp.get("reliability") or {}
+    lines = ["## The model's preferences: how well they were measured", "",
+             f"- design: **{sp['mode']}** ({sp['mode_reason']}); {sp['judge_calls']} judge comparisons; score: "
+             f"`{sp['score_estimate']}` — {sp['score_reason']}",
+             f"- **preference reliability** (evidence split in halves by {rel.get('evidence', 'n/a')}, Spearman between "
+             f"the halves' estimates, Spearman–Brown corrected, {rel.get('splits', 'n/a')} splits): "
+             f"**{_n(rel.get('reliability'))}** (split-half ρ = {_n(rel.get('split_half_r'))}); the human analogue "
+             "is the noise ceiling below",
+             f"- **preference strength**: the model's order-averaged choice between two candidates is on average "
+             f"{_n(sp['strength']['mean_abs_w_minus_half'])} away from a coin flip (strongest {_n(sp['strength']['max_w'])}); "
+             f"the score ranges {sp['strength']['bottom_over_uniform']:.2f}x–{sp['strength']['top_over_uniform']:.2f}x "
+             "the uniform share",
+             f"- position bias P(first shown chosen) = {sp['position_bias']:.3f}; label mass {_n(sp['label_mass_mean'])}; "
+             f"cyclic triads {_n(sp['intransitive_share'])}; calibration: {sp['calibration']}", "",
+             f"| estimate | TV vs {sp['estimates']['reference']} | Spearman vs {sp['estimates']['reference']} | "
+             "range | mean SE |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {k} | {e['tv_vs_reference']:.3f} | {_n(e['spearman_vs_reference'])} | {e['min']:.4f}–{e['max']:.4f} | "
+              f"{e['mean_se']:.4f} |" for k, e in sp["estimates"].items() if k != "reference"]
+    if pr:
+        lines += ["", f"- DPO pairs: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the unfiltered "
+                  f"selection had {pr['unfiltered_pairs']}); the model's own order-averaged choice inverts "
+                  f"{_n(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs and "
+                  f"{_n(pr['inverted_direct_kept'], '.2f')} of the kept; the exact distribution inverts "
+                  f"{_n(pr['inverted_exact_unfiltered'], '.2f')} / {_n(pr['inverted_exact_kept'], '.2f')}",
+                  f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
+                  f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
+                  f"{_n(pr['confidence_unfiltered_mean'])}); median score gap {pr['gap_z_median']:.2f} standard errors"]
+    lines += [f"- warning: {w}" for w in sp.get("warnings", [])]
+    return lines + [""]
 
 
 def publish_report(artifact, output_dir: str) -> None:

@@ -1,5 +1,5 @@
-"""Three views of one judge, and whether the chains agree: the exact stationary distribution of the
-spMCMC chain, a Bradley–Terry fit, and convergence diagnostics (R-hat, ESS, between-chain TV).
+"""The exact stationary distribution of the spMCMC chain, intransitivity, and whether the chains
+agree: convergence diagnostics (R-hat, ESS, between-chain TV). Estimates with uncertainty: estimates.py.
 
 With a symmetric proposal and Barker acceptance a(i->j) = P(j chosen over i), the chain's
 transition matrix is T[i,j] = a(i->j)/(N-1) for j != i and T[i,i] = 1 - sum_j T[i,j]. Its
@@ -12,69 +12,16 @@ import warnings
 
 import numpy as np
 
-
-def p_first_matrix(probs: dict, n: int) -> np.ndarray:
-    """pf[i, j] = P(i chosen | i shown first, j second); NaN where not computed."""
-    pf = np.full((n, n), np.nan)
-    if probs:
-        keys = np.array(list(probs.keys()), dtype=np.int64)
-        pf[keys[:, 0], keys[:, 1]] = list(probs.values())
-    return pf
-
-
-def acceptance_matrix(pf: np.ndarray, order: str) -> np.ndarray:
-    """A[i, j] = P(the chain at i accepts a proposal j). `random` has the same law as `both`:
-    each order is shown half the time."""
-    if order == "fixed":
-        a = 1.0 - pf  # current (i) shown first
-    else:
-        a = 0.5 * ((1.0 - pf) + pf.T)
-    np.fill_diagonal(a, 0.0)
-    return a
-
-
-def transition_matrix(accept: np.ndarray) -> np.ndarray:
-    n = accept.shape[0]
-    t = accept / (n - 1)
-    np.fill_diagonal(t, 0.0)
-    np.fill_diagonal(t, 1.0 - t.sum(axis=1))
-    return t
-
-
-def stationary_distribution(t: np.ndarray) -> np.ndarray:
-    """pi with pi T = pi, sum(pi) = 1 (one linear solve; T is irreducible when all a(i->j) > 0)."""
-    from scipy.linalg import solve
-
-    n = t.shape[0]
-    m = t.T - np.eye(n)
-    m[-1, :] = 1.0  # replace one (redundant) balance equation by the normalisation
-    b = np.zeros(n)
-    b[-1] = 1.0
-    pi = solve(m, b)
-    pi = np.clip(pi, 0.0, None)
-    return pi / pi.sum()
+from pipeline.estimates import acceptance_matrix, graph_stationary, p_first_matrix
 
 
 def exact_stationary(probs: dict, n: int, order: str) -> np.ndarray:
+    """The stationary distribution of the paper's chain (uniform proposal over all N-1 others)."""
     pf = p_first_matrix(probs, n)
     off = ~np.eye(n, dtype=bool)
     if np.isnan(pf[off]).any():
         raise ValueError("exact stationary distribution needs every ordered comparison")
-    return stationary_distribution(transition_matrix(acceptance_matrix(pf, order)))
-
-
-def bradley_terry(probs: dict, n: int, alpha: float) -> np.ndarray:
-    """Bradley–Terry strengths (normalised to sum 1) from soft wins: each computed comparison
-    adds P(first chosen) to first-beats-second and the rest to second-beats-first (choix, ILSR)."""
-    import choix
-
-    wins = np.zeros((n, n))
-    for (f, s), p in probs.items():
-        wins[f, s] += p
-        wins[s, f] += 1.0 - p
-    params = choix.ilsr_pairwise_dense(wins, alpha=alpha)
-    w = np.exp(params - params.max())
-    return w / w.sum()
+    return graph_stationary(acceptance_matrix(pf, order), off.astype(float))
 
 
 def intransitivity(probs: dict, n: int) -> dict:

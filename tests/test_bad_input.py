@@ -96,9 +96,9 @@ def test_recipe_values_keep_their_text(tmp_path):
     from pipeline.config import load_config
 
     path = write(tmp_path / "r.yaml", "sample_space:\n  query: 1e3\njudge:\n  labels: [Yes, No]\n"
-                                      "spmcmc:\n  exact: true\n  iterations: 170\n")
+                                      "spmcmc:\n  chains: true\n  iterations: 170\n")
     cfg = load_config([f"recipe={path}"])
-    assert (cfg.sample_space.query, cfg.judge.labels, cfg.spmcmc.exact, cfg.spmcmc.iterations) == \
+    assert (cfg.sample_space.query, cfg.judge.labels, cfg.spmcmc.chains, cfg.spmcmc.iterations) == \
         ("1e3", ["Yes", "No"], "true", 170)
 
 
@@ -375,7 +375,7 @@ def test_inspect_a_damaged_manifest(space_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- resume edge cases
-RESUME = [*TINY, "stages=[sample_space,spmcmc]", "spmcmc.exact=false", "spmcmc.iterations=60"]
+RESUME = [*TINY, "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=60"]
 
 
 @pytest.fixture(scope="module")

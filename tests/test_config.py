@@ -21,9 +21,9 @@ def test_overrides_apply_and_keep_types():
     assert cfg.stages == ["sample_space", "spmcmc"]  # always in pipeline order
 
 
-def test_exact_accepts_yaml_booleans():
-    assert load_config(["recipe=tiny", "spmcmc.exact=true"]).spmcmc.exact == "true"
-    assert load_config(["recipe=tiny", "spmcmc.exact=false"]).spmcmc.exact == "false"
+def test_chains_accepts_yaml_booleans():
+    assert load_config(["recipe=tiny", "spmcmc.chains=true"]).spmcmc.chains == "true"
+    assert load_config(["recipe=tiny", "spmcmc.chains=false"]).spmcmc.chains == "false"
 
 
 @pytest.mark.parametrize("argv, message", [

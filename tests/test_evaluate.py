@@ -19,7 +19,7 @@ def test_stage_on_tiny_model_with_wandb_offline(tmp_path, monkeypatch):
     assert {"evaluator", "model", "n_items", "pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high",
             "spearman_r", "spearman_p", "kendall_tau", "precision_at_k"} <= set(metrics.column_names)
     assert set(metrics["model"]) == {"base"} and set(metrics["n_items"]) == {12}
-    assert {"spmcmc", "spmcmc_exact", "direct_rating", "p_true", "logprob", "self_certainty", "random"} <= \
+    assert {"spmcmc", "spmcmc_frequency", "direct_rating", "p_true", "logprob", "self_certainty", "random"} <= \
         set(metrics["evaluator"])
     assert ds["scores"].num_rows == 12 * metrics.num_rows
     for key in ("eval/base/spmcmc/spearman_r", "eval/base/p_true/pearson_r", "eval/noise_ceiling"):

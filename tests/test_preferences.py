@@ -54,30 +54,82 @@ def test_sft_targets_top_k_and_sampled():
     assert len(set(drawn)) == 3
 
 
-def fake_spmcmc(tmp_path, stationary=True, n=20):
+def fake_spmcmc(tmp_path, cfg, stationary=True, n=20, judge=None, se=0.001):
+    """A complete spmcmc artifact: candidates with every estimate, summary.json and a pair cache holding
+    every ordered comparison of `judge` (default: Bradley–Terry on the scores), so no model is loaded."""
+    import json
+
+    from pipeline.judge import PairStore, judge_key, text_sha
+
     freq = np.random.default_rng(0).dirichlet(np.ones(n))
-    cands = Dataset.from_dict({"id": list(range(n)), "text": [f"joke {i}" for i in range(n)],
-                               "frequency": freq.tolist(), "stationary": freq.tolist() if stationary else [None] * n,
-                               "bt_score": freq.tolist()})
-    DatasetDict({"candidates": cands}).save_to_disk(str(tmp_path / "spmcmc" / "dataset"))
-    return Artifact("spmcmc", "fp", tmp_path / "spmcmc")
+    texts = [f"joke {i}" for i in range(n)]
+    judge = judge or (lambda a, b: freq[a] / (freq[a] + freq[b]))
+    none = [None] * n
+    cands = Dataset.from_dict({"id": list(range(n)), "text": texts, "frequency": freq.tolist(), "frequency_se": [se] * n,
+                               "rao_blackwell": none, "rao_blackwell_se": none, "bt_score": freq.tolist(),
+                               "bt_score_se": [se] * n, "stationary": freq.tolist() if stationary else none,
+                               "stationary_se": [se] * n if stationary else none, "sparse": none, "sparse_se": none,
+                               "score": freq.tolist(), "score_se": [se] * n})
+    folder = tmp_path / "spmcmc"
+    DatasetDict({"candidates": cands}).save_to_disk(str(folder / "dataset"))
+    (folder / "summary.json").write_text(json.dumps({"calibration_shift": 0.0, "reliability": {"reliability": 0.9}}))
+    store = PairStore(folder, judge_key(cfg.model, cfg.judge, cfg.sample_space.query), [text_sha(t) for t in texts])
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+    store.append(pairs, [judge(a, b) for a, b in pairs], [1.0] * len(pairs))
+    return Artifact("spmcmc", "fp", folder)
+
+
+def run_stage(tmp_path, *overrides, **fake):
+    cfg = tiny_config(tmp_path, *overrides)
+    (tmp_path / "work").mkdir(exist_ok=True)
+    return preferences.run(cfg, {"spmcmc": fake_spmcmc(tmp_path, cfg, **fake)}, tmp_path / "work")
 
 
 def test_stage_output_is_trl_conversational_and_honest(tmp_path):
-    cfg = tiny_config(tmp_path, "preferences.test_fraction=0.25")
-    (tmp_path / "work").mkdir()
-    out = preferences.run(cfg, {"spmcmc": fake_spmcmc(tmp_path)}, tmp_path / "work")
+    out = run_stage(tmp_path, "preferences.test_fraction=0.25")
     train, test, sft = out["train"], out["test"], out["sft"]
     row = train[0]
     assert row["prompt"] == [{"role": "user", "content": "Tell me a joke."}]
     assert row["chosen"][0]["role"] == "assistant" and row["chosen_score"] > row["rejected_score"]
     assert row["margin"] == pytest.approx(row["chosen_score"] - row["rejected_score"])
+    assert row["confidence"] > 0.5 and row["gap_z"] == pytest.approx(row["margin"] / (0.001 * np.sqrt(2)))
     test_ids = set(test["chosen_id"]) | set(test["rejected_id"])
     assert test_ids and not test_ids & (set(train["chosen_id"]) | set(train["rejected_id"]) | set(sft["id"]))
     assert sft[0]["completion"][0]["role"] == "assistant"
 
 
+def test_filtering_keeps_no_pair_the_model_inverts(tmp_path):
+    """A judge that disagrees with the scores on some pairs: those pairs, and only those, are dropped."""
+    import json
+
+    rng = np.random.default_rng(5)
+    disagree = {(a, b): rng.random() < 0.3 for a in range(20) for b in range(a + 1, 20)}
+
+    def judge(a, b):  # W(a over b) = 0.7 or 0.3 by the flip, whatever the scores say; order-consistent
+        lo, hi = min(a, b), max(a, b)
+        w = 0.3 if disagree[lo, hi] else 0.7
+        return w if a == lo else 1 - w
+
+    out = run_stage(tmp_path, "preferences.min_confidence=0.6", "preferences.min_gap_z=0", judge=judge)
+    assert out["train"].num_rows > 0 and min(out["train"]["confidence"]) >= 0.6
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert summary["inverted_direct_kept"] == 0.0 and summary["inverted_direct_unfiltered"] > 0
+    assert summary["pairs_dropped"] > 0
+
+
+def test_weak_gaps_are_dropped(tmp_path):
+    out = run_stage(tmp_path, "preferences.min_gap_z=3", "preferences.min_confidence=0.5", se=0.02)
+    gaps = np.array(out["train"]["margin"]) / (0.02 * np.sqrt(2))
+    assert (gaps >= 3).all() and np.allclose(gaps, out["train"]["gap_z"])
+
+
+def test_no_pair_survives_is_one_clear_error(tmp_path):
+    with pytest.raises(StageError, match=r"no train pair passes the evidence filters: the best confidence seen was "
+                                         r"0\.5\d\d \(preferences.min_confidence=0.95\)"):
+        run_stage(tmp_path, "preferences.min_confidence=0.95", judge=lambda a, b: 0.5 + 0.05 * (a < b))
+    assert not (tmp_path / "work" / "dataset").exists()
+
+
 def test_stationary_score_without_exact_is_a_clear_error(tmp_path):
-    cfg = tiny_config(tmp_path, "preferences.score=stationary")
-    with pytest.raises(StageError, match="needs the exact stationary distribution"):
-        preferences.run(cfg, {"spmcmc": fake_spmcmc(tmp_path, stationary=False)}, tmp_path)
+    with pytest.raises(StageError, match="needs the stationary estimate"):
+        run_stage(tmp_path, "preferences.score=stationary", stationary=False)

@@ -15,7 +15,7 @@ from pipeline.artifacts import Run
 ARGS = ["recipe=tiny", "sample_space.num_samples=20", "sample_space.chunk_size=5", "spmcmc.iterations=60",
         "finetune.save_steps=1"]
 # (kill point, what was under way): generation, the exact fill, the chains, training, finalising
-KILL_POINTS = ["sample_space.chunk:2", "finalise:2", "spmcmc.exact_chunk:1", "spmcmc.step:30", "finetune.save:2"]
+KILL_POINTS = ["sample_space.chunk:2", "finalise:2", "spmcmc.design_chunk:1", "spmcmc.step:30", "finetune.save:2"]
 STAGES = ["sample_space", "spmcmc", "preferences", "finetune", "evaluate"]
 
 

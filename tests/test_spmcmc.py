@@ -25,14 +25,18 @@ def test_stage_on_tiny_model(tmp_path):
     ds = load_from_disk(str(path / "dataset"))
     cands, pairs, trace = ds["candidates"], ds["pairs"], ds["trace"]
     n = cands.num_rows
-    assert {"id", "text", "visits", "frequency", "stationary", "bt_score"} <= set(cands.column_names)
+    assert {"id", "text", "visits", "frequency", "frequency_se", "rao_blackwell", "stationary", "stationary_se",
+            "bt_score", "bt_score_se", "sparse", "score", "score_se"} <= set(cands.column_names)
+    assert cands["score"] == cands["stationary"] and set(cands["sparse"]) == {None}
     assert pairs.num_rows == n * (n - 1)  # exact mode (auto, within budget) computed every ordered comparison
     assert sum(cands["frequency"]) == pytest.approx(1.0) and sum(cands["stationary"]) == pytest.approx(1.0)
     assert trace.num_rows == 2 * 40 and set(trace["chain"]) == {0, 1}
     assert all(0.0 <= p <= 1.0 for p in pairs["p_first"])
     summary = json.loads((path / "summary.json").read_text())
     assert summary["judge_calls"] == pairs.num_rows and summary["chain_cache_hit_rate"] == 1.0
-    assert (path / "frequency_vs_exact.png").stat().st_size > 1000
+    assert summary["mode"] == "exact" and summary["score_estimate"] == "stationary"
+    assert 0 <= summary["reliability"]["reliability"] <= 1 and summary["reliability"]["evidence"] == "compared pairs"
+    assert (path / "estimates.png").stat().st_size > 1000
 
 
 def test_prefix_cache_matches_plain_forward(tiny_model):
@@ -75,18 +79,19 @@ def test_summary_reports_the_bias_put_in_and_debiases(tmp_path):
     cfg = tiny_config(tmp_path, "spmcmc.order=both", "spmcmc.iterations=5000", "spmcmc.burn_in=100")
     space = Dataset.from_dict({"id": list(range(n)), "text": [f"c{i}" for i in range(n)], "count": [1] * n,
                                "is_greedy": [False] * n, "text_sha": [str(i) for i in range(n)]})
-    out = summarise(cfg, space, trace, cached.probs, {}, True, tmp_path)
+    out = summarise(cfg, space, trace, cached.probs, {}, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["position_bias"] == pytest.approx(np.mean(list(cached.probs.values())))
     assert summary["position_bias"] > 0.7
-    assert summary["tv_frequency_vs_exact"] <= 0.03
+    assert summary["estimates"]["frequency"]["tv_vs_reference"] <= 0.03
+    assert summary["reliability"]["reliability"] > 0.95 and not any("reliability" in w for w in summary["warnings"])
     stationary = np.array(out["candidates"]["stationary"])
     assert np.array_equal(np.argsort(stationary), np.argsort(w))  # the true ranking, despite the bias
 
 
 @pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
-    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.exact=false", "spmcmc.iterations=60"]
+    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=60"]
     killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "spmcmc.step:33"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
@@ -103,7 +108,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 @pytest.mark.slow
 def test_two_processes_split_chains_and_merge_caches(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.num_chains=3", "spmcmc.exact=false",
+    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.num_chains=3", "spmcmc.mode=chains",
             f"output_dir={tmp_path}"]
     proc = run_cli(*args, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,11 +1,11 @@
 """Stage 5 — evaluate: every evaluator scores human-rated items with the base model and, when a
 fine-tuned adapter exists, with the tuned model; agreement with the human means, with intervals.
 
-Evaluators (same model, same items): spmcmc (visit frequency) and spmcmc_exact (stationary
-distribution, when within spmcmc.exact_budget), direct_rating (expected 1-7 answer from the digit
-tokens; direct_rating_argmax), p_true (P("Yes") to "is it good/funny?", the paper's importance
-sampling), logprob (mean token log-probability as an answer to the query), self_certainty (Kang et
-al. 2025), random.
+Evaluators (same model, same items): spmcmc (the spmcmc stage's score estimate under the same
+design settings) and spmcmc_frequency (the paper's chain visit frequency, when chains run),
+direct_rating (expected 1-7 answer from the digit tokens; direct_rating_argmax), p_true (P("Yes")
+to "is it good/funny?", the paper's importance sampling), logprob (mean token log-probability as
+an answer to the query), self_certainty (Kang et al. 2025), random.
 
 Inputs:  all optional: sample_space + spmcmc (paper checks on the generated answers), preferences +
          finetune (tuned model; sharpening on the held-out candidates)
@@ -29,35 +29,41 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.artifacts import write_json
-from pipeline.chains import new_chains, run_chains, visit_frequencies
+from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
+from pipeline.estimates import SCORE_OF_MODE, all_estimates, calibration_shift, ordered, plan_design, shifted, wants_chains
+from pipeline.judge import cached_model_judge, fill_pairs
 from pipeline.metrics import agreement, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
+from pipeline.plots import evaluation_plots
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
-from pipeline.stages.sample_space import text_sha
-from pipeline.stages.spmcmc import cached_model_judge, fill_all_pairs, use_exact
 
-NAME, VERSION = "evaluate", 1
+NAME, VERSION = "evaluate", 2
 SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate")
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
 
 def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adapter_key, extra_cache) -> dict:
-    """spMCMC over the rated items, through the same judge code and pair cache as the spmcmc stage."""
-    n = len(texts)
-    cached, _ = cached_model_judge(cfg, texts, [text_sha(t) for t in texts], workdir, lambda: (model, tok),
+    """spMCMC over the rated items with the spmcmc stage's design, judge code and pair cache: `spmcmc` is
+    the stage's score estimate; `spmcmc_frequency` the paper's chain visit frequency, when chains run."""
+    sc, n = cfg.spmcmc, len(texts)
+    cached, _ = cached_model_judge(cfg, texts, workdir, lambda: (model, tok), cfg.sample_space.query,
                                    adapter_key=adapter_key, extra_cache_files=extra_cache)
-    exact = use_exact(cfg.spmcmc.exact, n, cfg.spmcmc.exact_budget)
-    if exact:
-        fill_all_pairs(cached, n, f"[evaluate] {adapter_key or 'base'}: all comparisons", distributed=False)
-    iterations = cfg.evaluate.spmcmc_iterations
-    trace = run_chains(new_chains(n, cfg.spmcmc.num_chains, cfg.spmcmc.seed), n, cached, iterations, cfg.spmcmc.order)
-    out = {"spmcmc": visit_frequencies(trace, n, burn_in=min(cfg.spmcmc.burn_in, iterations // 2))}
-    if exact:
-        from pipeline.stationary import exact_stationary
-
-        out["spmcmc_exact"] = exact_stationary(cached.probs, n, cfg.spmcmc.order)
+    mode, edges, _ = plan_design(sc, n)
+    if edges:
+        fill_pairs(cached, ordered(edges), f"[evaluate] {adapter_key or 'base'}: {mode} design", distributed=False)
+    probs = shifted(cached.probs, calibration_shift(cached.probs, cfg.judge.calibration))
+    trace = None
+    if wants_chains(sc.chains, mode):
+        judge = cached if probs is cached.probs else CachedJudge(cached.judge, dict(probs))
+        trace = run_chains(new_chains(n, sc.num_chains, sc.seed), n, judge, cfg.evaluate.spmcmc_iterations, sc.order)
+        probs = judge.probs
+    burn_in = min(sc.burn_in, cfg.evaluate.spmcmc_iterations // 2)
+    est, _ = all_estimates(probs, n, sc.order, mode, edges, trace, burn_in, 1, sc.bt_alpha, 0, 0, sc.seed)
+    out = {"spmcmc": est[SCORE_OF_MODE[mode]][0]}
+    if "frequency" in est:
+        out["spmcmc_frequency"] = est["frequency"][0]
     return out
 
 
@@ -120,13 +126,12 @@ def run(cfg: Config, inputs: dict, workdir: Path):
 
 
 def _held_out(cfg: Config, inputs: dict) -> tuple[list[str], list[float]]:
-    """Texts and base spMCMC scores of the candidates in the preferences test split."""
-    from pipeline.stages.preferences import SCORE_COLUMN
-
+    """Texts and base spMCMC scores (those the pairs were built from) of the preferences test split's candidates."""
     test = inputs["preferences"].load()["test"]
-    ids = sorted(set(test["chosen_id"]) | set(test["rejected_id"]))
+    score = {**dict(zip(test["chosen_id"], test["chosen_score"])), **dict(zip(test["rejected_id"], test["rejected_score"]))}
+    ids = sorted(score)
     cands = inputs["spmcmc"].load()["candidates"]
-    text, score = dict(zip(cands["id"], cands["text"])), dict(zip(cands["id"], cands[SCORE_COLUMN[cfg.preferences.score]]))
+    text = dict(zip(cands["id"], cands["text"]))
     return [text[i] for i in ids], [score[i] for i in ids]
 
 
@@ -141,26 +146,32 @@ def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float]) 
 
 
 def paper_checks(inputs: dict) -> dict | None:
-    """On the generated sample space: the greedy answer's rank under spMCMC, and whether the model
-    prefers what it generates most often (Spearman of count and frequency)."""
+    """On the generated sample space: the greedy answer's rank under the spMCMC score (and the chains' visit
+    frequency), and whether the model prefers what it generates most often (Spearman of count and score)."""
     from scipy.stats import spearmanr
 
     if "spmcmc" not in inputs:
         return None
     c = inputs["spmcmc"].load()["candidates"]
-    freq = np.array(c["frequency"])
-    ranks = (-freq).argsort(kind="stable").argsort() + 1
     greedy = [i for i, g in enumerate(c["is_greedy"]) if g]
-    out = {"n_candidates": c.num_rows, "greedy_rank_by_frequency": int(ranks[greedy[0]]) if greedy else None,
-           "greedy_text": c["text"][greedy[0]] if greedy else None}
-    if None not in c["stationary"]:
-        st = np.array(c["stationary"])
-        out["greedy_rank_by_stationary"] = int(((-st).argsort(kind="stable").argsort() + 1)[greedy[0]]) if greedy else None
-    counts = np.array(c["count"])
-    if np.ptp(counts) > 0:
-        res = spearmanr(counts, freq)
-        out.update({"count_vs_frequency_spearman": float(res.statistic), "count_vs_frequency_p": float(res.pvalue)})
+    out = {"n_candidates": c.num_rows, "greedy_text": c["text"][greedy[0]] if greedy else None}
+    for column in ("score", "frequency"):
+        if None not in c[column]:
+            ranks = (-np.array(c[column])).argsort(kind="stable").argsort() + 1
+            out[f"greedy_rank_by_{column}"] = int(ranks[greedy[0]]) if greedy else None
+    counts, score = np.array(c["count"]), np.array(c["score"])
+    if np.ptp(counts) > 0 and np.ptp(score) > 0:
+        res = spearmanr(counts, score)
+        out.update({"count_vs_score_spearman": float(res.statistic), "count_vs_score_p": float(res.pvalue)})
     return out
+
+
+def upstream_summaries(inputs: dict) -> dict:
+    """What the report states about the preference data: the spmcmc and preferences stages' summaries."""
+    import json
+
+    return {name: json.loads((inputs[name].path / "summary.json").read_text())
+            for name in ("spmcmc", "preferences") if name in inputs and (inputs[name].path / "summary.json").is_file()}
 
 
 def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path):
@@ -183,9 +194,10 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
     summary = {"ratings": ratings.source, "citation": ratings.citation, "n_items": len(items),
                "item_ids": items["id"].tolist(), "max_items": ec.max_items, "max_chars": ec.max_chars,
                "noise_ceiling": noise_ceiling(ratings.long, items["id"].tolist(), ec.seed),
-               "paper_checks": paper_checks(inputs), "sharpening": sharpening or None}
+               "paper_checks": paper_checks(inputs), "sharpening": sharpening or None,
+               "upstream": upstream_summaries(inputs)}
     write_json(workdir / "summary.json", summary)
-    plots = _plots(workdir, human, scores, metrics, summary["noise_ceiling"])
+    plots = evaluation_plots(workdir, human, scores, metrics, summary["noise_ceiling"])
     from pipeline.report import write_report
 
     write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
@@ -233,49 +245,3 @@ def _log(metrics, summary, plots, items, human, scores) -> None:
 
 def _f(v) -> str:
     return "  n/a" if v is None else f"{v:+.3f}"
-
-
-def _plots(workdir: Path, human, scores: dict, metrics: list[dict], ceiling: dict | None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    evaluators = list(scores["base"])
-    fig, axes = plt.subplots(len(scores), len(evaluators), figsize=(2.6 * len(evaluators), 2.6 * len(scores)),
-                             squeeze=False)
-    m = {(r["evaluator"], r["model"]): r for r in metrics}
-    for row, (model, per) in enumerate(scores.items()):
-        for col, e in enumerate(evaluators):
-            ax = axes[row][col]
-            ax.scatter(per[e], human, s=10)
-            ax.set_title(f"{model}: {e}\nr={_f(m[e, model]['pearson_r'])}", fontsize=8)
-            ax.set_xlabel("model score", fontsize=7)
-            ax.tick_params(labelsize=6)
-        axes[row][0].set_ylabel("human mean rating", fontsize=7)
-    fig.tight_layout()
-    paths = [workdir / "scatter.png"]
-    fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(evaluators)), 3.5))
-    width = 0.8 / len(scores)
-    for k, model in enumerate(scores):
-        rs = [m[e, model] for e in evaluators]
-        y = np.array([np.nan if r["spearman_r"] is None else r["spearman_r"] for r in rs])
-        lo = np.array([np.nan if r["spearman_ci_low"] is None else r["spearman_ci_low"] for r in rs])
-        hi = np.array([np.nan if r["spearman_ci_high"] is None else r["spearman_ci_high"] for r in rs])
-        x = np.arange(len(evaluators)) + k * width
-        ax.bar(x, y, width, label=model, alpha=0.7)
-        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", color="k", lw=0.8)
-    if ceiling:
-        ax.axhline(ceiling["spearman_brown"], color="grey", ls="--", lw=0.8, label="human noise ceiling")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xticks(np.arange(len(evaluators)) + width * (len(scores) - 1) / 2, evaluators, rotation=30, fontsize=7)
-    ax.set_ylabel("Spearman ρ with human mean (95% CI)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(workdir / "correlations.png")
-    fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
-    return paths

@@ -1,16 +1,25 @@
-"""Stage 3 — preferences: spMCMC scores become DPO preference pairs and SFT targets.
+"""Stage 3 — preferences: spMCMC scores become DPO preference pairs and SFT targets, and each pair
+carries the evidence that the model really prefers its chosen answer.
 
-Inputs:  spmcmc (candidates: id, text, frequency, stationary, bt_score)
+Inputs:  spmcmc (candidates: id, text, score, score_se and every estimate with its _se; pair cache files)
 Output:  DatasetDict
            train, test: prompt, chosen, rejected (TRL conversational messages), chosen_id, rejected_id,
-                        chosen_score, rejected_score, margin (chosen_score - rejected_score)
+                        chosen_score, rejected_score, margin (chosen_score - rejected_score),
+                        confidence (the model's own order-averaged choice of chosen over rejected,
+                        W = 1/2 (P(chosen | shown first) + 1 - P(rejected | shown first))), gap_z (margin
+                        in units of its standard error)
            sft:         prompt, completion (messages), id, score
          The split is by candidate: no test candidate appears in a train pair or an SFT target.
-Resume:  pure and fast (seconds): recomputed when not complete.
+         Pairs below preferences.min_confidence or min_gap_z are dropped; summary.json says how many,
+         and how many of the unfiltered pairs the model's own direct choice (and the exact distribution,
+         when computed) inverts.
+Resume:  comparisons that confidence needs beyond the spmcmc cache are appended to this stage's pair
+         cache as they are computed; the rest is recomputed in seconds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,10 +28,12 @@ import numpy as np
 from pipeline import tracking
 from pipeline.artifacts import StageError, write_json
 from pipeline.config import Config, PreferencesConfig
+from pipeline.estimates import order_averaged, shifted
 
-NAME, VERSION = "preferences", 1
-SETTINGS = ("preferences",)
-SCORE_COLUMN = {"frequency": "frequency", "stationary": "stationary", "bt": "bt_score"}
+NAME, VERSION = "preferences", 2
+SETTINGS = ("model", "sample_space", "judge", "preferences")
+SCORE_COLUMN = {"auto": "score", "frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score",
+                "stationary": "stationary", "sparse": "sparse"}
 
 
 def split_candidates(ids: list[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -82,12 +93,66 @@ def _messages(role: str, content: str) -> list[dict]:
     return [{"role": role, "content": content}]
 
 
-def _pair_rows(pairs, text, score, prompt) -> dict:
+def _pair_rows(pairs, text, score, prompt, evidence) -> dict:
     return {"prompt": [prompt] * len(pairs), "chosen": [_messages("assistant", text[a]) for a, _ in pairs],
             "rejected": [_messages("assistant", text[b]) for _, b in pairs],
             "chosen_id": [a for a, _ in pairs], "rejected_id": [b for _, b in pairs],
             "chosen_score": [score[a] for a, _ in pairs], "rejected_score": [score[b] for _, b in pairs],
-            "margin": [score[a] - score[b] for a, b in pairs]}
+            "margin": [score[a] - score[b] for a, b in pairs],
+            "confidence": [evidence[p][0] for p in pairs], "gap_z": [evidence[p][1] for p in pairs]}
+
+
+class Evidence:
+    """Per pair: (confidence W, gap_z), the comparisons W needs asked of the model's judge (both orders;
+    the spmcmc stage's cache first, then the model, within preferences.budget new comparisons)."""
+
+    def __init__(self, cfg: Config, spmcmc, cands, workdir: Path, se: dict[int, float], score: dict[int, float]):
+        from pipeline.judge import cached_model_judge
+        from pipeline.models import load_model
+
+        self.cached, _ = cached_model_judge(cfg, cands["text"], workdir, lambda: load_model(cfg.model),
+                                            cfg.sample_space.query, extra_cache_files=sorted(
+                                                spmcmc.path.glob("pair_cache.rank*.jsonl")))
+        self.shift = json.loads((spmcmc.path / "summary.json").read_text()).get("calibration_shift", 0.0)
+        self.budget, self.se, self.score, self.known = cfg.preferences.budget, se, score, {}
+
+    def __call__(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Measures the pairs (as many as the budget allows); returns those measured."""
+        from pipeline.judge import fill_pairs
+
+        need = [q for a, b in pairs if (a, b) not in self.known for q in ((a, b), (b, a)) if q not in self.cached.probs]
+        need = list(dict.fromkeys(need))
+        if len(need) > self.budget:
+            need = need[: self.budget - self.budget % 2]
+        if need:
+            fill_pairs(self.cached, need, "[preferences] confidence", distributed=False)
+            self.budget -= len(need)
+        for a, b in pairs:
+            if (a, b) not in self.known and (a, b) in self.cached.probs and (b, a) in self.cached.probs:
+                probs = shifted({(a, b): self.cached.probs[a, b], (b, a): self.cached.probs[b, a]}, self.shift)
+                gap_se = math.hypot(self.se[a], self.se[b])
+                z = (self.score[a] - self.score[b]) / gap_se if gap_se > 0 else math.inf
+                self.known[a, b] = (order_averaged(probs, a, b), z)
+        return [p for p in pairs if p in self.known]
+
+
+def select_pairs(ranked: list[tuple[int, int]], evidence: Evidence, pc: PreferencesConfig) -> dict:
+    """The unfiltered selection (caps only, as without evidence) and the kept one (caps over the pairs
+    that pass min_confidence and min_gap_z), in priority order."""
+    unfiltered = apply_caps(ranked, pc.max_pairs, pc.max_uses_per_candidate)
+    evidence(unfiltered)
+    supported = []
+    chunk = max(64, 2 * pc.max_pairs)
+    for start in range(0, len(ranked), chunk):
+        for p in evidence(ranked[start:start + chunk]):
+            w, z = evidence.known[p]
+            if w >= pc.min_confidence and w > 0.5 and z >= pc.min_gap_z:
+                supported.append(p)
+        kept = apply_caps(supported, pc.max_pairs, pc.max_uses_per_candidate)
+        if len(kept) == pc.max_pairs or evidence.budget <= 0:
+            break
+    return {"unfiltered": unfiltered, "kept": apply_caps(supported, pc.max_pairs, pc.max_uses_per_candidate),
+            "measured": [p for p in ranked if p in evidence.known]}
 
 
 def run(cfg: Config, inputs: dict, workdir: Path):
@@ -97,51 +162,97 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     cands = inputs["spmcmc"].load()["candidates"]
     column = SCORE_COLUMN[pc.score]
     if any(v is None for v in cands[column]):
-        raise StageError(f"preferences.score={pc.score} needs the exact stationary distribution, which spmcmc did "
-                         "not compute; set spmcmc.exact=true or preferences.score=frequency")
+        raise StageError(f"preferences.score={pc.score} needs the {column} estimate, which this spmcmc run did not "
+                         "compute (stationary: spmcmc.mode=exact; sparse: mode=sparse; frequency/rao_blackwell: chains); "
+                         "use preferences.score=auto")
     score = dict(zip(cands["id"], cands[column]))
+    se = {i: (v if v is not None else 0.0) for i, v in zip(cands["id"], cands[column + "_se"])}
     text = dict(zip(cands["id"], cands["text"]))
+    exact = dict(zip(cands["id"], cands["stationary"])) if None not in cands["stationary"] else None
     system = cfg.sample_space.system_prompt
     prompt = (_messages("system", system) if system else []) + _messages("user", cfg.sample_space.query)
     rng = np.random.default_rng(pc.seed)
     train_ids, test_ids = split_candidates(cands["id"], pc.test_fraction, pc.seed)
-    splits = {}
+    evidence = Evidence(cfg, inputs["spmcmc"], cands, workdir, se, score)
+    splits, picked = {}, {}
     for name, ids in (("train", train_ids), ("test", test_ids)):
-        pairs = apply_caps(candidate_pairs(ids, score, pc, rng), pc.max_pairs, pc.max_uses_per_candidate)
-        splits[name] = Dataset.from_dict(_pair_rows(pairs, text, score, prompt))
+        picked[name] = select_pairs(candidate_pairs(ids, score, pc, rng), evidence, pc)
+        splits[name] = Dataset.from_dict(_pair_rows(picked[name]["kept"], text, score, prompt, evidence.known))
     if splits["train"].num_rows == 0:
-        raise StageError(_no_pairs_message(pc, train_ids, cands.num_rows, score))
+        raise StageError(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence,
+                                           inputs["spmcmc"]))
     sft = sft_targets(train_ids, score, pc, rng)
     splits["sft"] = Dataset.from_dict({"prompt": [prompt] * len(sft),
                                        "completion": [_messages("assistant", text[i]) for i in sft],
                                        "id": sft, "score": [score[i] for i in sft]})
-    summary = _summary(splits, train_ids, test_ids)
+    summary = _summary(splits, train_ids, test_ids, column, picked["train"], evidence.known, exact)
     write_json(workdir / "summary.json", summary)
     tracking.summary({f"preferences/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
-    print(f"[preferences] {summary['train_pairs']} train pairs over {summary['train_candidates']} candidates, "
-          f"{summary['test_pairs']} test pairs over {summary['test_candidates']}, {summary['sft_targets']} SFT targets;"
-          f" margin median {summary['margin_median']:.4f}, max uses per candidate {summary['max_uses']}", flush=True)
+    _print(summary)
     return DatasetDict(splits)
 
 
-def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score: dict) -> str:
+def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score: dict, picked: dict,
+                      evidence: Evidence, spmcmc) -> str:
     if len(train_ids) < 2:
         return (f"preferences.test_fraction={pc.test_fraction} leaves {len(train_ids)} of {n} candidates for training; "
                 "lower preferences.test_fraction")
     if len({score[i] for i in train_ids}) == 1:
         return (f"all {len(train_ids)} train candidates have the same {pc.score} score: the model showed no "
-                "preference; run more spMCMC steps (spmcmc.iterations) or use preferences.score=bt")
-    if pc.strategy == "margin":
-        return (f"no train pair reaches preferences.min_ratio={pc.min_ratio}; lower it or use "
-                "preferences.strategy=top_vs_bottom")
-    return f"no train pairs from {len(train_ids)} candidates with strategy={pc.strategy}; add candidates"
+                "preference; measure more (spmcmc.budget) or use another preferences.score")
+    if not picked["measured"]:
+        if pc.strategy == "margin":
+            return (f"no train pair reaches preferences.min_ratio={pc.min_ratio}; lower it or use "
+                    "preferences.strategy=top_vs_bottom")
+        return f"no train pairs from {len(train_ids)} candidates with strategy={pc.strategy}; add candidates"
+    best_w = max(evidence.known[p][0] for p in picked["measured"])
+    best_z = max(evidence.known[p][1] for p in picked["measured"])
+    rel = json.loads((spmcmc.path / "summary.json").read_text()).get("reliability") or {}
+    return (f"no train pair passes the evidence filters: the best confidence seen was {best_w:.3f} "
+            f"(preferences.min_confidence={pc.min_confidence}) and the largest gap {best_z:.2f} standard errors "
+            f"(preferences.min_gap_z={pc.min_gap_z}) over {len(picked['measured'])} pairs; the model's preference "
+            f"reliability is {rel.get('reliability', float('nan')):.2f}. Lower the thresholds, or measure more "
+            "reliably (spmcmc.budget, more candidates, a stronger judge)")
 
 
-def _summary(splits: dict, train_ids: list[int], test_ids: list[int]) -> dict:
-    train = splits["train"]
+def _inverted(pairs, known=None, exact=None) -> float | None:
+    if not pairs:
+        return None
+    if known is not None:
+        return float(np.mean([known[p][0] < 0.5 for p in pairs]))
+    return float(np.mean([exact[a] < exact[b] for a, b in pairs]))
+
+
+def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: str, picked: dict, known: dict,
+             exact: dict | None) -> dict:
+    train, unfiltered = splits["train"], picked["unfiltered"]
     margins = np.array(train["margin"])
     uses = np.bincount(np.concatenate([train["chosen_id"], train["rejected_id"]]).astype(int))
-    return {"train_pairs": train.num_rows, "test_pairs": splits["test"].num_rows, "sft_targets": splits["sft"].num_rows,
-            "train_candidates": len(train_ids), "test_candidates": len(test_ids),
+    conf = np.array(train["confidence"])
+    measured_unfiltered = [p for p in unfiltered if p in known]
+    return {"score_column": column, "train_pairs": train.num_rows, "test_pairs": splits["test"].num_rows,
+            "sft_targets": splits["sft"].num_rows, "train_candidates": len(train_ids), "test_candidates": len(test_ids),
+            "unfiltered_pairs": len(unfiltered), "pairs_measured": len(picked["measured"]),
+            "pairs_dropped": len(picked["measured"]) - train.num_rows,
+            "inverted_direct_unfiltered": _inverted(measured_unfiltered, known=known),
+            "inverted_direct_kept": _inverted(list(zip(train["chosen_id"], train["rejected_id"])), known=known),
+            "inverted_exact_unfiltered": _inverted(unfiltered, exact=exact) if exact else None,
+            "inverted_exact_kept": _inverted(list(zip(train["chosen_id"], train["rejected_id"])), exact=exact)
+            if exact else None,
+            "confidence_unfiltered_mean": float(np.mean([known[p][0] for p in measured_unfiltered]))
+            if measured_unfiltered else None,
+            "confidence_mean": float(conf.mean()), "confidence_min": float(conf.min()), "confidence_max": float(conf.max()),
+            "gap_z_median": float(np.median(train["gap_z"])),
             "margin_min": float(margins.min()), "margin_median": float(np.median(margins)),
             "margin_max": float(margins.max()), "candidates_used": int((uses > 0).sum()), "max_uses": int(uses.max())}
+
+
+def _print(s: dict) -> None:
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"[preferences] {s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
+          f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
+          f"{s['score_column']}\n[preferences] the model's own direct choice inverts {fmt(s['inverted_direct_unfiltered'])}"
+          f" of the unfiltered pairs and {fmt(s['inverted_direct_kept'])} of the kept; the exact distribution inverts "
+          f"{fmt(s['inverted_exact_unfiltered'])} / {fmt(s['inverted_exact_kept'])}; confidence of kept pairs "
+          f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
+          f"{fmt(s['confidence_unfiltered_mean'])})", flush=True)

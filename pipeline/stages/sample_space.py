@@ -9,7 +9,6 @@ Resume:  answers are generated in chunks of `chunk_size`, each seeded from (seed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 from pipeline import tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
 from pipeline.config import Config, SampleSpaceConfig
+from pipeline.judge import text_sha
 from pipeline.models import answer_scores, chat_prompt, load_model
 from pipeline.ratings import JESTER_DIR
 from pipeline.tables import read_table
@@ -44,10 +44,6 @@ def normalise(text: str, patterns: list[str]) -> str:
 
 def dedup_key(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.casefold()).strip()
-
-
-def text_sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_candidates(sampled: list[dict], greedy: dict | None, extra: list[str], sc: SampleSpaceConfig):

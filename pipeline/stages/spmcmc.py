@@ -1,16 +1,27 @@
-"""Stage 2 — spMCMC: Metropolis–Hastings over the sample space with the model's own binary choice
-as the acceptance rule; the visit frequencies estimate the model's preference distribution.
+"""Stage 2 — spMCMC: the model's own preference distribution over the sample space, from its
+binary choices ("which is funnier, A or B?"), every estimate with a standard error, and how reliably
+the preferences were measured at all.
 
 Inputs:  sample_space (id, text, count, is_greedy, text_sha)
-Output:  candidates (id, text, count, is_greedy, visits, frequency, stationary, bt_score, text_sha),
+Design:  `spmcmc.mode` (auto picks by `spmcmc.budget`): exact (all N(N-1) comparisons), sparse (each
+         candidate compared in both orders with ~`degree` others on a seeded random connected graph;
+         all comparisons known up front, so they batch fully), or chains (the paper's Metropolis–Hastings
+         chains, uniform proposal, Barker acceptance). The chains also run when they cost nothing new
+         (exact design) or when asked (`spmcmc.chains=true`). See pipeline/estimates.py.
+Output:  candidates: id, text, count, is_greedy, source, text_sha, visits, and for each estimate its value
+                     and standard error: frequency(_se), rao_blackwell(_se), bt_score(_se),
+                     stationary(_se) (exact design), sparse(_se) (sparse design); score, score_se (the
+                     stage's best estimate: summary.json says which and why)
          trace (chain, step, current, proposal, first_shown, p_accept, accepted),
          pairs (first_id, second_id, p_first, label_mass), diagnostics (id, rhat, ess_bulk);
-         summary.json and plots (frequency_vs_exact.png, running_frequency.png)
-Resume:  every computed comparison is appended to pair_cache.rank*.jsonl at once; chain states,
-         generators and traces are checkpointed every `checkpoint_every` steps in _state/. A restarted
-         run reuses both and continues each chain from its checkpoint: same trace as an uninterrupted run.
-Several processes: chains (and the exact mode's comparisons) are split across processes; caches and
-         traces are gathered; the main process writes the artifact.
+         summary.json (reliability, position bias, label mass, agreement between estimates, warnings),
+         estimates.png, running_frequency.png
+Resume:  every computed comparison is appended to pair_cache.rank*.jsonl at once (the design in chunks);
+         chain states, generators and traces are checkpointed every `checkpoint_every` steps in _state/
+         and checked against the cache on resume. A restarted run reuses both: same artifact as an
+         uninterrupted run.
+Several processes: the design's comparisons (by first candidate) and the chains are split across
+         processes; caches and traces are gathered; the main process writes the artifact.
 """
 
 from __future__ import annotations
@@ -21,74 +32,31 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import parallel, tracking
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
-from pipeline.chains import (
-    CachedJudge,
-    Chain,
-    new_chains,
-    run_chains,
-    shown_pairs,
-    states_after,
-    trace_arrays,
-    visit_counts,
-)
+from pipeline.artifacts import STATE_DIR, StageError, failpoint, write_json
+from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
-from pipeline.judge import ModelJudge, PairStore, judge_key
-from pipeline.stationary import (
-    bradley_terry,
-    chain_diagnostics,
-    exact_stationary,
-    intransitivity,
-    mixing_warnings,
-    total_variation,
+from pipeline.estimates import (
+    ESTIMATES,
+    SCORE_OF_MODE,
+    all_estimates,
+    calibration_shift,
+    compared_edges,
+    order_averaged,
+    ordered,
+    plan_design,
+    shifted,
+    wants_chains,
 )
+from pipeline.judge import cached_model_judge, fill_pairs
+from pipeline.plots import estimate_plots
+from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 
-NAME, VERSION = "spmcmc", 1
-SETTINGS = ("model", "judge", "spmcmc")
+NAME, VERSION = "spmcmc", 2
+SETTINGS = ("model", "sample_space", "judge", "spmcmc")
 DISTRIBUTED = True
-EXACT_CHUNK = 256  # comparisons per persisted batch in exact mode
-
-
-def use_exact(mode: str, n: int, budget: int) -> bool:
-    return mode == "true" or (mode == "auto" and n * (n - 1) <= budget)
-
-
-def cached_model_judge(cfg: Config, texts: list[str], shas: list[str], folder: Path, load, adapter_key: str | None = None,
-                       extra_cache_files: list[Path] = (), rank: int = 0) -> tuple[CachedJudge, PairStore]:
-    """A memoising judge over `texts`; `load()` -> (model, tokenizer) runs only when a comparison is
-    missing from the pair cache (the stage folder's, plus any `extra_cache_files`)."""
-    key = judge_key(cfg.model, cfg.judge, cfg.sample_space.query, adapter_key)
-    store = PairStore(folder, key, shas, rank=rank)
-    holder = {}
-
-    def judge(first, second):
-        if "judge" not in holder:
-            model, tok = load()
-            holder["judge"] = ModelJudge(model, tok, cfg.judge, cfg.sample_space.query, texts)
-        return holder["judge"](first, second)
-
-    def persist(pairs, probs):
-        store.append(pairs, probs, holder["judge"].last_mass.tolist())
-        log_work(folder, "judge_comparisons", len(pairs))
-
-    return CachedJudge(judge, store.load(extra_cache_files), on_new=persist), store
-
-
-def fill_all_pairs(cached: CachedJudge, n: int, desc: str, distributed: bool = True) -> None:
-    """Every ordered comparison; with `distributed`, rows are split across processes, then merged."""
-    from tqdm.auto import tqdm
-
-    rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
-    mine = [(i, j) for i in range(rank, n, world) for j in range(n) if j != i]
-    todo = [p for p in mine if p not in cached.probs]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="cmp") as bar:
-        for start in range(0, len(todo), EXACT_CHUNK):
-            cached.ensure(todo[start:start + EXACT_CHUNK])
-            bar.update(min(EXACT_CHUNK, len(todo) - start))
-            failpoint("spmcmc.exact_chunk")
-    if distributed:
-        for probs in parallel.gather({p: cached.probs[p] for p in mine}):
-            cached.probs.update(probs)
+NEAR_FLAT = 1.5  # warn when no candidate gets 1.5x the uniform share
+COLUMN = {"frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score", "stationary": "stationary",
+          "sparse": "sparse"}  # estimate -> candidates column (its standard error: column + "_se")
 
 
 def _load_chains(state: Path, ids: list[int], n: int, seed: int, num_chains: int):
@@ -154,137 +122,205 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if n < 2:
         raise StageError(f"spMCMC needs at least 2 candidates; the sample space has {n} "
                          "(raise sample_space.num_samples or loosen its filters)")
+    mode, edges, _ = plan_design(sc, n)
+    chains = wants_chains(sc.chains, mode)
+    if cfg.judge.calibration != "none" and (mode == "chains" or (chains and mode != "exact")):
+        raise StageError(f"judge.calibration={cfg.judge.calibration} needs every comparison known before the "
+                         f"estimates (spmcmc.mode exact or sparse, without extra chains); this run is mode={mode}")
     from pipeline.models import load_model
 
-    cached, store = cached_model_judge(cfg, space["text"], space["text_sha"], workdir, lambda: load_model(cfg.model),
-                                       rank=parallel.rank())
-    exact = use_exact(sc.exact, n, sc.exact_budget)
-    if exact:  # all comparisons first: the chains then run entirely from the cache
-        fill_all_pairs(cached, n, "[spmcmc] exact: all comparisons")
-    trace = sample_chains(cfg, cached, n, workdir)
-    parts = parallel.gather({"trace": trace, "probs": cached.probs, "mass": store.label_mass})
+    cached, store = cached_model_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model),
+                                       cfg.sample_space.query, rank=parallel.rank())
+    if edges:  # the whole design first: the chains then run from the cache where they can
+        fill_pairs(cached, ordered(edges), f"[spmcmc] {mode} design", chunk=sc.design_chunk)
+    if chains and cfg.judge.calibration != "none":  # exact design: every comparison is known, none is computed
+        cached = CachedJudge(cached.judge, shifted(cached.probs, calibration_shift(cached.probs, "mean_logit")))
+    trace = sample_chains(cfg, cached, n, workdir) if chains else None
+    parts = parallel.gather({"trace": trace, "probs": store.load(), "mass": store.label_mass})
     if not parallel.is_main():
         return None
-    merged = {k: np.concatenate([p["trace"][k] for p in parts]) for k in trace}
-    by_chain = np.lexsort((merged["step"], merged["chain"]))  # one order however the run was split or resumed
-    merged = {k: v[by_chain] for k, v in merged.items()}
+    merged = None
+    if chains:
+        merged = {k: np.concatenate([p["trace"][k] for p in parts]) for k in parts[0]["trace"]}
+        by_chain = np.lexsort((merged["step"], merged["chain"]))  # one order however the run was split or resumed
+        merged = {k: v[by_chain] for k, v in merged.items()}
     probs = {k: v for p in parts for k, v in p["probs"].items()}
     mass = {k: v for p in parts for k, v in p["mass"].items()}
-    return summarise(cfg, space, merged, probs, mass, exact, workdir)
+    return summarise(cfg, space, merged, probs, mass, workdir)
 
 
-def chain_cache_stats(trace: dict, order: str, exact: bool) -> dict:
-    """Comparisons the chains looked up, and the share answered from the cache (a property of the
-    trace, so a resumed run reports the same numbers as an uninterrupted one)."""
+def chain_cache_stats(trace: dict, order: str, design_pairs: set) -> dict:
+    """Comparisons the chains looked up, and the share they found already computed (by the design or an
+    earlier step): a property of the trace, so a resumed run reports what an uninterrupted one does."""
     cur, prop, first = trace["current"], trace["proposal"], trace["first_shown"]
     if order == "both":
         pairs = list(zip(cur, prop)) + list(zip(prop, cur))
     else:
         pairs = list(zip(first, np.where(first == cur, prop, cur)))
-    lookups = len(pairs)
-    new = 0 if exact else len(set(pairs))
-    return {"chain_lookups": lookups, "chain_cache_hit_rate": 1.0 - new / lookups if lookups else None}
+    new = len({(int(a), int(b)) for a, b in pairs} - design_pairs)
+    return {"chain_lookups": len(pairs), "chain_new_comparisons": new,
+            "chain_cache_hit_rate": 1.0 - new / len(pairs) if pairs else None}
 
 
-def summarise(cfg: Config, space, trace: dict, probs: dict, mass: dict, exact: bool, workdir: Path):
-    """Estimates, diagnostics, plots and the artifact from the merged trace and pair cache."""
+def summarise(cfg: Config, space, trace: dict | None, raw_probs: dict, mass: dict, workdir: Path):
+    """Estimates with standard errors, reliability, diagnostics, plots and the artifact."""
     from datasets import Dataset, DatasetDict
 
     sc, n = cfg.spmcmc, space.num_rows
-    visits = visit_counts(trace, n, sc.burn_in, sc.thin)
-    freq = visits / visits.sum()
-    stationary = exact_stationary(probs, n, sc.order) if exact else None
-    bt = bradley_terry(probs, n, sc.bt_alpha)
-    diag = chain_diagnostics(states_after(trace)[:, sc.burn_in::sc.thin], n, sc.diagnostics_top_k)
-    p_first = np.array(list(probs.values()))
-    masses = np.array([mass[k] for k in probs if k in mass])
-    summary = {
-        "n_candidates": n, "num_chains": sc.num_chains, "iterations_per_chain": sc.iterations, "order": sc.order,
-        "steps": int(len(trace["step"])), "acceptance_rate": float(trace["accepted"].mean()),
-        "judge_calls": len(probs), **chain_cache_stats(trace, sc.order, exact),
-        "position_bias": float(p_first.mean()), "label_mass_mean": float(masses.mean()) if masses.size else None,
-        "label_mass_min": float(masses.min()) if masses.size else None, "exact": exact,
-        "tv_frequency_vs_exact": total_variation(freq, stationary) if exact else None,
-        "tv_bt_vs_exact": total_variation(bt, stationary) if exact else None,
-        **intransitivity(probs, n), **{k: v for k, v in diag.items() if k != "per_candidate"},
-    }
-    summary["warnings"] = mixing_warnings(diag)
-    if summary["label_mass_mean"] is not None and summary["label_mass_mean"] < 0.5:
-        summary["warnings"].append(f"the model puts only {summary['label_mass_mean']:.2f} of its probability on the "
-                                   "two labels on average: it often does not answer in the asked format")
+    mode, edges, why = plan_design(sc, n)
+    shift = calibration_shift(raw_probs, cfg.judge.calibration)
+    probs = shifted(raw_probs, shift)
+    est, rel = all_estimates(probs, n, sc.order, mode, edges, trace, sc.burn_in, sc.thin, sc.bt_alpha, sc.bootstrap,
+                             sc.reliability_splits, sc.seed)
+    score = SCORE_OF_MODE[mode]
+    summary = {"n_candidates": n, "mode": mode, "mode_reason": why, "design_edges": len(edges),
+               "design_comparisons": 2 * len(edges), "judge_calls": len(raw_probs), "score_estimate": score,
+               "score_reason": SCORE_REASON[mode], "reliability": rel.get("score"),
+               "reliability_frequency": rel.get("frequency"), **_judge_figures(raw_probs, mass, probs, n, shift, cfg),
+               "strength": _strength(probs, est[score][0]), "estimates": _agreement(est, score, mode),
+               **_chain_figures(trace, n, sc, set(ordered(edges)))}
+    summary["warnings"] = _warnings(summary, sc)
+    per_candidate = summary.pop("_per_candidate", [])
     write_json(workdir / "summary.json", summary)
-    plots = _plots(workdir, space["text"], freq, stationary, bt, trace, sc)
+    states = states_after(trace)[:, sc.burn_in::sc.thin] if trace is not None else None
+    plots = estimate_plots(workdir, space["text"], est, score, states)
     _report(summary, workdir, plots)
-    candidates = space.select_columns([c for c in ("id", "text", "count", "is_greedy", "source", "text_sha")
-                                       if c in space.column_names])
-    candidates = candidates.add_column("visits", visits.tolist()).add_column("frequency", freq.tolist())
-    candidates = candidates.add_column("stationary", stationary.tolist() if exact else [None] * n)
-    candidates = candidates.add_column("bt_score", bt.tolist())
-    keys = sorted(probs)
     return DatasetDict({
-        "candidates": candidates,
-        "trace": Dataset.from_dict({k: v.tolist() for k, v in trace.items()}),
-        "pairs": Dataset.from_dict({"first_id": [k[0] for k in keys], "second_id": [k[1] for k in keys],
-                                    "p_first": [probs[k] for k in keys],
-                                    "label_mass": [mass.get(k) for k in keys]}),
-        "diagnostics": Dataset.from_list(diag["per_candidate"]),
+        "candidates": _candidates(space, est, score, trace, n, sc),
+        "trace": Dataset.from_dict({k: v.tolist() for k, v in (trace or trace_arrays([])).items()}),
+        "pairs": Dataset.from_dict({"first_id": [k[0] for k in sorted(raw_probs)],
+                                    "second_id": [k[1] for k in sorted(raw_probs)],
+                                    "p_first": [raw_probs[k] for k in sorted(raw_probs)],
+                                    "label_mass": [mass.get(k) for k in sorted(raw_probs)]}),
+        "diagnostics": Dataset.from_list(per_candidate) if per_candidate
+        else Dataset.from_dict({"id": [], "rhat": [], "ess_bulk": []}),
     })
 
 
-def _report(summary: dict, workdir: Path, plots: list[Path]) -> None:
-    s = summary
+SCORE_REASON = {
+    "exact": "stationary: the exact stationary distribution of the paper's chain, solved from every comparison "
+             "(no chain sampling noise; visit frequencies only approximate it)",
+    "sparse": "sparse: the exact stationary distribution of the same Barker chain with its proposal restricted to "
+              "the design's graph (equals Bradley–Terry strengths for a BT judge; close to the full answer otherwise)",
+    "chains": "bt: Bradley–Terry on the soft choices of every pair the chains compared (uses each comparison's "
+              "probability, not only the accept/reject draw; closer to the exact answer than visit counts at "
+              "the same budget, see scripts/bench_estimators.py)",
+}
+
+
+def _judge_figures(raw: dict, mass: dict, probs: dict, n: int, shift: float, cfg: Config) -> dict:
+    p_first = np.array(list(raw.values()))
+    masses = np.array([mass[k] for k in raw if k in mass])
+    return {"position_bias": float(p_first.mean()), "calibration": cfg.judge.calibration, "calibration_shift": shift,
+            "label_mass_mean": float(masses.mean()) if masses.size else None,
+            "label_mass_min": float(masses.min()) if masses.size else None, **intransitivity(probs, n)}
+
+
+def _strength(probs: dict, score: np.ndarray) -> dict:
+    """How strong the preferences are (reliability says only how consistently they were measured):
+    the mean order-averaged |W - 1/2| over pairs compared in both orders, and the score's extremes as
+    multiples of the uniform share."""
+    w = [order_averaged(probs, a, b) for a, b in compared_edges(probs)]
+    n = len(score)
+    return {"mean_abs_w_minus_half": float(np.mean(np.abs(np.array(w) - 0.5))) if w else None,
+            "max_w": float(max(max(w), 1 - min(w))) if w else None,
+            "top_over_uniform": float(score.max() * n), "bottom_over_uniform": float(score.min() * n)}
+
+
+def _agreement(est: dict, score: str, mode: str) -> dict:
+    """Each estimate against the reference (the exact distribution when computed, else the score):
+    total variation, Spearman, and its mean standard error."""
+    from scipy.stats import spearmanr
+
+    ref = est["stationary" if mode == "exact" else score][0]
+    out = {}
+    for name, (value, se) in est.items():
+        rho = spearmanr(value, ref).statistic if np.ptp(value) > 0 and np.ptp(ref) > 0 else None
+        out[name] = {"tv_vs_reference": total_variation(value, ref),
+                     "spearman_vs_reference": None if rho is None else float(rho),
+                     "mean_se": float(np.nanmean(se)), "min": float(value.min()), "max": float(value.max())}
+    return {"reference": "stationary" if mode == "exact" else score, **out}
+
+
+def _chain_figures(trace: dict | None, n: int, sc, design_pairs: set) -> dict:
+    if trace is None:
+        return {"chains_run": False}
+    states = states_after(trace)[:, sc.burn_in::sc.thin]
+    diag = chain_diagnostics(states, n, sc.diagnostics_top_k)
+    return {"chains_run": True, "num_chains": sc.num_chains, "iterations_per_chain": sc.iterations, "order": sc.order,
+            "steps": int(len(trace["step"])), "acceptance_rate": float(trace["accepted"].mean()),
+            **chain_cache_stats(trace, sc.order, design_pairs), **{k: v for k, v in diag.items() if k != "per_candidate"},
+            "mixing_warnings": mixing_warnings(diag), "_per_candidate": diag["per_candidate"]}
+
+
+def _warnings(s: dict, sc) -> list[str]:
+    out = list(s.get("mixing_warnings", []))
+    rel = s["reliability"]
+    if rel is None:
+        out.append("the preference reliability could not be computed (fewer than 4 compared pairs)")
+    elif rel["reliability"] < sc.min_reliability:
+        out.append(f"preference reliability {rel['reliability']:.2f} < spmcmc.min_reliability={sc.min_reliability}: "
+                   "the model's preferences were not measured reliably (two halves of the evidence disagree); "
+                   "more comparisons (spmcmc.budget, spmcmc.degree), more candidates (sample_space.num_samples), "
+                   "or a stronger judge model would change that; pairs built from it are close to coin flips")
+    st = s["strength"]
+    if st["top_over_uniform"] < NEAR_FLAT:
+        lean = st["mean_abs_w_minus_half"] or 0.0
+        out.append(f"near-flat preferences: the most preferred candidate gets {st['top_over_uniform']:.2f}x the uniform "
+                   f"share and the least {st['bottom_over_uniform']:.2f}x; the model's order-averaged choice between two "
+                   f"candidates is on average {0.5 + lean:.3f} vs {0.5 - lean:.3f}: pairs from it are weak evidence "
+                   "(see preferences' confidence)")
+    if s["label_mass_mean"] is not None and s["label_mass_mean"] < 0.5:
+        out.append(f"the model puts only {s['label_mass_mean']:.2f} of its probability on the two labels on average: "
+                   "it often does not answer in the asked format")
+    if abs(s["position_bias"] - 0.5) > 0.25 and s["calibration"] == "none":
+        out.append(f"strong position bias: P(first shown chosen) = {s['position_bias']:.2f}; both orders are "
+                   "averaged, and judge.calibration=mean_logit removes the mean shift")
+    return out
+
+
+def _candidates(space, est: dict, score: str, trace: dict | None, n: int, sc):
+    from pipeline.chains import visit_counts
+
+    keep = [c for c in ("id", "text", "count", "is_greedy", "source", "text_sha") if c in space.column_names]
+    cands = space.select_columns(keep)
+    visits = visit_counts(trace, n, sc.burn_in, sc.thin).tolist() if trace is not None else [None] * n
+    cands = cands.add_column("visits", visits)
+    for name in ESTIMATES:
+        value, se = est.get(name, ([None] * n, [None] * n))
+        cands = cands.add_column(COLUMN[name], list(map(_num, value))).add_column(COLUMN[name] + "_se", list(map(_num, se)))
+    return cands.add_column("score", est[score][0].tolist()).add_column("score_se", list(map(_num, est[score][1])))
+
+
+def _num(v):
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def _report(s: dict, workdir: Path, plots: list[Path]) -> None:
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
-    print(f"[spmcmc] N={s['n_candidates']}  steps={s['steps']}  judge calls={s['judge_calls']}  "
-          f"chain cache hit rate={fmt(s['chain_cache_hit_rate'], '.3f')}  acceptance={s['acceptance_rate']:.3f}\n"
-          f"[spmcmc] position bias P(first chosen)={s['position_bias']:.3f}  label mass mean="
-          f"{fmt(s['label_mass_mean'], '.3f')} min={fmt(s['label_mass_min'], '.3f')}\n"
-          f"[spmcmc] TV(frequency, exact)={fmt(s['tv_frequency_vs_exact'], '.3f')}  max R-hat={fmt(s['max_rhat'], '.3f')}"
-          f"  min ESS={fmt(s['min_ess_bulk'], '.0f')}  intransitive triads={fmt(s['intransitive_share'], '.3f')}",
+    rel = s["reliability"]
+    print(f"[spmcmc] N={s['n_candidates']}  mode={s['mode']} ({s['mode_reason']})  judge calls={s['judge_calls']}  "
+          f"score={s['score_estimate']}\n"
+          f"[spmcmc] preference reliability (split-half, Spearman-Brown) = "
+          f"{fmt(rel and rel['reliability'], '.3f')}  position bias P(first chosen)={s['position_bias']:.3f}  "
+          f"label mass mean={fmt(s['label_mass_mean'], '.3f')}  intransitive triads={fmt(s['intransitive_share'], '.3f')}\n"
+          f"[spmcmc] preference strength: mean |W - 1/2| = {fmt(s['strength']['mean_abs_w_minus_half'], '.3f')}  score "
+          f"range {s['strength']['bottom_over_uniform']:.2f}x-{s['strength']['top_over_uniform']:.2f}x the uniform share",
           flush=True)
+    for name, e in s["estimates"].items():
+        if name != "reference":
+            print(f"[spmcmc]   {name:13s} TV vs {s['estimates']['reference']} {e['tv_vs_reference']:.3f}  Spearman "
+                  f"{fmt(e['spearman_vs_reference'], '.3f')}  range {e['min']:.4f}-{e['max']:.4f}  mean SE "
+                  f"{e['mean_se']:.4f}", flush=True)
+    if s["chains_run"]:
+        print(f"[spmcmc] chains: steps={s['steps']}  acceptance={s['acceptance_rate']:.3f}  new comparisons="
+              f"{s['chain_new_comparisons']}  max R-hat={fmt(s['max_rhat'], '.3f')}  min ESS={fmt(s['min_ess_bulk'], '.0f')}",
+              flush=True)
     for w in s["warnings"]:
         print(f"[spmcmc] warning: {w}", flush=True)
-    tracking.summary({f"spmcmc/{k}": v for k, v in s.items() if isinstance(v, (int, float)) and v is not None})
+    flat = {"reliability": rel and rel["reliability"], **{f"tv_{k}": e["tv_vs_reference"]
+                                                          for k, e in s["estimates"].items() if k != "reference"}}
+    tracking.summary({f"spmcmc/{k}": v for k, v in {**s, **flat}.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None})
     for p in plots:
         tracking.image(f"spmcmc/{p.stem}", p)
-
-
-def _plots(workdir: Path, texts: list[str], freq, stationary, bt, trace: dict, sc) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(-(stationary if stationary is not None else freq), kind="stable")
-    fig, ax = plt.subplots(figsize=(max(6, len(texts) * 0.12), 4))
-    x = np.arange(len(texts))
-    ax.bar(x, freq[order], color="tab:blue", alpha=0.6, label="chain visit frequency")
-    if stationary is not None:
-        ax.plot(x, stationary[order], "k.-", lw=1, label="exact stationary")
-    ax.plot(x, bt[order], "r+", label="Bradley–Terry")
-    ax.set_xlabel("candidate (sorted by preference)")
-    ax.set_ylabel("probability")
-    ax.set_title("spMCMC: visit frequency against the exact distribution")
-    ax.legend()
-    fig.tight_layout()
-    paths = [workdir / "frequency_vs_exact.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-
-    states = states_after(trace)
-    top = order[:5]
-    fig, axes = plt.subplots(1, len(top), figsize=(3 * len(top), 2.8), sharey=True, squeeze=False)
-    steps = np.arange(1, states.shape[1] + 1)
-    for ax, k in zip(axes[0], top):
-        for c in range(states.shape[0]):
-            ax.plot(steps, np.cumsum(states[c] == k) / steps, lw=0.8)
-        if stationary is not None:
-            ax.axhline(stationary[k], color="k", ls="--", lw=0.8)
-        ax.set_title(f"id {k}: {texts[k][:24]}…", fontsize=7)
-        ax.set_xlabel("step")
-    axes[0][0].set_ylabel("running frequency")
-    fig.suptitle("running frequency of the top candidates, one line per chain", fontsize=9)
-    fig.tight_layout()
-    paths.append(workdir / "running_frequency.png")
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths

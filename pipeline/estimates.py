@@ -1,0 +1,326 @@
+"""Estimates of the model's preference distribution, each with its uncertainty, and how reliable
+they are. Pure numpy: a judge's answers come in as {(first, second): P(first chosen)}.
+
+Designs (which comparisons the judge makes), cheapest first for large N:
+  chains   the paper's Metropolis–Hastings chains (uniform proposal, Barker acceptance); the judge
+           answers whatever the chains propose.
+  sparse   a seeded random connected graph; every candidate compared, in both orders, with about
+           `degree` others; all comparisons known up front, so they batch fully.
+  exact    every ordered comparison, N(N-1).
+The spMCMC chain with a symmetric proposal restricted to a graph (q(i->j) = 1/d_max on the graph's
+edges) has the same Barker acceptance; its stationary distribution is solved exactly. On the
+complete graph this is the exact stationary distribution of the paper's chain; for a judge that
+follows Bradley–Terry it equals the BT strengths on any connected graph (detailed balance), and
+otherwise it approximates the complete-graph answer better as the degree grows (Rank Centrality,
+Negahban, Oh & Shah 2017).
+
+Estimates (all sum to one over the candidates):
+  frequency       visit counts of the chains; SE by batch means over each chain's steps.
+  rao_blackwell   E[next state | current, proposal] = p_accept on the proposal, the rest on the
+                  current state, averaged over steps: the same trace with the accept/reject coin
+                  integrated out; SE by batch means.
+  bt              Bradley–Terry on soft wins of the compared pairs (choix); SE by a bootstrap over
+                  compared pairs.
+  stationary      graph stationary distribution on all pairs (exact design); SE by a bootstrap over pairs.
+  sparse          graph stationary distribution on the sparse design's graph; SE likewise.
+Reliability: the evidence split in two halves at random (the graph's pairs, or the chains), the
+estimate on each half, the Spearman correlation between the halves, Spearman–Brown corrected
+(2r/(1+r)), averaged over several splits: the model's analogue of the human split-half ceiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODES = ("exact", "sparse", "chains")
+MIN_DEGREE = 4  # two random cycles; one cycle alone estimated worse than chains at the same budget (bench_estimators)
+REGULARISE = 1e-3  # half-evidence and bootstrap graphs may fall apart; a little uniform walk rejoins them
+
+
+# ------------------------------------------------------------------------------------ the design
+def choose_mode(mode: str, n: int, budget: int) -> str:
+    """auto: exact when all N(N-1) comparisons fit the budget, else the sparse design when a graph of
+    degree MIN_DEGREE fits (MIN_DEGREE * N comparisons), else the chains."""
+    if mode != "auto":
+        return mode
+    if n * (n - 1) <= budget:
+        return "exact"
+    if MIN_DEGREE * n <= budget:
+        return "sparse"
+    return "chains"
+
+
+def plan_design(sc, n: int) -> tuple[str, list[tuple[int, int]], str]:
+    """(mode, the design's edges, why this mode) for N candidates under the `spmcmc` settings `sc`."""
+    mode = choose_mode(sc.mode, n, sc.budget)
+    why = f"spmcmc.mode={sc.mode}" if sc.mode != "auto" else {
+        "exact": f"all N(N-1) = {n * (n - 1)} comparisons fit spmcmc.budget={sc.budget}",
+        "sparse": f"N(N-1) = {n * (n - 1)} exceeds spmcmc.budget={sc.budget}; a connected graph fits",
+        "chains": f"even a sparse design ({MIN_DEGREE}N = {MIN_DEGREE * n}) exceeds spmcmc.budget={sc.budget}"}[mode]
+    if mode == "exact":
+        return mode, design_graph(n, n - 1, sc.seed), why
+    if mode == "sparse":
+        return mode, design_graph(n, design_degree(n, sc.budget, sc.degree), sc.seed), why
+    return mode, [], why
+
+
+def wants_chains(chains: str, mode: str) -> bool:
+    """Run the paper's chains too? auto: when they are the design, or cost nothing new (exact design)."""
+    return chains == "true" or (chains == "auto" and mode in ("exact", "chains"))
+
+
+def design_degree(n: int, budget: int, degree: int) -> int:
+    """The sparse graph's target degree: `degree` if set (> 0), else as large as the budget allows."""
+    d = degree if degree > 0 else budget // n
+    return int(min(max(d, MIN_DEGREE), n - 1))
+
+
+def design_graph(n: int, degree: int, seed: int) -> list[tuple[int, int]]:
+    """Edges (i < j) of a seeded random connected graph with degrees at most `degree`: the union of
+    degree // 2 random Hamiltonian cycles (one cycle already connects every candidate), so the design
+    asks at most degree * N comparisons."""
+    if degree >= n - 1:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    rng = np.random.default_rng(seed)
+    edges = set()
+    for _ in range(max(1, degree // 2)):
+        cycle = rng.permutation(n)
+        for a, b in zip(cycle, np.roll(cycle, -1)):
+            edges.add((int(min(a, b)), int(max(a, b))))
+    return sorted(edges)
+
+
+def ordered(edges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Both presentation orders of each edge: the comparisons a design asks the judge for."""
+    return [p for i, j in edges for p in ((i, j), (j, i))]
+
+
+# ------------------------------------------------------------------------------------ graph solves
+def p_first_matrix(probs: dict, n: int) -> np.ndarray:
+    """pf[i, j] = P(i chosen | i shown first, j second); NaN where not computed."""
+    pf = np.full((n, n), np.nan)
+    if probs:
+        keys = np.array(list(probs.keys()), dtype=np.int64)
+        pf[keys[:, 0], keys[:, 1]] = list(probs.values())
+    return pf
+
+
+def acceptance_matrix(pf: np.ndarray, order: str) -> np.ndarray:
+    """A[i, j] = P(the chain at i accepts a proposal j). `random` has the same law as `both`: each
+    order is shown half the time."""
+    a = 1.0 - pf if order == "fixed" else 0.5 * ((1.0 - pf) + pf.T)
+    np.fill_diagonal(a, 0.0)
+    return a
+
+
+def stationary_distribution(t: np.ndarray) -> np.ndarray:
+    """pi with pi T = pi, sum(pi) = 1 (one linear solve; T irreducible)."""
+    from scipy.linalg import solve
+
+    n = t.shape[0]
+    m = t.T - np.eye(n)
+    m[-1, :] = 1.0  # one (redundant) balance equation replaced by the normalisation
+    b = np.zeros(n)
+    b[-1] = 1.0
+    pi = np.clip(solve(m, b), 0.0, None)
+    return pi / pi.sum()
+
+
+def graph_stationary(accept: np.ndarray, weights: np.ndarray, regularise: float = 0.0) -> np.ndarray:
+    """Stationary distribution of the Barker chain whose symmetric proposal picks neighbour j of i with
+    probability weights[i, j] / max weighted degree (weights symmetric, 0 off the graph). With
+    `regularise` > 0, that share of steps proposes uniformly with acceptance 1/2 (keeps a resampled
+    or halved graph irreducible)."""
+    n = accept.shape[0]
+    w = np.where(weights > 0, weights, 0.0)
+    np.fill_diagonal(w, 0.0)
+    t = w * np.nan_to_num(accept) / max(w.sum(1).max(), 1e-12)
+    if regularise:
+        flat = np.full((n, n), 0.5 / (n - 1))
+        np.fill_diagonal(flat, 0.0)
+        t = (1 - regularise) * t + regularise * flat
+    np.fill_diagonal(t, 1.0 - t.sum(1))
+    return stationary_distribution(t)
+
+
+def edge_weights(n: int, edges: list[tuple[int, int]], counts=None) -> np.ndarray:
+    w = np.zeros((n, n))
+    counts = np.ones(len(edges)) if counts is None else counts
+    if edges:
+        e = np.array(edges)
+        np.add.at(w, (e[:, 0], e[:, 1]), counts)
+        np.add.at(w, (e[:, 1], e[:, 0]), counts)
+    return w
+
+
+def compared_edges(probs: dict) -> list[tuple[int, int]]:
+    """Unordered pairs compared in both orders (what a graph solve can use)."""
+    return sorted({(min(i, j), max(i, j)) for i, j in probs if (j, i) in probs})
+
+
+def solve_on_edges(probs: dict, n: int, order: str, edges: list[tuple[int, int]], counts=None,
+                   regularise: float = 0.0) -> np.ndarray:
+    return graph_stationary(acceptance_matrix(p_first_matrix(probs, n), order), edge_weights(n, edges, counts),
+                            regularise)
+
+
+def bradley_terry(probs: dict, n: int, alpha: float, edges=None, counts=None) -> np.ndarray:
+    """BT strengths (sum 1) from soft wins: a comparison adds P(first chosen) to first-beats-second and
+    the rest to second-beats-first (choix ILSR). `edges`/`counts` reweight unordered pairs (bootstrap)."""
+    import choix
+
+    weight = {}
+    if edges is not None:
+        for (i, j), c in zip(edges, np.ones(len(edges)) if counts is None else counts):
+            weight[i, j] = weight[j, i] = c
+    wins = np.zeros((n, n))
+    for (f, s), p in probs.items():
+        c = weight.get((f, s), 0.0) if edges is not None else 1.0
+        wins[f, s] += c * p
+        wins[s, f] += c * (1.0 - p)
+    params = choix.ilsr_pairwise_dense(wins, alpha=alpha)
+    w = np.exp(params - params.max())
+    return w / w.sum()
+
+
+def pair_edges(probs: dict) -> list[tuple[int, int]]:
+    """Every unordered pair compared in at least one order (the units a BT bootstrap resamples)."""
+    return sorted({(min(i, j), max(i, j)) for i, j in probs})
+
+
+def bootstrap_se(fit, edges: list[tuple[int, int]], resamples: int, seed: int) -> np.ndarray:
+    """Per-candidate standard deviation of `fit(counts)` over compared pairs resampled with replacement
+    (NaN with no resamples)."""
+    if resamples < 2:
+        return np.full(len(fit(np.ones(len(edges)))), np.nan)
+    rng = np.random.default_rng(seed)
+    draws = [fit(np.bincount(rng.integers(len(edges), size=len(edges)), minlength=len(edges)).astype(float))
+             for _ in range(resamples)]
+    return np.std(draws, axis=0, ddof=1)
+
+
+# ------------------------------------------------------------------------------------ from the chains
+def batch_means(per_step: np.ndarray, batches: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over (chains, steps, N) contributions and its SE by batch means: each chain's steps cut
+    into `batches` consecutive blocks, the blocks' means treated as independent (Markov dependence
+    stays inside a block)."""
+    chains, steps, n = per_step.shape
+    b = max(1, min(batches, steps))
+    means = np.stack([blk.mean(0) for c in per_step for blk in np.array_split(c, b)])
+    est = per_step.reshape(-1, n).mean(0)
+    se = means.std(0, ddof=1) / np.sqrt(len(means)) if len(means) > 1 else np.full(n, np.nan)
+    return est, se
+
+
+def chain_contributions(trace: dict, n: int, burn_in: int, thin: int, rao_blackwell: bool) -> np.ndarray:
+    """(chains, kept steps, N): a one-hot of the state after each step, or its conditional expectation
+    p_accept * e_proposal + (1 - p_accept) * e_current (Rao–Blackwell)."""
+    order = np.lexsort((trace["step"], trace["chain"]))
+    chains = len(np.unique(trace["chain"]))
+    cur, prop = trace["current"][order], trace["proposal"][order]
+    if rao_blackwell:
+        a = trace["p_accept"][order]
+    else:
+        a = trace["accepted"][order].astype(float)
+    out = np.zeros((len(cur), n))
+    rows = np.arange(len(cur))
+    np.add.at(out, (rows, prop), a)
+    np.add.at(out, (rows, cur), 1.0 - a)
+    return out.reshape(chains, -1, n)[:, burn_in::thin]
+
+
+# ------------------------------------------------------------------------------------ reliability
+def spearman_brown(r: float) -> float:
+    return 2 * r / (1 + r) if r > -1 else -1.0
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0  # a half with no ranking agrees with nothing
+    return float(spearmanr(a, b).statistic)
+
+
+def split_half(estimate_half, units: int, splits: int, seed: int) -> dict | None:
+    """Spearman between estimates on random halves of the evidence (`estimate_half(mask)`), averaged over
+    `splits` random splits, and its Spearman–Brown correction."""
+    if units < 4 or splits < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(splits):
+        mask = np.zeros(units, dtype=bool)
+        mask[rng.permutation(units)[: units // 2]] = True
+        rs.append(_spearman(estimate_half(mask), estimate_half(~mask)))
+    r = float(np.mean(rs))
+    return {"split_half_r": r, "reliability": spearman_brown(r), "splits": splits, "units": units}
+
+
+def graph_reliability(probs: dict, n: int, order: str, edges: list, splits: int, seed: int) -> dict | None:
+    """Halves of the compared pairs, each solved on its own (regularised) graph."""
+    def half(mask):
+        return solve_on_edges(probs, n, order, [e for e, m in zip(edges, mask) if m], regularise=REGULARISE)
+    out = split_half(half, len(edges), splits, seed)
+    return out and {**out, "evidence": "compared pairs"}
+
+
+def chain_reliability(contrib: np.ndarray, splits: int, seed: int) -> dict | None:
+    """Halves of the chains (at least 4 chains), each half's visit estimate."""
+    if contrib.shape[0] < 4:
+        return None
+    out = split_half(lambda mask: contrib[mask].reshape(-1, contrib.shape[2]).mean(0), contrib.shape[0], splits, seed)
+    return out and {**out, "evidence": "chains"}
+
+
+# ------------------------------------------------------------------------------------ calibration
+def calibration_shift(probs: dict, how: str) -> float:
+    """`mean_logit`: the mean label-logit difference logit P(first chosen) over the comparisons (the
+    measured position bias, Zhao et al. 2021's contextual calibration); 0 for `none`."""
+    if how == "none" or not probs:
+        return 0.0
+    p = np.clip(np.array(list(probs.values())), 1e-9, 1 - 1e-9)
+    return float(np.mean(np.log(p) - np.log1p(-p)))
+
+
+def shifted(probs: dict, shift: float) -> dict:
+    """p' = sigmoid(logit p - shift): the choice with the label-logit difference moved by `shift`."""
+    if not shift or not probs:
+        return probs
+    p = np.clip(np.array(list(probs.values())), 1e-9, 1 - 1e-9)
+    return dict(zip(probs.keys(), (1.0 / (1.0 + np.exp(-(np.log(p) - np.log1p(-p) - shift)))).tolist()))
+
+
+def order_averaged(probs: dict, a: int, b: int) -> float | None:
+    """W(a over b) = 1/2 (P(a first chosen) + 1 - P(b first chosen)); None when an order is missing."""
+    if (a, b) not in probs or (b, a) not in probs:
+        return None
+    return 0.5 * (probs[a, b] + 1.0 - probs[b, a])
+
+
+# ------------------------------------------------------------------------------------ all at once
+ESTIMATES = ("frequency", "rao_blackwell", "bt", "stationary", "sparse")
+SCORE_OF_MODE = {"exact": "stationary", "sparse": "sparse", "chains": "bt"}
+
+
+def all_estimates(probs: dict, n: int, order: str, mode: str, edges: list, trace: dict | None, burn_in: int,
+                  thin: int, alpha: float, resamples: int, splits: int, seed: int) -> tuple[dict, dict]:
+    """({estimate: (values, standard errors)}, {"score": reliability of the mode's score, "frequency": of
+    the chains' visits}) from the judge's answers, the design's edges and the chains' trace (or None)."""
+    est, rel = {}, {}
+    if trace is not None and len(trace["step"]):
+        visits = chain_contributions(trace, n, burn_in, thin, rao_blackwell=False)
+        est["frequency"] = batch_means(visits)
+        est["rao_blackwell"] = batch_means(chain_contributions(trace, n, burn_in, thin, rao_blackwell=True))
+        rel["frequency"] = chain_reliability(visits, splits, seed)
+    pairs = pair_edges(probs)
+    est["bt"] = (bradley_terry(probs, n, alpha),
+                 bootstrap_se(lambda c: bradley_terry(probs, n, alpha, pairs, c), pairs, resamples, seed))
+    if mode in ("exact", "sparse"):
+        est[SCORE_OF_MODE[mode]] = (solve_on_edges(probs, n, order, edges), bootstrap_se(
+            lambda c: solve_on_edges(probs, n, order, edges, c, REGULARISE), edges, resamples, seed))
+        rel["score"] = graph_reliability(probs, n, order, edges, splits, seed)
+    else:
+        out = split_half(lambda m: bradley_terry(probs, n, alpha, pairs, m.astype(float)), len(pairs), splits, seed)
+        rel["score"] = out and {**out, "evidence": "compared pairs"}
+    return est, rel

@@ -1,0 +1,99 @@
+"""Every plot the stages write (PNG, next to the artifact; also sent to W&B by the stage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _signed(v) -> str:
+    return "  n/a" if v is None else f"{v:+.3f}"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def estimate_plots(workdir: Path, texts: list[str], est: dict, score: str, states: np.ndarray | None) -> list[Path]:
+    """estimates.png: every estimate of the preference distribution, candidates sorted by the score, the
+    score with its 95% interval; running_frequency.png: the top candidates' running visit share per chain."""
+    plt = _pyplot()
+    value, se = est[score]
+    order = np.argsort(-value, kind="stable")
+    x = np.arange(len(texts))
+    fig, ax = plt.subplots(figsize=(max(6, len(texts) * 0.12), 4))
+    ax.bar(x, value[order], color="tab:blue", alpha=0.5, label=f"{score} (the score)")
+    ax.errorbar(x, value[order], yerr=1.96 * np.nan_to_num(se[order]), fmt="none", color="tab:blue", lw=0.8)
+    for (name, (v, _)), style in zip(((k, e) for k, e in est.items() if k != score), ("k.", "r+", "gx", "m1")):
+        ax.plot(x, v[order], style, label=name)
+    ax.axhline(1 / len(texts), color="grey", ls=":", lw=0.8, label="uniform")
+    ax.set_xlabel("candidate (sorted by the score)")
+    ax.set_ylabel("preference probability")
+    ax.set_title("spMCMC estimates of the model's preference distribution (bars: score ± 1.96 SE)")
+    ax.legend(fontsize=7)
+    paths = [_save(fig, workdir / "estimates.png")]
+    if states is None:
+        return paths
+    top = order[:5]
+    fig, axes = plt.subplots(1, len(top), figsize=(3 * len(top), 2.8), sharey=True, squeeze=False)
+    steps = np.arange(1, states.shape[1] + 1)
+    for ax, k in zip(axes[0], top):
+        for c in range(states.shape[0]):
+            ax.plot(steps, np.cumsum(states[c] == k) / steps, lw=0.8)
+        ax.axhline(value[k], color="k", ls="--", lw=0.8)
+        ax.set_title(f"id {k}: {texts[k][:24]}…", fontsize=7)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("running frequency")
+    fig.suptitle(f"running visit frequency of the top candidates, one line per chain (dashed: {score})", fontsize=9)
+    paths.append(_save(fig, workdir / "running_frequency.png"))
+    return paths
+
+
+def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ceiling: dict | None) -> list[Path]:
+    """scatter.png (model score against human mean, per model and evaluator) and correlations.png."""
+    plt = _pyplot()
+    evaluators = list(scores["base"])
+    fig, axes = plt.subplots(len(scores), len(evaluators), figsize=(2.6 * len(evaluators), 2.6 * len(scores)),
+                             squeeze=False)
+    m = {(r["evaluator"], r["model"]): r for r in metrics}
+    for row, (model, per) in enumerate(scores.items()):
+        for col, e in enumerate(evaluators):
+            ax = axes[row][col]
+            ax.scatter(per[e], human, s=10)
+            ax.set_title(f"{model}: {e}\nr={_signed(m[e, model]['pearson_r'])}", fontsize=8)
+            ax.set_xlabel("model score", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[row][0].set_ylabel("human mean rating", fontsize=7)
+    paths = [_save(fig, workdir / "scatter.png")]
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(evaluators)), 3.5))
+    width = 0.8 / len(scores)
+    for k, model in enumerate(scores):
+        rs = [m[e, model] for e in evaluators]
+        y = np.array([np.nan if r["spearman_r"] is None else r["spearman_r"] for r in rs])
+        lo = np.array([np.nan if r["spearman_ci_low"] is None else r["spearman_ci_low"] for r in rs])
+        hi = np.array([np.nan if r["spearman_ci_high"] is None else r["spearman_ci_high"] for r in rs])
+        x = np.arange(len(evaluators)) + k * width
+        ax.bar(x, y, width, label=model, alpha=0.7)
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", color="k", lw=0.8)
+    if ceiling:
+        ax.axhline(ceiling["spearman_brown"], color="grey", ls="--", lw=0.8, label="human noise ceiling")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(np.arange(len(evaluators)) + width * (len(scores) - 1) / 2, evaluators, rotation=30, fontsize=7)
+    ax.set_ylabel("Spearman ρ with human mean (95% CI)")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, workdir / "correlations.png"))
+    return paths

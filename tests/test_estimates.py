@@ -1,0 +1,153 @@
+"""Estimates of the preference distribution on fake judges whose answer is known: each estimator,
+its intervals, the reliability figure, the sparse design and calibration."""
+
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import dataset_files, run_cli, stage_paths
+from pipeline.chains import CachedJudge, new_chains, run_chains
+from pipeline.config import SpmcmcConfig
+from pipeline.estimates import (
+    all_estimates,
+    calibration_shift,
+    choose_mode,
+    design_graph,
+    ordered,
+    plan_design,
+    shifted,
+    solve_on_edges,
+)
+from pipeline.stationary import exact_stationary, total_variation
+
+N = 20
+W = np.random.default_rng(7).gamma(2.0, size=N)
+PI = W / W.sum()
+
+
+def bt_judge(first, second):
+    return W[first] / (W[first] + W[second])
+
+
+def intransitive_judge(n: int, seed: int, sd: float = 0.5, bias: float = 0.8):
+    rng = np.random.default_rng(seed)
+    theta, noise = rng.normal(size=n), rng.normal(0, sd, (n, n))
+    noise = (noise - noise.T) / np.sqrt(2)
+    return lambda f, s: 1 / (1 + np.exp(-(theta[f] - theta[s] + noise[f, s] + bias)))
+
+
+def answers(judge, pairs):
+    cached = CachedJudge(judge)
+    cached.ensure(pairs)
+    return cached.probs
+
+
+def every_pair(n):
+    return [(i, j) for i in range(n) for j in range(n) if i != j]
+
+
+def test_each_estimator_recovers_a_bradley_terry_distribution():
+    edges = design_graph(N, 6, seed=0)
+    probs = answers(bt_judge, ordered(edges))
+    trace = run_chains(new_chains(N, 8, seed=0), N, CachedJudge(bt_judge), iterations=6000)
+    est, _ = all_estimates(probs, N, "random", "sparse", edges, trace, 200, 1, 1e-6, 0, 0, 0)
+    assert np.abs(est["sparse"][0] - PI).max() < 1e-9  # detailed balance on any connected graph
+    assert np.abs(est["bt"][0] - PI).max() < 1e-4
+    assert total_variation(est["frequency"][0], PI) < 0.03
+    assert total_variation(est["rao_blackwell"][0], PI) < total_variation(est["frequency"][0], PI) + 0.005
+    full = answers(bt_judge, every_pair(N))
+    assert np.abs(all_estimates(full, N, "random", "exact", design_graph(N, N - 1, 0), None, 0, 1, 1e-6, 0, 0, 0)[0]
+                  ["stationary"][0] - PI).max() < 1e-9
+
+
+def test_sparse_solve_equals_exact_solve_on_the_complete_graph():
+    judge = intransitive_judge(15, seed=2)
+    probs = answers(judge, every_pair(15))
+    complete = design_graph(15, 14, seed=3)
+    assert len(complete) == 15 * 14 // 2
+    assert np.abs(solve_on_edges(probs, 15, "random", complete) - exact_stationary(probs, 15, "random")).max() < 1e-12
+
+
+def test_design_is_connected_within_budget_and_seeded():
+    for n, degree in ((10, 4), (50, 6), (237, 21)):
+        edges = design_graph(n, degree, seed=1)
+        assert edges == design_graph(n, degree, seed=1) != design_graph(n, degree, seed=2)
+        assert 2 * len(edges) <= degree * n
+        reach, frontier = {0}, [0]
+        adj = {i: set() for i in range(n)}
+        for a, b in edges:
+            adj[a].add(b)
+            adj[b].add(a)
+        while frontier:
+            frontier = [j for i in frontier for j in adj[i] if j not in reach and not reach.add(j)]
+        assert len(reach) == n
+    assert [choose_mode("auto", n, 5000) for n in (45, 100, 237, 2000)] == ["exact", "sparse", "sparse", "chains"]
+    mode, edges, why = plan_design(SpmcmcConfig(budget=5000), 237)
+    assert mode == "sparse" and 2 * len(edges) <= 5000 and "exceeds spmcmc.budget=5000" in why
+
+
+def test_intervals_cover_the_exact_distribution_at_about_their_nominal_rate():
+    n = 40
+    judge = intransitive_judge(n, seed=4)
+    truth = exact_stationary(answers(judge, every_pair(n)), n, "random")
+    sparse_cover, chain_cover = [], []
+    for seed in range(12):
+        edges = design_graph(n, 6, seed=seed)
+        est, _ = all_estimates(answers(judge, ordered(edges)), n, "random", "sparse", edges, None, 0, 1, 0.01, 100, 0,
+                               seed)
+        value, se = est["sparse"]
+        sparse_cover.append(np.mean(np.abs(value - truth) <= 1.96 * se))
+        trace = run_chains(new_chains(n, 4, seed=seed), n, CachedJudge(judge), iterations=3000)
+        value, se = _chain_freq(trace, n)
+        chain_cover.append(np.mean(np.abs(value - truth) <= 1.96 * se))
+    assert 0.88 <= np.mean(sparse_cover) <= 1.0, np.mean(sparse_cover)
+    assert 0.85 <= np.mean(chain_cover) <= 1.0, np.mean(chain_cover)
+
+
+def _chain_freq(trace, n):
+    from pipeline.estimates import batch_means, chain_contributions
+
+    return batch_means(chain_contributions(trace, n, 200, 1, rao_blackwell=False))
+
+
+def test_reliability_is_high_for_a_strong_judge_and_near_zero_for_noise():
+    n = 60
+    edges = design_graph(n, 10, seed=0)
+    strong = answers(intransitive_judge(n, seed=5, sd=0.2), ordered(edges))
+    rng = np.random.default_rng(0)
+    noise = {p: float(0.5 + rng.normal(0, 0.05)) for p in ordered(edges)}  # 0.5 plus noise, each order on its own
+    _, rel_strong = all_estimates(strong, n, "random", "sparse", edges, None, 0, 1, 0.01, 0, 20, 0)
+    _, rel_noise = all_estimates(noise, n, "random", "sparse", edges, None, 0, 1, 0.01, 0, 20, 0)
+    assert rel_strong["score"]["reliability"] > 0.9
+    assert abs(rel_noise["score"]["reliability"]) < 0.3
+
+
+def test_calibration_removes_the_mean_logit_shift():
+    judge = intransitive_judge(15, seed=6, bias=2.0)
+    probs = answers(judge, every_pair(15))
+    shift = calibration_shift(probs, "mean_logit")
+    assert shift > 1.5 and calibration_shift(probs, "none") == 0.0
+    calibrated = np.array(list(shifted(probs, shift).values()))
+    logits = np.log(calibrated / (1 - calibrated))
+    assert abs(logits.mean()) < 1e-9 and abs(calibrated.mean() - 0.5) < 0.05
+
+
+@pytest.mark.slow
+def test_sparse_design_resumes_to_the_same_artifact(tmp_path):
+    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "sample_space.num_samples=40", "sample_space.chunk_size=8",
+            "sample_space.batch_size=8", "spmcmc.mode=sparse", "spmcmc.degree=4", "spmcmc.design_chunk=16"]
+    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "spmcmc.design_chunk:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
+    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
+    assert resumed.returncode == 0 and clean.returncode == 0, resumed.stderr[-2000:] + clean.stderr[-2000:]
+    a, b = stage_paths(tmp_path / "a")["spmcmc"], stage_paths(tmp_path / "b")["spmcmc"]
+    assert dataset_files(a) == dataset_files(b)
+    import json
+
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["mode"] == "sparse" and not summary["chains_run"]
+    computed = sum(e["count"] for e in map(json.loads, (a / "work_log.jsonl").read_text().splitlines())
+                   if e["event"] == "judge_comparisons")
+    assert computed == summary["design_comparisons"] == summary["judge_calls"]  # nothing computed twice
