@@ -12,6 +12,7 @@ and everything downstream, and nothing upstream. A folder without _COMPLETE is n
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import importlib.metadata
@@ -23,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pipeline import parallel, tracking
 from pipeline.config import REPO_ROOT, STAGES, Config, UserError, semantic_settings, to_dict
@@ -35,6 +37,61 @@ LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "
 
 class StageError(UserError):
     """A stage that cannot run as asked; printed as one line."""
+
+
+class Stage(Protocol):
+    """What every module in pipeline/stages/ defines (checked once, when the run first meets it).
+
+    NAME              the artifact folder's name
+    VERSION           bumped when the stage's outputs change for the same settings and inputs (new or
+                      renamed columns, different numbers, a different meaning), so that finished
+                      artifacts of the old code are recomputed rather than mixed with new ones; not
+                      bumped for speed-ups, messages or refactors that leave outputs byte-identical
+    SETTINGS          every config section the stage reads (tests/test_contract.py checks it); their
+                      fields marked semantic enter the fingerprint
+    OPTIONAL_INPUTS   inputs used only when complete on disk (others must be complete or requested)
+    DISTRIBUTED       run on every process (True) or on the main one while the others wait (False)
+    run(cfg, inputs, workdir) -> Dataset | DatasetDict | None (None on processes other than the main one)
+    """
+    NAME: str
+    VERSION: int
+    SETTINGS: tuple[str, ...]
+    OPTIONAL_INPUTS: tuple[str, ...]
+    DISTRIBUTED: bool
+
+    def run(self, cfg: Config, inputs: dict, workdir: Path): ...
+
+
+def check_stage(module) -> None:
+    """The module follows the Stage contract (a programming error otherwise, not a user one)."""
+    types = {"NAME": str, "VERSION": int, "SETTINGS": tuple, "OPTIONAL_INPUTS": tuple, "DISTRIBUTED": bool}
+    for attr, kind in types.items():
+        if not isinstance(getattr(module, attr, None), kind):
+            raise TypeError(f"stage module {module.__name__} must define {attr} ({kind.__name__}): see artifacts.Stage")
+    if not callable(getattr(module, "run", None)):
+        raise TypeError(f"stage module {module.__name__} must define run(cfg, inputs, workdir)")
+    unknown = set(module.SETTINGS) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise TypeError(f"stage module {module.__name__}: SETTINGS names unknown sections {sorted(unknown)}")
+
+
+def publish(workdir: Path, stage: str, summary: dict, lines: list[str], plots=(), metrics: dict | None = None) -> None:
+    """The one way a stage reports what it measured: summary.json in its artifact, the printed lines, and
+    the same numbers (`stage/key`, nested keys joined by '/', or `metrics` when given) and plots in W&B."""
+    write_json(workdir / "summary.json", summary)
+    for line in lines:
+        print(f"[{stage}] {line}", flush=True)
+    tracking.summary(metrics if metrics is not None else dict(_numbers(summary, stage)))
+    for p in plots:
+        tracking.image(f"{stage}/{Path(p).stem}", p)
+
+
+def _numbers(tree: dict, prefix: str):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _numbers(v, f"{prefix}/{k}")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{prefix}/{k}", v
 
 
 def fingerprint(name: str, version: int, settings: dict, inputs: dict[str, str], files: dict[str, str] | None = None) -> str:
@@ -229,8 +286,8 @@ class Run:
 
     def stage(self, module, **inputs: Artifact) -> Artifact:
         """Resolve a stage's artifact; run it if it is asked for and not complete."""
-        optional = getattr(module, "OPTIONAL_INPUTS", ())
-        used = {k: a for k, a in inputs.items() if k not in optional or a.complete}
+        check_stage(module)
+        used = {k: a for k, a in inputs.items() if k not in module.OPTIONAL_INPUTS or a.complete}
         settings = {s: semantic_settings(getattr(self.cfg, s)) for s in module.SETTINGS}
         files = input_files(self.cfg, module.SETTINGS)
         fp = fingerprint(module.NAME, module.VERSION, settings, {k: a.fingerprint for k, a in used.items()},
@@ -257,7 +314,7 @@ class Run:
         return art
 
     def _execute(self, module, art: Artifact, inputs: dict, settings: dict, files: dict) -> None:
-        distributed = getattr(module, "DISTRIBUTED", False)
+        distributed = module.DISTRIBUTED
         if parallel.is_main():
             if art.path.exists():  # killed between rename and marker: continue from it
                 shutil.rmtree(art.partial, ignore_errors=True)

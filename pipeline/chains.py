@@ -29,28 +29,35 @@ TRACE_COLUMNS = ("chain", "step", "current", "proposal", "first_shown", "p_accep
 
 @dataclass
 class Chain:
+    """One chain over the candidates lo .. lo+size-1 (one prompt's answers, when candidates of several
+    prompts share one id space)."""
     id: int
     current: int
     rng: np.random.Generator
     step: int = 0
+    lo: int = 0
+    size: int = 0
 
     def state(self) -> dict:
-        return {"id": self.id, "current": self.current, "step": self.step, "rng": self.rng.bit_generator.state}
+        return {"id": self.id, "current": self.current, "step": self.step, "rng": self.rng.bit_generator.state,
+                "lo": self.lo, "size": self.size}
 
     @classmethod
     def from_state(cls, s: dict) -> "Chain":
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = s["rng"]
-        return cls(s["id"], s["current"], rng, s["step"])
+        return cls(s["id"], s["current"], rng, s["step"], s["lo"], s["size"])
 
 
-def new_chains(n: int, num_chains: int, seed: int) -> list[Chain]:
-    """Chains from dispersed (distinct while possible) random starts, each with its own generator."""
+def new_chains(n: int, num_chains: int, seed: int, lo: int = 0, first_id: int = 0) -> list[Chain]:
+    """Chains over candidates lo .. lo+n-1 from dispersed (distinct while possible) random starts, each
+    with its own generator; chain ids first_id, first_id+1, ..."""
     if n < 2:
         raise ValueError(f"spMCMC needs at least 2 candidates, got {n}")
     seeds = np.random.SeedSequence(seed).spawn(num_chains + 1)
     starts = np.random.default_rng(seeds[0]).permutation(np.resize(np.arange(n), max(n, num_chains)))
-    return [Chain(c, int(starts[c]), np.random.default_rng(seeds[c + 1])) for c in range(num_chains)]
+    return [Chain(first_id + c, lo + int(starts[c]), np.random.default_rng(seeds[c + 1]), lo=lo, size=n)
+            for c in range(num_chains)]
 
 
 @dataclass
@@ -104,8 +111,9 @@ def step(chains: list[Chain], n: int, cached: CachedJudge, order: str) -> list[t
     """Advance every chain by one step; the uncached comparisons of all chains go to the judge at once."""
     draws = []
     for c in chains:  # all randomness first, from each chain's own generator
-        j = int(c.rng.integers(n - 1))
-        proposal = j + (j >= c.current)
+        size = c.size or n
+        j = int(c.rng.integers(size - 1))
+        proposal = c.lo + j + (c.lo + j >= c.current)
         proposal_first = bool(c.rng.random() < 0.5) if order == "random" else False
         draws.append((proposal, proposal_first, float(c.rng.random())))
     cached.ensure([pr for c, (j, pf, _) in zip(chains, draws) for pr in shown_pairs(c.current, j, pf, order)])

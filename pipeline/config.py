@@ -16,7 +16,7 @@ import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
@@ -108,7 +108,10 @@ DEFAULT_PREAMBLES = [
 @dataclass
 class SampleSpaceConfig(Section):
     SECTION = "sample_space"
-    query: str = setting("???", "the request the model answers many times (e.g. 'Tell me a joke.')")
+    query: Optional[str] = setting(None, "one request the model answers many times (e.g. 'Tell me a joke.'); "
+                                         "or use sample_space.prompts")
+    prompts: Any = setting(None, "a prompt set instead of one query: a CSV/JSONL/parquet file with a `prompt` "
+                                 "column (optional `id`), or an inline list [a,b]", reads="file")
     system_prompt: Optional[str] = setting(None, "system message for generation; null = template default")
     num_samples: int = setting(64, "random answers to generate before dedup")
     chunk_size: int = setting(32, "answers per persisted chunk (resume granularity)")
@@ -127,7 +130,12 @@ class SampleSpaceConfig(Section):
     seed: int = setting(0, "sampling seed")
 
     def validate(self):
-        _require(bool(self.query and self.query.strip()), "sample_space.query", "must not be empty")
+        _require(self.query is None or self.prompts is None, "sample_space.query/prompts",  # neither: Config checks
+                 "both are set; keep one (e.g. add sample_space.query=null when the recipe sets a query)")
+        if isinstance(self.prompts, list):
+            _nonempty_list(self.prompts, "sample_space.prompts", "[Tell me a joke about cats.,Tell me a joke about dogs.]")
+            _require(all(isinstance(p, str) and p.strip() for p in self.prompts), "sample_space.prompts",
+                     "every prompt must be non-empty text")
         _require(self.chunk_size > 0 and self.batch_size > 0, "sample_space.chunk_size/batch_size", "must be > 0")
         _require(self.temperature > 0, "sample_space.temperature", "must be > 0")
         _require(0 < self.top_p <= 1, "sample_space.top_p", "must be in (0, 1]")
@@ -245,7 +253,10 @@ class PreferencesConfig(Section):
     min_ratio: float = setting(2.0, "margin: keep pairs whose score ratio is at least this")
     max_pairs: int = setting(256, "most pairs in the train split")
     max_uses_per_candidate: int = setting(8, "most pairs any candidate appears in")
-    test_fraction: float = setting(0.2, "share of candidates held out for the test split")
+    split: Literal["auto", "prompt", "candidate"] = setting(
+        "auto", "hold out whole prompts (prompt) or candidates within each prompt (candidate); auto = prompt "
+        "when the run has several prompts")
+    test_fraction: float = setting(0.2, "share of prompts (split=prompt) or candidates held out for the test split")
     sft_mode: Literal["top_k", "sampled"] = setting("top_k", "SFT targets: the top k, or drawn by score")
     sft_k: int = setting(8, "number of SFT targets")
     seed: int = setting(0, "seed for the split and sampling")
@@ -302,6 +313,10 @@ class FinetuneConfig(Section):
 @dataclass
 class EvaluateConfig(Section):
     SECTION = "evaluate"
+    query: Optional[str] = setting(None, "the request the human-rated items answer (null = sample_space.query; "
+                                         "needed when the run has a prompt set)")
+    winrate_samples: int = setting(4, "answers per policy per held-out prompt for the win rate of the tuned policy "
+                                      "(0 = off)")
     human_ratings: str = setting("jester", "jester (bundled), or a CSV/JSONL/parquet of text+rating or item+rater+rating",
                                  reads="file")
     max_items: int = setting(30, f"rated items used (0 = all, else >= {MIN_RATED_ITEMS}); chosen deterministically")
@@ -357,6 +372,13 @@ class Config:
     wandb: WandbConfig = setting(None, "experiment tracking", factory=WandbConfig)
 
     def __post_init__(self):
+        # here, not in SampleSpaceConfig: OmegaConf builds that section's defaults (neither set) for the schema
+        _require(self.sample_space.query is not None or self.sample_space.prompts is not None, "sample_space.query",
+                 "a value is required: sample_space.query=TEXT (one request) or sample_space.prompts=FILE or [a,b] "
+                 "(a prompt set)")
+        _require("evaluate" not in self.stages or self.evaluate.query is not None or self.sample_space.query is not None,
+                 "evaluate.query", "the run answers a prompt set: say which request the human-rated items answer, "
+                 "e.g. evaluate.query='Tell me a joke.'")
         _require(len(self.stages) > 0, "stages", f"must name at least one stage, e.g. stages=[sample_space]; "
                  f"stages are {list(STAGES)}")
         for s in self.stages:
@@ -444,7 +466,9 @@ def setting_kinds() -> dict[str, str]:
         optional = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
         if optional:
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        if typing.get_origin(tp) is list:
+        if tp is Any:
+            kind = "text_or_list"
+        elif typing.get_origin(tp) is list:
             kind = "list"
         elif tp is str or typing.get_origin(tp) is Literal:
             kind = "text"
@@ -531,10 +555,12 @@ def _escape(text: str) -> str:
 
 def _value(key: str, value, kind: str, where: str):
     """One raw value (text from the command line, or what the YAML held) in the schema's type."""
-    if kind.startswith("optional_"):
+    if kind.startswith("optional_") or kind == "text_or_list":
         if value is None or (isinstance(value, str) and value.strip() in ("", "null", "~")):
             return None
         kind = kind.removeprefix("optional_")
+    if kind == "text_or_list":  # a file name, or an inline list in brackets
+        kind = "list" if not isinstance(value, str) or value.strip().startswith("[") else "text"
     if kind == "list":
         items = _parse_list(key, value) if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):

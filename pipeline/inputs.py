@@ -76,7 +76,7 @@ def input_files(cfg: Config, sections: tuple[str, ...]) -> dict[str, dict]:
         part = getattr(cfg, section)
         for f in dataclasses.fields(part):
             value, reads = getattr(part, f.name), f.metadata.get("reads")
-            if reads and value:
+            if reads and isinstance(value, str) and value:  # an inline list names no file
                 found.append((f"{section}.{f.name}", value, reads))
     if not found:
         return {}

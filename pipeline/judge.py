@@ -53,16 +53,21 @@ def prompt_segments(tok, jcfg: JudgeConfig, query: str) -> tuple[str, str, str]:
 
 
 class ModelJudge:
-    def __init__(self, model, tok, jcfg: JudgeConfig, query: str, texts: list[str], progress: bool = False):
+    """Over candidates `texts` answering one query, or several (`queries`, with `prompt_of[i]` the query
+    candidate i answers; a comparison is always between two answers to the same query)."""
+
+    def __init__(self, model, tok, jcfg: JudgeConfig, queries: str | list[str], texts: list[str],
+                 prompt_of: list[int] | None = None, progress: bool = False):
         self.model, self.tok, self.jcfg, self.progress = model, tok, jcfg, progress
         self.label_ids = [single_token_id(tok, lab, "judge label") for lab in jcfg.labels]
         enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
-        head, mid, tail = prompt_segments(tok, jcfg, query)
-        self.head, self.mid, self.tail = enc(head), enc(mid), enc(tail)
+        segments = [prompt_segments(tok, jcfg, q) for q in ([queries] if isinstance(queries, str) else queries)]
+        self.heads, self.mids, self.tails = ([enc(seg[i]) for seg in segments] for i in range(3))
         self.cands = [enc(t) for t in texts]
+        self.prompt_of = list(prompt_of) if prompt_of is not None else [0] * len(texts)
         self.last_mass = np.empty(0)  # probability on the two labels, per comparison of the last call
         self.tokens = 0  # tokens actually run through the model
-        self._head_kv = None
+        self._head_kv: dict[int, list] = {}
 
     # -- forward passes -------------------------------------------------------------------------
     def _padded(self, seqs: list[list[int]]):
@@ -83,24 +88,50 @@ class ModelJudge:
 
         return DynamicCache(ddp_cache_data=kv, config=self.model.config)
 
-    def _head_cache(self) -> list:
-        """Key/values of the instruction, shared by every comparison (computed once)."""
-        if self._head_kv is None:
-            ids, _ = self._padded([self.head])
+    def _head_cache(self, p: int) -> list:
+        """Key/values of query p's instruction, shared by every comparison of its answers (computed once)."""
+        if p not in self._head_kv:
+            ids, _ = self._padded([self.heads[p]])
             out = self.model.get_decoder()(input_ids=ids, past_key_values=self._cache(None), use_cache=True)
-            self._head_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        return self._head_kv
+            self._head_kv[p] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return self._head_kv[p]
+
+    def _heads_for(self, prompts: list[int]):
+        """The rows' instruction key/values and mask: one query's expanded (no copy); several queries'
+        right-padded to the longest instruction, the padding masked out."""
+        import torch
+
+        device = self.model.device
+        if len(set(prompts)) == 1:
+            kv = self._head_cache(prompts[0])
+            n, length = len(prompts), len(self.heads[prompts[0]])
+            return ([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
+                    torch.ones(n, length, dtype=torch.long, device=device), False)
+        width = max(len(self.heads[p]) for p in prompts)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
+        per_row = [self._head_cache(p) for p in prompts]
+        kv = [(torch.cat([pad(row[layer][0]) for row in per_row]), torch.cat([pad(row[layer][1]) for row in per_row]))
+              for layer in range(len(per_row[0]))]
+        mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        for r, p in enumerate(prompts):
+            mask[r, :len(self.heads[p])] = 1
+        return kv, mask, True
 
     def _row_prefixes(self, firsts: list[int]):
         """Key/values of instruction + first candidate for a block of rows, their mask and lengths."""
         import torch
 
-        head = self._head_cache()
-        ids, row_mask = self._padded([self.cands[f] + self.mid for f in firsts])
-        past = self._cache([(k.expand(len(firsts), -1, -1, -1), v.expand(len(firsts), -1, -1, -1)) for k, v in head])
-        out = self.model.get_decoder()(input_ids=ids, past_key_values=past, use_cache=True)
+        prompts = [self.prompt_of[f] for f in firsts]
+        head, head_mask, mixed = self._heads_for(prompts)
+        ids, row_mask = self._padded([self.cands[f] + self.mids[p] for f, p in zip(firsts, prompts)])
+        if mixed:  # holes in the instruction cache: explicit mask and positions
+            positions = head_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1], device=ids.device)
+            out = self.model.get_decoder()(input_ids=ids, attention_mask=torch.cat([head_mask, row_mask], 1),
+                                           position_ids=positions, past_key_values=self._cache(head), use_cache=True)
+        else:
+            out = self.model.get_decoder()(input_ids=ids, past_key_values=self._cache(head), use_cache=True)
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        mask = torch.cat([torch.ones(len(firsts), len(self.head), dtype=row_mask.dtype, device=ids.device), row_mask], 1)
+        mask = torch.cat([head_mask.to(row_mask.dtype), row_mask], 1)
         return kv, mask, mask.sum(1)
 
     def _label_logits(self, seqs: list[list[int]], prefix=None, rows=None):
@@ -146,7 +177,8 @@ class ModelJudge:
         bar = tqdm(total=len(first), desc="[judge] comparisons", leave=False) if self.progress else None
         with torch.no_grad():
             if not self.jcfg.prefix_cache:
-                full = [self.head + self.cands[f] + self.mid + self.cands[s] + self.tail for f, s in zip(first, second)]
+                full = [self.heads[p] + self.cands[f] + self.mids[p] + self.cands[s] + self.tails[p]
+                        for f, s, p in ((f, s, self.prompt_of[f]) for f, s in zip(first, second))]
                 order = sorted(range(len(full)), key=lambda i: len(full[i]))
                 for k in range(0, len(order), bs):
                     idx = order[k:k + bs]
@@ -160,7 +192,7 @@ class ModelJudge:
                                   key=lambda i: len(self.cands[second[i]]))
                     for k in range(0, len(todo), bs):
                         idx = todo[k:k + bs]
-                        seqs = [self.cands[second[i]] + self.tail for i in idx]
+                        seqs = [self.cands[second[i]] + self.tails[self.prompt_of[first[i]]] for i in idx]
                         self._fill(out, idx, *self._label_logits(seqs, prefix, [block[first[i]] for i in idx]), bar)
         if bar is not None:
             bar.close()
@@ -168,11 +200,14 @@ class ModelJudge:
 
 
 class PairStore:
-    """Append-only JSONL of computed comparisons, one file per process, keyed by judge key + text hashes."""
+    """Append-only JSONL of computed comparisons, one file per process, keyed by judge key (one per
+    query: model, adapter, judge settings, query) + text hashes."""
 
-    def __init__(self, folder: Path, key: str, shas: list[str], rank: int = 0):
-        self.folder, self.key, self.shas = Path(folder), key, shas
-        self.index = {sha: i for i, sha in enumerate(shas)}
+    def __init__(self, folder: Path, keys: list[str], shas: list[str], prompt_of: list[int] | None = None,
+                 rank: int = 0):
+        self.folder, self.keys, self.shas = Path(folder), keys, shas
+        self.prompt_of = list(prompt_of) if prompt_of is not None else [0] * len(shas)
+        self.index = {(keys[p], sha): i for i, (sha, p) in enumerate(zip(shas, self.prompt_of))}
         self.path = self.folder / f"pair_cache.rank{rank}.jsonl"
         self.label_mass: dict[tuple[int, int], float] = {}
 
@@ -183,16 +218,18 @@ class PairStore:
             for line in Path(path).read_text().splitlines():
                 try:  # a line cut short by a kill, or of another shape: skipped, so recomputed
                     e = json.loads(line)
-                    key, f, s, p, m = e["k"], self.index.get(e["f"]), self.index.get(e["s"]), float(e["p"]), float(e["m"])
+                    f, s = self.index.get((e["k"], e["f"])), self.index.get((e["k"], e["s"]))
+                    p, m = float(e["p"]), float(e["m"])
                 except (ValueError, TypeError, KeyError, AttributeError):
                     continue
-                if key == self.key and f is not None and s is not None and 0.0 <= p <= 1.0:
+                if f is not None and s is not None and 0.0 <= p <= 1.0:
                     probs[f, s] = p
                     self.label_mass[f, s] = m
         return probs
 
     def append(self, pairs: list[tuple[int, int]], probs: np.ndarray, masses: list[float]) -> None:
-        lines = [json.dumps({"k": self.key, "f": self.shas[f], "s": self.shas[s], "p": float(p), "m": float(m)})
+        lines = [json.dumps({"k": self.keys[self.prompt_of[f]], "f": self.shas[f], "s": self.shas[s], "p": float(p),
+                             "m": float(m)})
                  for (f, s), p, m in zip(pairs, probs, masses)]
         self.label_mass.update(zip(pairs, masses))
         with open(self.path, "a") as fh:
@@ -201,18 +238,21 @@ class PairStore:
             os.fsync(fh.fileno())
 
 
-def cached_model_judge(cfg: Config, texts: list[str], folder: Path, load, query: str, adapter_key: str | None = None,
+def cached_model_judge(cfg: Config, texts: list[str], folder: Path, load, queries: str | list[str],
+                       prompt_of: list[int] | None = None, adapter_key: str | None = None,
                        extra_cache_files: list[Path] = (), rank: int = 0) -> tuple[CachedJudge, PairStore]:
-    """A memoising judge over `texts`; `load()` -> (model, tokenizer) runs only when a comparison is
-    missing from the pair cache (the folder's, plus any `extra_cache_files`)."""
-    key = judge_key(cfg.model, cfg.judge, query, adapter_key)
-    store = PairStore(folder, key, [text_sha(t) for t in texts], rank=rank)
+    """A memoising judge over `texts` (answers to `queries`, see ModelJudge); `load()` -> (model,
+    tokenizer) runs only when a comparison is missing from the pair cache (the folder's, plus any
+    `extra_cache_files`)."""
+    queries = [queries] if isinstance(queries, str) else list(queries)
+    keys = [judge_key(cfg.model, cfg.judge, q, adapter_key) for q in queries]
+    store = PairStore(folder, keys, [text_sha(t) for t in texts], prompt_of, rank=rank)
     holder = {}
 
     def judge(first, second):
         if "judge" not in holder:
             model, tok = load()
-            holder["judge"] = ModelJudge(model, tok, cfg.judge, query, texts)
+            holder["judge"] = ModelJudge(model, tok, cfg.judge, queries, texts, prompt_of)
         return holder["judge"](first, second)
 
     def persist(pairs, probs):

@@ -56,6 +56,18 @@ def agreement(scores, human, k: int, n_resamples: int, seed: int) -> dict:
     return out
 
 
+def mean_ci(values, n_resamples: int, seed: int) -> dict:
+    """The mean of per-unit values (e.g. one win rate per held-out prompt) with a 95% percentile bootstrap
+    interval over the units."""
+    v = np.asarray(values, dtype=float)
+    if not v.size:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(len(v), size=(n_resamples, len(v)))].mean(1)
+    return {"mean": float(v.mean()), "ci_low": float(np.percentile(means, 2.5)),
+            "ci_high": float(np.percentile(means, 97.5)), "n": int(len(v))}
+
+
 def paired_difference(a, b, human, kind: str, n_resamples: int, seed: int) -> dict:
     """Bootstrap (items resampled jointly) of corr(a, human) - corr(b, human): the difference, a
     95% percentile interval, and a two-sided bootstrap p-value for 'no difference'."""

@@ -62,6 +62,24 @@ def estimate_plots(workdir: Path, texts: list[str], est: dict, score: str, state
     return paths
 
 
+def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
+    """prompts.png: per prompt, the preference reliability and how far its top candidate stands above uniform."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(rows)), 5), sharex=True)
+    x = np.arange(len(rows))
+    rel = [np.nan if r["reliability"] is None else r["reliability"] for r in rows]
+    top = [np.nan if r["top_over_uniform"] is None else r["top_over_uniform"] for r in rows]
+    axes[0].bar(x, rel, color="tab:blue")
+    axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
+    axes[0].set_ylabel("preference reliability")
+    axes[1].bar(x, top, color="tab:orange")
+    axes[1].axhline(1.0, color="grey", ls=":", lw=0.8)
+    axes[1].set_ylabel("top score / uniform")
+    axes[1].set_xticks(x, [r["prompt"][:28] for r in rows], rotation=60, ha="right", fontsize=6)
+    fig.suptitle("spMCMC per prompt: were the model's preferences measured, and how strong are they?", fontsize=9)
+    return [_save(fig, workdir / "prompts.png")]
+
+
 def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ceiling: dict | None) -> list[Path]:
     """scatter.png (model score against human mean, per model and evaluator) and correlations.png."""
     plt = _pyplot()

@@ -25,7 +25,9 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
                  before_after: list[dict], plots: list[Path]) -> Path:
     ec = cfg.evaluate
     lines = ["# spMCMC evaluation report", "",
-             f"- recipe: `{cfg.recipe}`; model: `{cfg.model.name_or_path}`; query: {cfg.sample_space.query!r}",
+             f"- recipe: `{cfg.recipe}`; model: `{cfg.model.name_or_path}`; "
+             + (f"query: {cfg.sample_space.query!r}" if cfg.sample_space.query is not None else
+                f"prompt set: {cfg.sample_space.prompts!r}; rated items answer {cfg.evaluate.query!r}"),
              f"- human ratings: `{summary['ratings']}`; {summary['n_items']} items (max_items={ec.max_items}, "
              f"max_chars={ec.max_chars}, chosen evenly over the rating range): ids {', '.join(summary['item_ids'])}",
              f"- judge question: {cfg.judge.question!r}, labels {list(cfg.judge.labels)}, order {cfg.spmcmc.order}; "
@@ -61,6 +63,15 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
                   f"- greedy answer: {checks['greedy_text']!r}",
                   f"- Spearman(generation count, spMCMC score): {_n(checks.get('count_vs_score_spearman'))} "
                   f"(p = {_n(checks.get('count_vs_score_p'), '.3g')})"]
+    if summary.get("win_rate"):
+        lines += ["", "## Improvement on held-out prompts", "",
+                  "The tuned and the base policy each answer every prompt held out of training; the judge compares "
+                  "every tuned answer with every base answer of the same prompt, in both orders. Win rate = mean "
+                  "order-averaged choice of the tuned answer (0.5 = no difference), 95% bootstrap interval over prompts.",
+                  "", "| judge | tuned win rate [95% CI] | prompts | answers per policy | comparisons |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {judge} model | {w['mean']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | {w['n']} | "
+                  f"{w['answers_per_policy']} | {w['comparisons']} |" for judge, w in summary["win_rate"].items()]
     if summary["sharpening"]:
         lines += ["", "## Sharpening on held-out candidates", "",
                   "Spearman between the policy's mean log-probability and the base spMCMC score, on the candidates "
@@ -108,6 +119,14 @@ def preference_section(up: dict) -> list[str]:
                   f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
                   f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
                   f"{_n(pr['confidence_unfiltered_mean'])}); median score gap {pr['gap_z_median']:.2f} standard errors"]
+    if sp.get("n_prompts", 1) > 1:
+        lines += ["", f"Per prompt ({sp['n_prompts']} prompts; reliability mean {_n(rel.get('reliability'))}, worst "
+                  f"{_n(rel.get('min'))} for {rel.get('worst_prompt')}):", "",
+                  "| prompt | candidates | mode | comparisons | reliability | top / uniform | position bias |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['prompt'][:60]} | {r['n_candidates']} | {r['mode']} | {r['judge_calls']} | "
+                  f"{_n(r['reliability'])} | {_n(r['top_over_uniform'], '.2f')} | {_n(r['position_bias'])} |"
+                  for r in sp["per_prompt"]]
     lines += [f"- warning: {w}" for w in sp.get("warnings", [])]
     return lines + [""]
 

@@ -144,7 +144,7 @@ def matmul_tflops(dtype, device: str, size: int) -> float:
 def timed_fill(judge, pairs) -> tuple[float, int]:
     import torch
 
-    judge._head_kv, judge.tokens = None, 0
+    judge._head_kv, judge.tokens = {}, 0
     if judge.model.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()

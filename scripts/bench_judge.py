@@ -46,7 +46,8 @@ def naive(model, tok, judge, pairs) -> tuple[np.ndarray, float, int]:
 
     probs, tokens, start = [], 0, time.perf_counter()
     for f, s in pairs:
-        ids = torch.tensor([judge.head + judge.cands[f] + judge.mid + judge.cands[s] + judge.tail], device=model.device)
+        ids = torch.tensor([judge.heads[0] + judge.cands[f] + judge.mids[0] + judge.cands[s] + judge.tails[0]],
+                           device=model.device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
                              output_scores=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
         labels = out.scores[0][0, judge.label_ids].float()
@@ -58,7 +59,7 @@ def naive(model, tok, judge, pairs) -> tuple[np.ndarray, float, int]:
 def timed(judge, first, second) -> tuple[np.ndarray, float, int]:
     import torch
 
-    judge._head_kv, judge.tokens = None, 0  # include the shared prefix in the timing
+    judge._head_kv, judge.tokens = {}, 0  # include the shared prefix in the timing
     start = time.perf_counter()
     p = judge(np.asarray(first), np.asarray(second))
     if judge.model.device.type == "cuda":

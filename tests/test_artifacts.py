@@ -14,7 +14,8 @@ def fake_stage(name, calls, version=1, settings=("spmcmc",), optional=()):
         calls.append(name)
         (workdir / "_state").mkdir(exist_ok=True)
         return Dataset.from_dict({"x": [1, 2, 3], "inputs": [",".join(sorted(inputs))] * 3})
-    return types.SimpleNamespace(NAME=name, VERSION=version, SETTINGS=settings, OPTIONAL_INPUTS=optional, run=run)
+    return types.SimpleNamespace(NAME=name, VERSION=version, SETTINGS=settings, OPTIONAL_INPUTS=optional,
+                                 DISTRIBUTED=False, run=run, __name__=name)
 
 
 def run_two(cfg, calls, version_b=1):

@@ -66,7 +66,7 @@ CONFIG_CASES = [
     ("negative iterations", lambda t: TINY + ["spmcmc.iterations=-5"], "spmcmc.iterations: must be >= 1"),
     ("temperature 0", lambda t: TINY + ["sample_space.temperature=0"], "sample_space.temperature: must be > 0"),
     ("infinite temperature", lambda t: TINY + ["judge.temperature=inf"], "judge.temperature: must be a finite"),
-    ("empty prompt", lambda t: TINY + ["sample_space.query= "], "sample_space.query: must not be empty"),
+    ("empty prompt", lambda t: TINY + ["sample_space.query= "], "sample_space.query: a value is required"),
     ("unwritable output_dir", lambda t: TINY + ["output_dir=/proc/spmcmc-out"], "is not writable"),
 ]
 

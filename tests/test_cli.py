@@ -16,7 +16,7 @@ def run_dir(tmp_path_factory):
 def test_inspect(run_dir, capsys):
     assert main(["inspect", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "sample_space  complete" in out and "columns: id, text, count" in out
+    assert "sample_space  complete" in out and "columns: id, prompt_id, prompt, text, count" in out
     assert main(["inspect", str(run_dir), "spmcmc"]) == 2
 
 

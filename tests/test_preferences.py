@@ -54,27 +54,33 @@ def test_sft_targets_top_k_and_sampled():
     assert len(set(drawn)) == 3
 
 
-def fake_spmcmc(tmp_path, cfg, stationary=True, n=20, judge=None, se=0.001):
-    """A complete spmcmc artifact: candidates with every estimate, summary.json and a pair cache holding
-    every ordered comparison of `judge` (default: Bradley–Terry on the scores), so no model is loaded."""
-    import json
-
+def fake_spmcmc(tmp_path, cfg, stationary=True, n=20, judge=None, se=0.001, prompts=("Tell me a joke.",)):
+    """A complete spmcmc artifact over `prompts` (n candidates each): candidates with every estimate, the
+    per-prompt table and a pair cache holding every ordered comparison within each prompt, as `judge`
+    (default: Bradley–Terry on the scores) answers, so no model is loaded."""
     from pipeline.judge import PairStore, judge_key, text_sha
 
-    freq = np.random.default_rng(0).dirichlet(np.ones(n))
-    texts = [f"joke {i}" for i in range(n)]
+    freq = np.concatenate([np.random.default_rng(k).dirichlet(np.ones(n)) for k in range(len(prompts))])
+    total = n * len(prompts)
+    texts = [f"joke {i}" for i in range(total)]
+    prompt_of = [i // n for i in range(total)]
     judge = judge or (lambda a, b: freq[a] / (freq[a] + freq[b]))
-    none = [None] * n
-    cands = Dataset.from_dict({"id": list(range(n)), "text": texts, "frequency": freq.tolist(), "frequency_se": [se] * n,
+    none = [None] * total
+    pids = [f"p{k}" for k in range(len(prompts))]
+    cands = Dataset.from_dict({"id": list(range(total)), "prompt_id": [pids[k] for k in prompt_of],
+                               "prompt": [prompts[k] for k in prompt_of], "text": texts,
+                               "frequency": freq.tolist(), "frequency_se": [se] * total,
                                "rao_blackwell": none, "rao_blackwell_se": none, "bt_score": freq.tolist(),
-                               "bt_score_se": [se] * n, "stationary": freq.tolist() if stationary else none,
-                               "stationary_se": [se] * n if stationary else none, "sparse": none, "sparse_se": none,
-                               "score": freq.tolist(), "score_se": [se] * n})
+                               "bt_score_se": [se] * total, "stationary": freq.tolist() if stationary else none,
+                               "stationary_se": [se] * total if stationary else none, "sparse": none,
+                               "sparse_se": none, "score": freq.tolist(), "score_se": [se] * total})
+    table = Dataset.from_dict({"prompt_id": pids, "prompt": list(prompts), "n_candidates": [n] * len(prompts),
+                               "reliability": [0.9] * len(prompts), "calibration_shift": [0.0] * len(prompts)})
     folder = tmp_path / "spmcmc"
-    DatasetDict({"candidates": cands}).save_to_disk(str(folder / "dataset"))
-    (folder / "summary.json").write_text(json.dumps({"calibration_shift": 0.0, "reliability": {"reliability": 0.9}}))
-    store = PairStore(folder, judge_key(cfg.model, cfg.judge, cfg.sample_space.query), [text_sha(t) for t in texts])
-    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+    DatasetDict({"candidates": cands, "prompts": table}).save_to_disk(str(folder / "dataset"))
+    keys = [judge_key(cfg.model, cfg.judge, q) for q in prompts]
+    store = PairStore(folder, keys, [text_sha(t) for t in texts], prompt_of)
+    pairs = [(a, b) for a in range(total) for b in range(total) if a != b and prompt_of[a] == prompt_of[b]]
     store.append(pairs, [judge(a, b) for a, b in pairs], [1.0] * len(pairs))
     return Artifact("spmcmc", "fp", folder)
 
@@ -133,3 +139,22 @@ def test_no_pair_survives_is_one_clear_error(tmp_path):
 def test_stationary_score_without_exact_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match="needs the stationary estimate"):
         run_stage(tmp_path, "preferences.score=stationary", stationary=False)
+
+
+def test_prompt_set_pairs_stay_within_prompts_and_held_out_prompts_stay_out(tmp_path):
+    import json
+
+    topics = tuple(f"Tell me a joke about {t}." for t in ("cats", "dogs", "fish", "owls", "bees"))
+    out = run_stage(tmp_path, "preferences.test_fraction=0.4", n=8, prompts=topics)
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert summary["split"] == "prompt" and len(summary["held_out_prompts"]) == 2
+    held = {p["prompt_id"] for p in summary["held_out_prompts"]}
+    for split in ("train", "test", "sft"):
+        ds = out[split]
+        owner = [i // 8 for i in ds["chosen_id" if split != "sft" else "id"]]
+        assert all(f"p{k}" == pid for k, pid in zip(owner, ds["prompt_id"]))
+        if split != "sft":  # never a pair across prompts
+            assert [i // 8 for i in ds["rejected_id"]] == owner
+            assert all(row["prompt"][-1]["content"] == topics[k] for row, k in zip(ds, owner))
+    assert not held & (set(out["train"]["prompt_id"]) | set(out["sft"]["prompt_id"]))
+    assert set(out["test"]["prompt_id"]) == held

@@ -28,18 +28,20 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.artifacts import write_json
+from pipeline.artifacts import publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
 from pipeline.estimates import SCORE_OF_MODE, all_estimates, calibration_shift, ordered, plan_design, shifted, wants_chains
+from pipeline.generation import generate, normalise
 from pipeline.judge import cached_model_judge, fill_pairs
-from pipeline.metrics import agreement, paired_difference
+from pipeline.metrics import agreement, mean_ci, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
 from pipeline.plots import evaluation_plots
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
 
-NAME, VERSION = "evaluate", 2
+NAME, VERSION = "evaluate", 3
 SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate")
+DISTRIBUTED = False
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
@@ -48,7 +50,7 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
     """spMCMC over the rated items with the spmcmc stage's design, judge code and pair cache: `spmcmc` is
     the stage's score estimate; `spmcmc_frequency` the paper's chain visit frequency, when chains run."""
     sc, n = cfg.spmcmc, len(texts)
-    cached, _ = cached_model_judge(cfg, texts, workdir, lambda: (model, tok), cfg.sample_space.query,
+    cached, _ = cached_model_judge(cfg, texts, workdir, lambda: (model, tok), rated_query(cfg),
                                    adapter_key=adapter_key, extra_cache_files=extra_cache)
     mode, edges, _ = plan_design(sc, n)
     if edges:
@@ -67,8 +69,13 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
     return out
 
 
+def rated_query(cfg: Config) -> str:
+    """The request the human-rated items answer."""
+    return cfg.evaluate.query if cfg.evaluate.query is not None else cfg.sample_space.query
+
+
 def item_prompts(tok, cfg: Config, texts: list[str], question: str, instruction: str) -> list[str]:
-    return [chat_prompt(tok, ITEM_PROMPT.format(query=cfg.sample_space.query, text=t, question=question,
+    return [chat_prompt(tok, ITEM_PROMPT.format(query=rated_query(cfg), text=t, question=question,
                                                 instruction=instruction)) for t in texts]
 
 
@@ -87,7 +94,7 @@ def score_items(cfg: Config, model, tok, texts: list[str], workdir: Path, adapte
         prompts = item_prompts(tok, cfg, texts, ec.binary_question, "Answer Yes or No.")
         out["p_true"] = next_token_probs(model, tok, prompts, yes_no, ec.batch_size, "[evaluate] p_true")[0][:, 0]
     if {"logprob", "self_certainty"} & set(ec.evaluators):
-        scores = answer_scores(model, tok, chat_prompt(tok, cfg.sample_space.query, cfg.sample_space.system_prompt),
+        scores = answer_scores(model, tok, chat_prompt(tok, rated_query(cfg), cfg.sample_space.system_prompt),
                                texts, ec.batch_size, "[evaluate] log-probabilities")
         if "logprob" in ec.evaluators:
             out["logprob"] = np.array([s[1] for s in scores])
@@ -96,11 +103,6 @@ def score_items(cfg: Config, model, tok, texts: list[str], workdir: Path, adapte
     if "random" in ec.evaluators:
         out["random"] = np.random.default_rng(ec.seed).random(len(texts))
     return out
-
-
-def policy_logprobs(model, tok, cfg: Config, texts: list[str]) -> np.ndarray:
-    prompt = chat_prompt(tok, cfg.sample_space.query, cfg.sample_space.system_prompt)
-    return np.array([s[1] for s in answer_scores(model, tok, prompt, texts, cfg.evaluate.batch_size)])
 
 
 def run(cfg: Config, inputs: dict, workdir: Path):
@@ -114,35 +116,97 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     models = {"base": (None, None)}
     if "finetune" in inputs:
         models["finetuned"] = (inputs["finetune"].path / "adapter", inputs["finetune"].fingerprint)
-    held_out = _held_out(cfg, inputs) if "preferences" in inputs and "spmcmc" in inputs else None
-    scores, sharpening = {}, {}
+    held_out = _held_out(inputs) if "preferences" in inputs and "spmcmc" in inputs else None
+    prompts = held_out_prompts(inputs) if "finetuned" in models and ec.winrate_samples else []
+    scores, sharpening, answers, loaded = {}, {}, {}, None
     for name, (adapter, adapter_key) in models.items():
-        model, tok = load_model(cfg.model, adapter)
+        loaded = (name, *load_model(cfg.model, adapter))
+        model, tok = loaded[1:]
         scores[name] = score_items(cfg, model, tok, texts, workdir, adapter_key, extra_cache)
         if held_out is not None:
             sharpening[name] = _sharpening(cfg, model, tok, *held_out)
-        del model
-    return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir)
+        if prompts:
+            answers[name] = policy_answers(cfg, model, tok, [p["prompt"] for p in prompts])
+    wins = winrates(cfg, prompts, answers, models, loaded, workdir) if prompts else []
+    return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir, prompts, answers, wins)
 
 
-def _held_out(cfg: Config, inputs: dict) -> tuple[list[str], list[float]]:
-    """Texts and base spMCMC scores (those the pairs were built from) of the preferences test split's candidates."""
+def _held_out(inputs: dict) -> tuple[list[str], list[float], list[str]]:
+    """Texts, base spMCMC scores (those the pairs were built from) and prompts of the preferences test
+    split's candidates."""
     test = inputs["preferences"].load()["test"]
     score = {**dict(zip(test["chosen_id"], test["chosen_score"])), **dict(zip(test["rejected_id"], test["rejected_score"]))}
     ids = sorted(score)
     cands = inputs["spmcmc"].load()["candidates"]
-    text = dict(zip(cands["id"], cands["text"]))
-    return [text[i] for i in ids], [score[i] for i in ids]
+    text, prompt = dict(zip(cands["id"], cands["text"])), dict(zip(cands["id"], cands["prompt"]))
+    return [text[i] for i in ids], [score[i] for i in ids], [prompt[i] for i in ids]
 
 
-def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float]) -> dict:
-    """On the held-out candidates: Spearman between the policy's log-probability and the base spMCMC score."""
+def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float], prompts: list[str]) -> dict:
+    """On the held-out candidates: Spearman between the policy's mean log-probability of an answer and its
+    base spMCMC score, within each prompt (averaged over prompts with at least 3 such candidates)."""
     from scipy.stats import spearmanr
 
-    if len(texts) < 3:
-        return {"n": len(texts), "spearman_r": None, "spearman_p": None}
-    res = spearmanr(policy_logprobs(model, tok, cfg, texts), scores)
-    return {"n": len(texts), "spearman_r": float(res.statistic), "spearman_p": float(res.pvalue)}
+    results = []
+    for prompt in dict.fromkeys(prompts):
+        rows = [i for i, p in enumerate(prompts) if p == prompt]
+        if len(rows) >= 3:
+            chat = chat_prompt(tok, prompt, cfg.sample_space.system_prompt)
+            logp = [s[1] for s in answer_scores(model, tok, chat, [texts[i] for i in rows], cfg.evaluate.batch_size)]
+            results.append(spearmanr(logp, [scores[i] for i in rows]))
+    if not results:
+        return {"n": len(texts), "prompts": 0, "spearman_r": None, "spearman_p": None}
+    return {"n": len(texts), "prompts": len(results), "spearman_r": float(np.mean([r.statistic for r in results])),
+            "spearman_p": float(results[0].pvalue) if len(results) == 1 else None}
+
+
+def held_out_prompts(inputs: dict) -> list[dict]:
+    """The prompts the preferences stage held out of training (split=prompt): [{prompt_id, prompt}]."""
+    import json
+
+    if "preferences" not in inputs:
+        return []
+    return json.loads((inputs["preferences"].path / "summary.json").read_text()).get("held_out_prompts", [])
+
+
+def policy_answers(cfg: Config, model, tok, prompts: list[str]) -> list[list[str]]:
+    """`evaluate.winrate_samples` sampled answers per prompt (the sample space's sampling settings and
+    normalisation; seeded by evaluate.seed, so base and tuned policies draw the same random numbers)."""
+    sc, k = cfg.sample_space, cfg.evaluate.winrate_samples
+    chats = [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)]
+    raw = generate(model, tok, chats, sc, True, cfg.evaluate.seed)
+    texts = [normalise(a["text"], sc.preamble_patterns) or a["text"].strip() or "(empty answer)" for a in raw]
+    return [texts[j * k:(j + 1) * k] for j in range(len(prompts))]
+
+
+def winrates(cfg: Config, prompts: list[dict], answers: dict, models: dict, loaded, workdir: Path) -> list[dict]:
+    """Per judge (base model, tuned model) and held-out prompt: the tuned policy's order-averaged win rate
+    W(tuned answer over base answer), averaged over every tuned x base answer pair; both orders judged,
+    through the pair cache."""
+    from pipeline.estimates import order_averaged
+
+    texts, prompt_of, index = [], [], {}
+    for j in range(len(prompts)):  # the distinct answers to each prompt
+        for text in answers["base"][j] + answers["finetuned"][j]:
+            if (j, text) not in index:
+                index[j, text] = len(texts)
+                texts.append(text)
+                prompt_of.append(j)
+    pairs = {j: [(index[j, t], index[j, b]) for t in answers["finetuned"][j] for b in answers["base"][j]]
+             for j in range(len(prompts))}
+    rows = []
+    for judge, (adapter, adapter_key) in models.items():
+        reuse = loaded[0] == judge
+        load = (lambda: loaded[1:]) if reuse else (lambda a=adapter: load_model(cfg.model, a))
+        cached, _ = cached_model_judge(cfg, texts, workdir, load, [p["prompt"] for p in prompts], prompt_of,
+                                       adapter_key=adapter_key)
+        need = [q for ps in pairs.values() for t, b in ps if t != b for q in ((t, b), (b, t))]
+        fill_pairs(cached, need, f"[evaluate] win rate, {judge} judge", distributed=False)
+        for j, p in enumerate(prompts):
+            w = [0.5 if t == b else order_averaged(cached.probs, t, b) for t, b in pairs[j]]
+            rows.append({"judge": judge, "prompt_id": p["prompt_id"], "prompt": p["prompt"], "win_rate": float(np.mean(w)),
+                         "comparisons": 2 * sum(t != b for t, b in pairs[j])})
+    return rows
 
 
 def paper_checks(inputs: dict) -> dict | None:
@@ -174,7 +238,8 @@ def upstream_summaries(inputs: dict) -> dict:
             for name in ("spmcmc", "preferences") if name in inputs and (inputs[name].path / "summary.json").is_file()}
 
 
-def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path):
+def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path,
+              prompts: list[dict], answers: dict, wins: list[dict]):
     from datasets import Dataset, DatasetDict
 
     ec = cfg.evaluate
@@ -195,20 +260,36 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                "item_ids": items["id"].tolist(), "max_items": ec.max_items, "max_chars": ec.max_chars,
                "noise_ceiling": noise_ceiling(ratings.long, items["id"].tolist(), ec.seed),
                "paper_checks": paper_checks(inputs), "sharpening": sharpening or None,
-               "upstream": upstream_summaries(inputs)}
-    write_json(workdir / "summary.json", summary)
+               "upstream": upstream_summaries(inputs), "win_rate": _winrate_summary(wins, ec)}
     plots = evaluation_plots(workdir, human, scores, metrics, summary["noise_ceiling"])
     from pipeline.report import write_report
 
     write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
-    _log(metrics, summary, plots, items, human, scores)
+    lines, flat = _lines_and_metrics(metrics, summary)
+    publish(workdir, NAME, summary, lines, plots, metrics=flat)
+    _log_table(items, human, scores)
     rows = [{"item_id": i, "text": t, "human": float(h), "model": m, "evaluator": e, "score": float(s[k])}
             for m, per in scores.items() for e, s in per.items()
             for k, (i, t, h) in enumerate(zip(items["id"], items["text"], human))]
     return DatasetDict({"scores": Dataset.from_list(rows), "metrics": Dataset.from_list(metrics),
                         "comparisons": _table(comparisons, ("model", "a", "b", *DIFF_COLUMNS)),
                         "before_after": _table(before_after, ("evaluator", "base_spearman", "finetuned_spearman",
-                                                              *DIFF_COLUMNS))})
+                                                              *DIFF_COLUMNS)),
+        "heldout_answers": _table([{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "policy": policy, "k": k,
+                                    "text": text} for policy, per in answers.items() for p, texts in zip(prompts, per)
+                                   for k, text in enumerate(texts)], ("prompt_id", "prompt", "policy", "k", "text")),
+        "winrate": _table(wins, ("judge", "prompt_id", "prompt", "win_rate", "comparisons"))})
+
+
+def _winrate_summary(wins: list[dict], ec) -> dict | None:
+    """The tuned policy's win rate against the base policy over held-out prompts, per judge, with a
+    bootstrap interval over prompts."""
+    if not wins:
+        return None
+    return {judge: {**mean_ci([w["win_rate"] for w in wins if w["judge"] == judge], ec.bootstrap, ec.seed),
+                    "answers_per_policy": ec.winrate_samples,
+                    "comparisons": sum(w["comparisons"] for w in wins if w["judge"] == judge)}
+            for judge in dict.fromkeys(w["judge"] for w in wins)}
 
 
 DIFF_COLUMNS = ("diff", "ci_low", "ci_high", "p")
@@ -221,26 +302,30 @@ def _table(rows: list[dict], columns: tuple[str, ...]):
     return Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in columns})
 
 
-def _log(metrics, summary, plots, items, human, scores) -> None:
+def _lines_and_metrics(metrics: list[dict], summary: dict) -> tuple[list[str], dict]:
+    """Printed lines, and W&B keys `eval/<model>/<evaluator>/<metric>` side by side for base and tuned."""
+    keys = ("pearson_r", "spearman_r", "kendall_tau", "precision_at_k", "pearson_ci_low", "pearson_ci_high")
+    flat = {f"eval/{r['model']}/{r['evaluator']}/{k}": r[k] for r in metrics for k in keys if r[k] is not None}
+    lines = [f"{r['model']:9s} {r['evaluator']:21s} pearson {_f(r['pearson_r'])} [{_f(r['pearson_ci_low'])}, "
+             f"{_f(r['pearson_ci_high'])}]  spearman {_f(r['spearman_r'])} [{_f(r['spearman_ci_low'])}, "
+             f"{_f(r['spearman_ci_high'])}]  P@{r['k']} {r['precision_at_k']:.2f}" for r in metrics]
+    if summary["noise_ceiling"]:
+        flat["eval/noise_ceiling"] = summary["noise_ceiling"]["spearman_brown"]
+        lines.append(f"human noise ceiling (split-half, Spearman-Brown): {summary['noise_ceiling']['spearman_brown']:.4f}")
+    for judge, w in (summary["win_rate"] or {}).items():
+        flat.update({f"eval/win_rate/{judge}_judge/{k}": w[k] for k in ("mean", "ci_low", "ci_high")})
+        lines.append(f"held-out prompts: the tuned policy wins {w['mean']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] "
+                     f"against the base policy, judged by the {judge} model ({w['n']} prompts, "
+                     f"{w['answers_per_policy']} answers each)")
+    return lines, flat
+
+
+def _log_table(items, human, scores) -> None:
     import pandas as pd
 
-    for r in metrics:
-        for k in ("pearson_r", "spearman_r", "kendall_tau", "precision_at_k", "pearson_ci_low", "pearson_ci_high"):
-            if r[k] is not None:
-                tracking.summary({f"eval/{r['model']}/{r['evaluator']}/{k}": r[k]})
-        print(f"[evaluate] {r['model']:9s} {r['evaluator']:21s} pearson {_f(r['pearson_r'])} "
-              f"[{_f(r['pearson_ci_low'])}, {_f(r['pearson_ci_high'])}]  spearman {_f(r['spearman_r'])} "
-              f"[{_f(r['spearman_ci_low'])}, {_f(r['spearman_ci_high'])}]  P@{r['k']} {r['precision_at_k']:.2f}",
-              flush=True)
-    if summary["noise_ceiling"]:
-        tracking.summary({"eval/noise_ceiling": summary["noise_ceiling"]["spearman_brown"]})
-        print(f"[evaluate] human noise ceiling (split-half, Spearman-Brown): "
-              f"{summary['noise_ceiling']['spearman_brown']:.4f}", flush=True)
     frame = pd.DataFrame({"item_id": items["id"], "human": human,
                           **{f"{m}/{e}": s for m, per in scores.items() for e, s in per.items()}})
     tracking.table("eval/scores", frame)
-    for p in plots:
-        tracking.image(f"eval/{p.stem}", p)
 
 
 def _f(v) -> str:

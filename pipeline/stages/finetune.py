@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import parallel, tracking
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
+from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, publish
 from pipeline.config import Config
 from pipeline.models import answer_scores, load_tokenizer, pick_dtype, resolve_model_path, setup_device
 
-NAME, VERSION = "finetune", 1
-SETTINGS = ("finetune",)
+NAME, VERSION = "finetune", 2
+SETTINGS = ("model", "sample_space", "finetune")
+OPTIONAL_INPUTS = ()
 DISTRIBUTED = True
 LOG_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/chosen", "rewards/rejected",
             "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
@@ -211,15 +212,14 @@ def _finish(cfg: Config, trainer, tok, prefs, workdir: Path, data_fp: str):
                "base_test_accuracy": _share(c["base_logp_chosen"] > c["base_logp_rejected"]),
                "tuned_test_accuracy": _share(c["tuned_logp_chosen"] > c["tuned_logp_rejected"]),
                "tuned_reward_accuracy": _share(margin > 0), "mean_reward_margin": _mean(cfg.finetune.beta * margin)}
-    write_json(workdir / "summary.json", summary)
     _model_card(cfg, adapter, data_fp, summary)
     if cfg.finetune.merge:
         model.merge_and_unload().save_pretrained(str(workdir / "merged"))
         tok.save_pretrained(str(workdir / "merged"))
-    tracking.summary({f"finetune/{k}": v for k, v in summary.items() if v is not None})
-    print(f"[finetune] {summary['optimizer_steps']} steps, final loss {summary['final_loss']}; held-out pairs: "
-          f"base accuracy {summary['base_test_accuracy']}, tuned accuracy {summary['tuned_test_accuracy']}, "
-          f"implicit-reward accuracy {summary['tuned_reward_accuracy']}", flush=True)
+    publish(workdir, NAME, summary, [f"{summary['optimizer_steps']} steps, final loss {summary['final_loss']}; held-out "
+                                     f"pairs: base accuracy {summary['base_test_accuracy']}, tuned accuracy "
+                                     f"{summary['tuned_test_accuracy']}, implicit-reward accuracy "
+                                     f"{summary['tuned_reward_accuracy']}"])
     test_rows = {"chosen_id": test["chosen_id"], "rejected_id": test["rejected_id"], **cols,
                  "reward_margin": (cfg.finetune.beta * margin).tolist()}
     return DatasetDict({"log": Dataset.from_list(log) if log else Dataset.from_dict({"step": []}),
@@ -238,8 +238,9 @@ def _model_card(cfg: Config, adapter: Path, data_fp: str, summary: dict) -> None
     fc = cfg.finetune
     lines = ["---", "library_name: peft", f"base_model: {cfg.model.name_or_path}", "tags: [dpo, lora, spmcmc, trl]",
              "---", "", "# spMCMC LoRA-DPO adapter", "",
-             f"LoRA adapter trained with TRL DPO on preference pairs built from the model's own spMCMC "
-             f"preferences for the query {cfg.sample_space.query!r}.", "",
+             "LoRA adapter trained with TRL DPO on preference pairs built from the model's own spMCMC "
+             + (f"preferences for the query {cfg.sample_space.query!r}." if cfg.sample_space.query is not None else
+                f"preferences over the prompt set {cfg.sample_space.prompts!r}."), "",
              f"- base model: `{cfg.model.name_or_path}`", f"- preference data fingerprint: `{data_fp}`",
              f"- LoRA: r={fc.lora_r}, alpha={fc.lora_alpha}, dropout={fc.lora_dropout}, "
              f"targets={list(fc.target_modules)}",

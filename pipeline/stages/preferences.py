@@ -19,19 +19,19 @@ Resume:  comparisons that confidence needs beyond the spmcmc cache are appended 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking
-from pipeline.artifacts import StageError, write_json
+from pipeline.artifacts import StageError, publish
 from pipeline.config import Config, PreferencesConfig
 from pipeline.estimates import order_averaged, shifted
 
-NAME, VERSION = "preferences", 2
+NAME, VERSION = "preferences", 3
 SETTINGS = ("model", "sample_space", "judge", "preferences")
+OPTIONAL_INPUTS = ()
+DISTRIBUTED = False
 SCORE_COLUMN = {"auto": "score", "frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score",
                 "stationary": "stationary", "sparse": "sparse"}
 
@@ -106,14 +106,16 @@ class Evidence:
     """Per pair: (confidence W, gap_z), the comparisons W needs asked of the model's judge (both orders;
     the spmcmc stage's cache first, then the model, within preferences.budget new comparisons)."""
 
-    def __init__(self, cfg: Config, spmcmc, cands, workdir: Path, se: dict[int, float], score: dict[int, float]):
+    def __init__(self, cfg: Config, spmcmc, cands, prompts: list[dict], workdir: Path, se: dict, score: dict):
         from pipeline.judge import cached_model_judge
         from pipeline.models import load_model
 
+        order = {p["prompt_id"]: k for k, p in enumerate(prompts)}
+        self.prompt_of = [order[pid] for pid in cands["prompt_id"]]
         self.cached, _ = cached_model_judge(cfg, cands["text"], workdir, lambda: load_model(cfg.model),
-                                            cfg.sample_space.query, extra_cache_files=sorted(
-                                                spmcmc.path.glob("pair_cache.rank*.jsonl")))
-        self.shift = json.loads((spmcmc.path / "summary.json").read_text()).get("calibration_shift", 0.0)
+                                            [p["prompt"] for p in prompts], self.prompt_of,
+                                            extra_cache_files=sorted(spmcmc.path.glob("pair_cache.rank*.jsonl")))
+        self.shifts = [p["calibration_shift"] or 0.0 for p in prompts]  # the spmcmc stage's, per prompt
         self.budget, self.se, self.score, self.known = cfg.preferences.budget, se, score, {}
 
     def __call__(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -129,7 +131,8 @@ class Evidence:
             self.budget -= len(need)
         for a, b in pairs:
             if (a, b) not in self.known and (a, b) in self.cached.probs and (b, a) in self.cached.probs:
-                probs = shifted({(a, b): self.cached.probs[a, b], (b, a): self.cached.probs[b, a]}, self.shift)
+                probs = shifted({(a, b): self.cached.probs[a, b], (b, a): self.cached.probs[b, a]},
+                                self.shifts[self.prompt_of[a]])
                 gap_se = math.hypot(self.se[a], self.se[b])
                 z = (self.score[a] - self.score[b]) / gap_se if gap_se > 0 else math.inf
                 self.known[a, b] = (order_averaged(probs, a, b), z)
@@ -155,13 +158,30 @@ def select_pairs(ranked: list[tuple[int, int]], evidence: Evidence, pc: Preferen
             "measured": [p for p in ranked if p in evidence.known]}
 
 
+def split_prompts(prompts: list[dict], ids_of: dict, pc: PreferencesConfig) -> tuple[dict, dict, str]:
+    """({prompt_id: train ids}, {prompt_id: test ids}, the split used). `prompt`: whole prompts held out
+    (round(test_fraction * P), at least one of several, never all); `candidate`: within each prompt."""
+    split = pc.split if pc.split != "auto" else ("prompt" if len(prompts) > 1 else "candidate")
+    ids = [p["prompt_id"] for p in prompts]
+    if split == "prompt":
+        if len(prompts) < 2:
+            raise StageError("preferences.split=prompt needs at least 2 prompts with candidates; use split=candidate")
+        n_test = min(len(ids) - 1, max(1 if pc.test_fraction > 0 else 0, int(round(pc.test_fraction * len(ids)))))
+        held = set(np.random.default_rng(pc.seed).permutation(ids)[:n_test].tolist())
+        return ({p: ids_of[p] for p in ids if p not in held}, {p: ids_of[p] for p in ids if p in held}, split)
+    halves = {p: split_candidates(ids_of[p], pc.test_fraction, pc.seed) for p in ids}
+    return {p: h[0] for p, h in halves.items()}, {p: h[1] for p, h in halves.items()}, split
+
+
 def run(cfg: Config, inputs: dict, workdir: Path):
     from datasets import Dataset, DatasetDict
 
     pc = cfg.preferences
-    cands = inputs["spmcmc"].load()["candidates"]
+    spmcmc = inputs["spmcmc"].load()
+    cands, prompts = spmcmc["candidates"], [p for p in spmcmc["prompts"] if p["n_candidates"] >= 2]
     column = SCORE_COLUMN[pc.score]
-    if any(v is None for v in cands[column]):
+    measured = {p["prompt_id"] for p in prompts}
+    if any(v is None for v, pid in zip(cands[column], cands["prompt_id"]) if pid in measured):
         raise StageError(f"preferences.score={pc.score} needs the {column} estimate, which this spmcmc run did not "
                          "compute (stationary: spmcmc.mode=exact; sparse: mode=sparse; frequency/rao_blackwell: chains); "
                          "use preferences.score=auto")
@@ -169,27 +189,40 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     se = {i: (v if v is not None else 0.0) for i, v in zip(cands["id"], cands[column + "_se"])}
     text = dict(zip(cands["id"], cands["text"]))
     exact = dict(zip(cands["id"], cands["stationary"])) if None not in cands["stationary"] else None
+    ids_of = {p["prompt_id"]: [i for i, pid in zip(cands["id"], cands["prompt_id"]) if pid == p["prompt_id"]]
+              for p in prompts}
     system = cfg.sample_space.system_prompt
-    prompt = (_messages("system", system) if system else []) + _messages("user", cfg.sample_space.query)
+    message = {p["prompt_id"]: (_messages("system", system) if system else []) + _messages("user", p["prompt"])
+               for p in prompts}
     rng = np.random.default_rng(pc.seed)
-    train_ids, test_ids = split_candidates(cands["id"], pc.test_fraction, pc.seed)
-    evidence = Evidence(cfg, inputs["spmcmc"], cands, workdir, se, score)
+    train, test, split = split_prompts(prompts, ids_of, pc)
+    evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, se, score)
     splits, picked = {}, {}
-    for name, ids in (("train", train_ids), ("test", test_ids)):
-        picked[name] = select_pairs(candidate_pairs(ids, score, pc, rng), evidence, pc)
-        splits[name] = Dataset.from_dict(_pair_rows(picked[name]["kept"], text, score, prompt, evidence.known))
+    for name, part in (("train", train), ("test", test)):
+        per = {pid: select_pairs(candidate_pairs(ids, score, pc, rng), evidence, pc) for pid, ids in part.items()}
+        picked[name] = {k: [p for r in per.values() for p in r[k]] for k in ("unfiltered", "kept", "measured")}
+        rows = [_pair_rows(r["kept"], text, score, message[pid], evidence.known) | {"prompt_id": [pid] * len(r["kept"])}
+                for pid, r in per.items()]
+        splits[name] = Dataset.from_dict({k: [v for row in rows for v in row[k]] for k in _PAIR_COLUMNS})
+    train_ids = [i for ids in train.values() for i in ids]
     if splits["train"].num_rows == 0:
-        raise StageError(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence,
-                                           inputs["spmcmc"]))
-    sft = sft_targets(train_ids, score, pc, rng)
-    splits["sft"] = Dataset.from_dict({"prompt": [prompt] * len(sft),
-                                       "completion": [_messages("assistant", text[i]) for i in sft],
-                                       "id": sft, "score": [score[i] for i in sft]})
-    summary = _summary(splits, train_ids, test_ids, column, picked["train"], evidence.known, exact)
-    write_json(workdir / "summary.json", summary)
-    tracking.summary({f"preferences/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
-    _print(summary)
+        raise StageError(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence, spmcmc))
+    sft = [(pid, i) for pid, ids in train.items() for i in sft_targets(ids, score, pc, rng)]
+    splits["sft"] = Dataset.from_dict({"prompt": [message[pid] for pid, _ in sft],
+                                       "completion": [_messages("assistant", text[i]) for _, i in sft],
+                                       "id": [i for _, i in sft], "score": [score[i] for _, i in sft],
+                                       "prompt_id": [pid for pid, _ in sft]})
+    summary = _summary(splits, train_ids, [i for ids in test.values() for i in ids], column, picked["train"],
+                       evidence.known, exact)
+    summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train),
+                    "held_out_prompts": [{"prompt_id": p["prompt_id"], "prompt": p["prompt"]} for p in prompts
+                                         if split == "prompt" and p["prompt_id"] in test]})
+    publish(workdir, NAME, summary, _lines(summary))
     return DatasetDict(splits)
+
+
+_PAIR_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
+                 "margin", "confidence", "gap_z")
 
 
 def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score: dict, picked: dict,
@@ -207,11 +240,11 @@ def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score
         return f"no train pairs from {len(train_ids)} candidates with strategy={pc.strategy}; add candidates"
     best_w = max(evidence.known[p][0] for p in picked["measured"])
     best_z = max(evidence.known[p][1] for p in picked["measured"])
-    rel = json.loads((spmcmc.path / "summary.json").read_text()).get("reliability") or {}
+    rel = [p["reliability"] for p in spmcmc["prompts"] if p["reliability"] is not None]
     return (f"no train pair passes the evidence filters: the best confidence seen was {best_w:.3f} "
             f"(preferences.min_confidence={pc.min_confidence}) and the largest gap {best_z:.2f} standard errors "
             f"(preferences.min_gap_z={pc.min_gap_z}) over {len(picked['measured'])} pairs; the model's preference "
-            f"reliability is {rel.get('reliability', float('nan')):.2f}. Lower the thresholds, or measure more "
+            f"reliability is {np.mean(rel) if rel else float('nan'):.2f}. Lower the thresholds, or measure more "
             "reliably (spmcmc.budget, more candidates, a stronger judge)")
 
 
@@ -247,12 +280,13 @@ def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: st
             "margin_max": float(margins.max()), "candidates_used": int((uses > 0).sum()), "max_uses": int(uses.max())}
 
 
-def _print(s: dict) -> None:
+def _lines(s: dict) -> list[str]:
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    print(f"[preferences] {s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
-          f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
-          f"{s['score_column']}\n[preferences] the model's own direct choice inverts {fmt(s['inverted_direct_unfiltered'])}"
-          f" of the unfiltered pairs and {fmt(s['inverted_direct_kept'])} of the kept; the exact distribution inverts "
-          f"{fmt(s['inverted_exact_unfiltered'])} / {fmt(s['inverted_exact_kept'])}; confidence of kept pairs "
-          f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
-          f"{fmt(s['confidence_unfiltered_mean'])})", flush=True)
+    return [f"{s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
+            f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
+            f"{s['score_column']}",
+            f"the model's own direct choice inverts {fmt(s['inverted_direct_unfiltered'])} of the unfiltered pairs and "
+            f"{fmt(s['inverted_direct_kept'])} of the kept; the exact distribution inverts "
+            f"{fmt(s['inverted_exact_unfiltered'])} / {fmt(s['inverted_exact_kept'])}; confidence of kept pairs "
+            f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
+            f"{fmt(s['confidence_unfiltered_mean'])})"]

@@ -1,49 +1,35 @@
-"""Stage 1 — sample space: the model's random answers to one query, normalised and deduplicated.
+"""Stage 1 — sample space: the model's random answers to each prompt of the run's prompt set (one
+query, or `sample_space.prompts`), normalised and deduplicated within each prompt.
 
-Inputs:  none (the model, `sample_space.query`, optionally an external pool `extra_path`)
-Output:  id, text, count (random samples before dedup), sum_logprob, mean_logprob (of the text as an
-         answer to the query, end-of-turn included), is_greedy, source (sampled | greedy | external), text_sha
-Resume:  answers are generated in chunks of `chunk_size`, each seeded from (seed, chunk index) and
-         saved to _state/chunks/ when finished; a restarted run generates only the missing chunks.
+Inputs:  none (the model, the prompts, optionally an external pool `extra_path`)
+Output:  id (global, 0..M-1, grouped by prompt), prompt_id, prompt, text, count (random samples before
+         dedup), sum_logprob, mean_logprob (of the text as an answer to its prompt, end-of-turn
+         included), is_greedy, source (sampled | greedy | external), text_sha
+Resume:  `num_samples` answers per prompt are generated sample-major (one answer to every prompt, then
+         the next), so that batches mix prompts, in chunks of `chunk_size`, each seeded from
+         (seed, chunk index) and saved to _state/chunks/ when finished; a restarted run generates only
+         the missing chunks. One prompt gives the same answers as the one-query run always did.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
-from pipeline import tracking
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, write_json
+from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, publish, write_json
 from pipeline.config import Config, SampleSpaceConfig
+from pipeline.generation import dedup_key, generate, normalise
 from pipeline.judge import text_sha
 from pipeline.models import answer_scores, chat_prompt, load_model
+from pipeline.prompts import Prompt, load_prompts
 from pipeline.ratings import JESTER_DIR
-from pipeline.tables import read_table
+from pipeline.tables import TableError, read_table
 
-NAME, VERSION = "sample_space", 1
+NAME, VERSION = "sample_space", 2
 SETTINGS = ("model", "sample_space")
-QUOTES = "\"'“”‘’"
-
-
-def normalise(text: str, patterns: list[str]) -> str:
-    """Collapse whitespace, strip preambles ("Sure! Here's a joke:") and surrounding quotes."""
-    compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
-    t = " ".join(text.split())
-    while True:  # preambles nest ("Sure! Here's one:"), so strip until nothing changes
-        before = t
-        for p in compiled:
-            t = p.sub("", t, count=1).strip()
-        inner = t[1:-1]
-        if len(t) >= 2 and t[0] in QUOTES and t[-1] in QUOTES and not any(q in inner for q in QUOTES):
-            t = inner.strip()
-        if t == before:
-            return t
-
-
-def dedup_key(text: str) -> str:
-    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+OPTIONAL_INPUTS = ()
+DISTRIBUTED = False
 
 
 def build_candidates(sampled: list[dict], greedy: dict | None, extra: list[str], sc: SampleSpaceConfig):
@@ -78,57 +64,29 @@ def build_candidates(sampled: list[dict], greedy: dict | None, extra: list[str],
     return candidates, stats
 
 
-def _eos_ids(model, tok) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
-    return sorted(set(ids) | {tok.eos_token_id})
-
-
-def _generate(model, tok, prompt: str, n: int, sc: SampleSpaceConfig, sample: bool, seed: int) -> list[dict]:
-    """`n` answers to one prompt; every row shares the prompt, so no padding is needed."""
-    import torch
-    from transformers import GenerationConfig
-
-    eos = _eos_ids(model, tok)
-    gen = GenerationConfig(do_sample=sample, temperature=sc.temperature if sample else None,
-                           top_p=sc.top_p if sample else None, top_k=0 if sample else None,
-                           max_new_tokens=sc.max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_token_id)
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
-    torch.manual_seed(seed)
-    out = []
-    for start in range(0, n, sc.batch_size):
-        b = min(sc.batch_size, n - start)
-        with torch.no_grad():
-            seqs = model.generate(input_ids=ids.expand(b, -1), attention_mask=torch.ones_like(ids).expand(b, -1),
-                                  generation_config=gen)
-        for row in seqs[:, ids.shape[1]:].tolist():
-            finished = any(t in eos for t in row)
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            out.append({"text": tok.decode(row[:cut], skip_special_tokens=True), "finished": finished})
-    return out
-
-
-def _chunks(model, tok, prompt: str, sc: SampleSpaceConfig, workdir: Path) -> list[dict]:
-    """All sampled answers, generating only chunks not already on disk."""
+def _chunks(model, tok, prompts: list[str], sc: SampleSpaceConfig, workdir: Path) -> list[list[dict]]:
+    """All sampled answers, per prompt, generating only chunks not already on disk. Row r of the
+    sample-major order is answer r // P to prompt r % P."""
     from tqdm.auto import tqdm
 
     state = workdir / STATE_DIR / "chunks"
     state.mkdir(parents=True, exist_ok=True)
-    n_chunks = math.ceil(sc.num_samples / sc.chunk_size)
+    total = sc.num_samples * len(prompts)
+    rows = [prompts[r % len(prompts)] for r in range(total)]
     answers = []
-    with tqdm(total=sc.num_samples, desc="[sample_space] generating", unit="answer") as bar:
-        for c in range(n_chunks):
+    with tqdm(total=total, desc="[sample_space] generating", unit="answer") as bar:
+        for c in range(math.ceil(total / sc.chunk_size)):
             path = state / f"chunk_{c:05d}.json"
-            n = min(sc.chunk_size, sc.num_samples - c * sc.chunk_size)
-            chunk = _saved_chunk(path, n)
+            part = rows[c * sc.chunk_size:(c + 1) * sc.chunk_size]
+            chunk = _saved_chunk(path, len(part))
             if chunk is None:
-                chunk = _generate(model, tok, prompt, n, sc, True, sc.seed * 1_000_003 + c)
+                chunk = generate(model, tok, part, sc, True, sc.seed * 1_000_003 + c)
                 write_json(path, chunk)
                 log_work(workdir, "generated_chunk", 1)
                 failpoint("sample_space.chunk")
             answers += chunk
             bar.update(len(chunk))
-    return answers
+    return [answers[k::len(prompts)] for k in range(len(prompts))]
 
 
 def _saved_chunk(path: Path, n: int) -> list[dict] | None:
@@ -145,13 +103,31 @@ def _saved_chunk(path: Path, n: int) -> list[dict] | None:
     return None
 
 
-def _greedy(model, tok, prompt: str, sc: SampleSpaceConfig, workdir: Path) -> dict:
+def _greedy(model, tok, prompts: list[str], sc: SampleSpaceConfig, workdir: Path) -> list[dict]:
     path = workdir / STATE_DIR / "chunks" / "greedy.json"
-    saved = _saved_chunk(path, 1)
+    saved = _saved_chunk(path, len(prompts))
     if saved is None:
-        saved = _generate(model, tok, prompt, 1, sc, False, 0)
+        saved = generate(model, tok, prompts, sc, False, 0)
         write_json(path, saved)
-    return saved[0]
+    return saved
+
+
+def _extra_pools(sc: SampleSpaceConfig, prompts: list[Prompt]) -> list[list[str]]:
+    """The external pool's texts for each prompt (a `prompt` column assigns them when there are several)."""
+    if not sc.extra_path:
+        return [[] for _ in prompts]
+    path = JESTER_DIR / "jester_jokes.csv" if sc.extra_path == "jester" else sc.extra_path
+    frame = read_table(path, ["text"], "sample_space.extra_path", text=("text", "prompt"))
+    frame = frame[frame["text"].notna()]
+    if len(prompts) == 1 and "prompt" not in frame.columns:
+        return [[str(t) for t in frame["text"]]]
+    if "prompt" not in frame.columns:
+        raise TableError("sample_space.extra_path: with several prompts the pool needs a `prompt` column saying "
+                         "which prompt each text answers")
+    unknown = set(frame["prompt"]) - {p.text for p in prompts}
+    if unknown:
+        raise TableError(f"sample_space.extra_path: prompt {sorted(unknown)[0][:60]!r} is not in the run's prompt set")
+    return [[str(t) for t in frame["text"][frame["prompt"] == p.text]] for p in prompts]
 
 
 def _empty_message(sc: SampleSpaceConfig, stats: dict, n_extra: int) -> str:
@@ -169,29 +145,54 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     from datasets import Dataset
 
     sc = cfg.sample_space
-    extra = []
-    if sc.extra_path:
-        path = JESTER_DIR / "jester_jokes.csv" if sc.extra_path == "jester" else sc.extra_path
-        extra = [str(t) for t in read_table(path, ["text"], "sample_space.extra_path")["text"].dropna()]
+    prompts = load_prompts(sc)
+    extra = _extra_pools(sc, prompts)
     model, tok = load_model(cfg.model)
-    prompt = chat_prompt(tok, sc.query, sc.system_prompt)
-    sampled, greedy = [], None
+    templated = [chat_prompt(tok, p.text, sc.system_prompt) for p in prompts]
+    sampled, greedy = [[] for _ in prompts], [None] * len(prompts)
     if not sc.only_extra:
-        sampled = _chunks(model, tok, prompt, sc, workdir)
-        greedy = _greedy(model, tok, prompt, sc, workdir)
-    candidates, stats = build_candidates(sampled, greedy, extra, sc)
-    if not candidates:
-        raise StageError(_empty_message(sc, stats, len(extra)))
-    texts = [c["text"] for c in candidates]
-    scores = answer_scores(model, tok, prompt, texts, desc="[sample_space] scoring")
-    ds = Dataset.from_dict({
-        "id": list(range(len(candidates))), "text": texts, "count": [c["count"] for c in candidates],
-        "sum_logprob": [s[0] for s in scores], "mean_logprob": [s[1] for s in scores],
-        "is_greedy": [c["is_greedy"] for c in candidates], "source": [c["source"] for c in candidates],
-        "text_sha": [text_sha(t) for t in texts]})
-    stats["greedy"] = greedy["text"] if greedy else None
-    write_json(workdir / "summary.json", stats)
-    tracking.summary({f"sample_space/{k}": v for k, v in stats.items() if k != "greedy"})
-    print(f"[sample_space] {stats['sampled']} sampled, {stats['truncated']} truncated, "
-          f"{stats['unique']} unique candidates", flush=True)
+        sampled = _chunks(model, tok, templated, sc, workdir)
+        greedy = _greedy(model, tok, templated, sc, workdir)
+    columns = {c: [] for c in ("prompt_id", "prompt", "text", "count", "sum_logprob", "mean_logprob", "is_greedy",
+                               "source", "text_sha")}
+    per_prompt = []
+    for k, p in enumerate(prompts):
+        candidates, stats = build_candidates(sampled[k], greedy[k], extra[k], sc)
+        per_prompt.append({"prompt_id": p.id, "prompt": p.text, **stats,
+                           "greedy": greedy[k]["text"] if greedy[k] else None})
+        if not candidates:
+            if len(prompts) == 1:
+                raise StageError(_empty_message(sc, stats, len(extra[k])))
+            continue
+        texts = [c["text"] for c in candidates]
+        scores = answer_scores(model, tok, templated[k], texts, desc="[sample_space] scoring")
+        for c, text, score in zip(candidates, texts, scores):
+            for key, value in (("prompt_id", p.id), ("prompt", p.text), ("text", text), ("count", c["count"]),
+                               ("sum_logprob", score[0]), ("mean_logprob", score[1]), ("is_greedy", c["is_greedy"]),
+                               ("source", c["source"]), ("text_sha", text_sha(text))):
+                columns[key].append(value)
+    if not columns["text"]:
+        raise StageError(f"empty sample space: no prompt of {len(prompts)} kept an answer "
+                         f"({_empty_message(sc, per_prompt[0], len(extra[0]))})")
+    ds = Dataset.from_dict({"id": list(range(len(columns["text"]))), **columns})
+    publish(workdir, NAME, _summary(per_prompt), _lines(per_prompt))
     return ds
+
+
+def _summary(per_prompt: list[dict]) -> dict:
+    totals = {k: sum(p[k] for p in per_prompt) for k in ("sampled", "truncated", "too_short", "too_long", "unique")}
+    if len(per_prompt) == 1:
+        return {**totals, "greedy": per_prompt[0]["greedy"], "n_prompts": 1, "per_prompt": per_prompt}
+    unique = [p["unique"] for p in per_prompt]
+    return {**totals, "n_prompts": len(per_prompt), "unique_min": min(unique), "unique_max": max(unique),
+            "prompts_without_candidates": sum(u == 0 for u in unique), "per_prompt": per_prompt}
+
+
+def _lines(per_prompt: list[dict]) -> list[str]:
+    s = _summary(per_prompt)
+    lines = [f"{s['sampled']} sampled, {s['truncated']} truncated, {s['unique']} unique candidates"
+             + (f" over {s['n_prompts']} prompts ({s['unique_min']}-{s['unique_max']} per prompt)"
+                if s["n_prompts"] > 1 else "")]
+    lines += [f"warning: prompt {p['prompt_id']} ({p['prompt'][:50]!r}) kept no answer: it is left out"
+              for p in per_prompt if p["unique"] == 0 and len(per_prompt) > 1]
+    return lines

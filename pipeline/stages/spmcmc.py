@@ -27,12 +27,14 @@ Several processes: the design's comparisons (by first candidate) and the chains 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import parallel, tracking
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, write_json
+from pipeline import parallel
+from pipeline.artifacts import STATE_DIR, StageError, failpoint, publish, write_json
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
 from pipeline.estimates import (
@@ -48,19 +50,48 @@ from pipeline.estimates import (
     wants_chains,
 )
 from pipeline.judge import cached_model_judge, fill_pairs
-from pipeline.plots import estimate_plots
+from pipeline.plots import estimate_plots, prompt_plots
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 
-NAME, VERSION = "spmcmc", 2
+NAME, VERSION = "spmcmc", 3
 SETTINGS = ("model", "sample_space", "judge", "spmcmc")
+OPTIONAL_INPUTS = ()
 DISTRIBUTED = True
 NEAR_FLAT = 1.5  # warn when no candidate gets 1.5x the uniform share
 COLUMN = {"frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score", "stationary": "stationary",
           "sparse": "sparse"}  # estimate -> candidates column (its standard error: column + "_se")
 
 
-def _load_chains(state: Path, ids: list[int], n: int, seed: int, num_chains: int):
-    fresh = {c.id: c for c in new_chains(n, num_chains, seed)}
+@dataclass(frozen=True)
+class Group:
+    """One prompt's candidates: global ids lo .. lo+n-1 of the sample space."""
+    index: int
+    prompt_id: str
+    prompt: str
+    lo: int
+    n: int
+
+    def chain_seed(self, seed: int) -> int:
+        return seed if self.index == 0 else seed * 1_000_003 + self.index  # one prompt: the paper's seeding
+
+
+def prompt_groups(space) -> list[Group]:
+    """The sample space's prompts in order, each with its contiguous run of candidate ids."""
+    groups, ids = [], space["prompt_id"]
+    for i, pid in enumerate(ids):
+        if not groups or groups[-1].prompt_id != pid:
+            groups.append(Group(len(groups), pid, space["prompt"][i], i, 0))
+        g = groups[-1]
+        groups[-1] = Group(g.index, g.prompt_id, g.prompt, g.lo, g.n + 1)
+    return groups
+
+
+def _fresh_chains(groups: list[Group], sc) -> dict[int, Chain]:
+    return {c.id: c for g in groups for c in new_chains(g.n, sc.num_chains, g.chain_seed(sc.seed), lo=g.lo,
+                                                          first_id=g.index * sc.num_chains)}
+
+
+def _load_chains(state: Path, ids: list[int], fresh: dict[int, Chain]):
     chains, rows = [], []
     for c in ids:
         path = state / f"chain_{c}.json"
@@ -78,15 +109,17 @@ def _checkpoint(state: Path, chains: list[Chain], rows: list[tuple]) -> None:
         write_json(state / f"chain_{c.id}.json", {"state": c.state(), "rows": [r for r in rows if r[0] == c.id]})
 
 
-def sample_chains(cfg: Config, cached: CachedJudge, n: int, workdir: Path) -> dict:
-    """This process's chains, resumed from their checkpoints; returns their whole trace."""
+def sample_chains(cfg: Config, cached: CachedJudge, groups: list[Group], workdir: Path) -> dict:
+    """This process's chains (every prompt's, stepped together so one judge call serves all prompts),
+    resumed from their checkpoints; returns their whole trace."""
     from tqdm.auto import tqdm
 
     sc = cfg.spmcmc
     state = workdir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    ids = list(range(parallel.rank(), sc.num_chains, parallel.world_size()))
-    chains, rows = _load_chains(state, ids, n, sc.seed, sc.num_chains)
+    fresh = _fresh_chains(groups, sc)
+    ids = sorted(fresh)[parallel.rank()::parallel.world_size()]
+    chains, rows = _load_chains(state, ids, fresh)
     if any(p not in cached.probs for r in rows for p in shown_pairs(r[2], r[3], r[4] == r[3], sc.order)):
         # the checkpoints used comparisons the pair cache no longer holds (deleted or damaged): chains
         # and cache must agree, so the chains start again and the cache fills as before
@@ -94,7 +127,7 @@ def sample_chains(cfg: Config, cached: CachedJudge, n: int, workdir: Path) -> di
               flush=True)
         for c in ids:
             (state / f"chain_{c}.json").unlink(missing_ok=True)
-        chains, rows = _load_chains(state, ids, n, sc.seed, sc.num_chains)
+        chains, rows = _load_chains(state, ids, fresh)
     cached.lookups = cached.hits = 0  # the bar shows the chains' own hit rate
     bar = tqdm(total=len(ids) * sc.iterations, initial=sum(c.step for c in chains), desc="[spmcmc] chains",
                unit="step")
@@ -110,7 +143,7 @@ def sample_chains(cfg: Config, cached: CachedJudge, n: int, workdir: Path) -> di
             _checkpoint(state, chains, rows)
         failpoint("spmcmc.step")
 
-    run_chains(chains, n, cached, sc.iterations, sc.order, on_step=on_step)
+    run_chains(chains, 0, cached, sc.iterations, sc.order, on_step=on_step)
     bar.close()
     _checkpoint(state, chains, rows)
     return trace_arrays(rows)
@@ -118,35 +151,54 @@ def sample_chains(cfg: Config, cached: CachedJudge, n: int, workdir: Path) -> di
 
 def run(cfg: Config, inputs: dict, workdir: Path):
     space = inputs["sample_space"].load()
-    n, sc = space.num_rows, cfg.spmcmc
-    if n < 2:
-        raise StageError(f"spMCMC needs at least 2 candidates; the sample space has {n} "
-                         "(raise sample_space.num_samples or loosen its filters)")
-    mode, edges, _ = plan_design(sc, n)
-    chains = wants_chains(sc.chains, mode)
-    if cfg.judge.calibration != "none" and (mode == "chains" or (chains and mode != "exact")):
+    sc = cfg.spmcmc
+    groups = prompt_groups(space)
+    usable = [g for g in groups if g.n >= 2]
+    if not usable:
+        raise StageError(f"spMCMC needs at least 2 candidates; the sample space has {max(g.n for g in groups)}"
+                         + (" for any prompt" if len(groups) > 1 else "")
+                         + " (raise sample_space.num_samples or loosen its filters)")
+    plans = {g.index: plan_design(sc, g.n) for g in usable}
+    chain_groups = [g for g in usable if wants_chains(sc.chains, plans[g.index][0])]
+    if cfg.judge.calibration != "none" and any(plans[g.index][0] != "exact" for g in chain_groups):
         raise StageError(f"judge.calibration={cfg.judge.calibration} needs every comparison known before the "
-                         f"estimates (spmcmc.mode exact or sparse, without extra chains); this run is mode={mode}")
+                         "estimates (spmcmc.mode exact or sparse, without extra chains)")
     from pipeline.models import load_model
 
+    prompt_of = [g.index for g in groups for _ in range(g.n)]
     cached, store = cached_model_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model),
-                                       cfg.sample_space.query, rank=parallel.rank())
-    if edges:  # the whole design first: the chains then run from the cache where they can
-        fill_pairs(cached, ordered(edges), f"[spmcmc] {mode} design", chunk=sc.design_chunk)
-    if chains and cfg.judge.calibration != "none":  # exact design: every comparison is known, none is computed
-        cached = CachedJudge(cached.judge, shifted(cached.probs, calibration_shift(cached.probs, "mean_logit")))
-    trace = sample_chains(cfg, cached, n, workdir) if chains else None
+                                       [g.prompt for g in groups], prompt_of, rank=parallel.rank())
+    design = [(g.lo + a, g.lo + b) for g in usable for a, b in ordered(plans[g.index][1])]
+    if design:  # every prompt's design at once (batches mix prompts); the chains then run from the cache
+        fill_pairs(cached, design, f"[spmcmc] design over {len(usable)} prompt(s)", chunk=sc.design_chunk)
+    if chain_groups and cfg.judge.calibration != "none":  # exact designs only: nothing is computed
+        cached = CachedJudge(cached.judge, _calibrated(cached.probs, usable, cfg.judge.calibration))
+    trace = sample_chains(cfg, cached, chain_groups, workdir) if chain_groups else None
     parts = parallel.gather({"trace": trace, "probs": store.load(), "mass": store.label_mass})
     if not parallel.is_main():
         return None
     merged = None
-    if chains:
+    if trace is not None:
         merged = {k: np.concatenate([p["trace"][k] for p in parts]) for k in parts[0]["trace"]}
         by_chain = np.lexsort((merged["step"], merged["chain"]))  # one order however the run was split or resumed
         merged = {k: v[by_chain] for k, v in merged.items()}
     probs = {k: v for p in parts for k, v in p["probs"].items()}
     mass = {k: v for p in parts for k, v in p["mass"].items()}
     return summarise(cfg, space, merged, probs, mass, workdir)
+
+
+def _local(probs: dict, g: Group) -> dict:
+    """One prompt's comparisons, in its own ids 0 .. n-1."""
+    return {(f - g.lo, s - g.lo): v for (f, s), v in probs.items() if g.lo <= f < g.lo + g.n}
+
+
+def _calibrated(probs: dict, groups: list[Group], how: str) -> dict:
+    """Each prompt's comparisons shifted by that prompt's own mean label-logit difference."""
+    out = {}
+    for g in groups:
+        mine = {k: v for k, v in probs.items() if g.lo <= k[0] < g.lo + g.n}
+        out.update(shifted(mine, calibration_shift(_local(mine, g), how)))
+    return out
 
 
 def chain_cache_stats(trace: dict, order: str, design_pairs: set) -> dict:
@@ -163,38 +215,139 @@ def chain_cache_stats(trace: dict, order: str, design_pairs: set) -> dict:
 
 
 def summarise(cfg: Config, space, trace: dict | None, raw_probs: dict, mass: dict, workdir: Path):
-    """Estimates with standard errors, reliability, diagnostics, plots and the artifact."""
+    """Per prompt: estimates with standard errors, reliability, diagnostics; then the run's summary,
+    plots and the artifact."""
     from datasets import Dataset, DatasetDict
 
-    sc, n = cfg.spmcmc, space.num_rows
+    sc, groups = cfg.spmcmc, prompt_groups(space)
+    results = [_prompt_result(cfg, g, trace, raw_probs, mass) for g in groups]
+    rows = [_prompt_row(g, r) for g, r in zip(groups, results)]
+    if len(groups) == 1:
+        summary = {**results[0]["summary"], "n_prompts": 1, "per_prompt": rows}
+        r = results[0]
+        plots = estimate_plots(workdir, space["text"], r["est"], r["score"], r["states"])
+    else:
+        summary = _run_summary(groups, results, rows, sc)
+        plots = prompt_plots(workdir, rows)
+    publish(workdir, NAME, summary, _lines(summary), plots)
+    keys = sorted(raw_probs)
+    group_of = np.repeat([g.index for g in groups], [g.n for g in groups])
+    pid = [g.prompt_id for g in groups]
+    diagnostics = [{"prompt_id": g.prompt_id, **{**d, "id": d["id"] + g.lo}}
+                   for g, r in zip(groups, results) if r for d in r["per_candidate"]]
+    return DatasetDict({
+        "candidates": _candidates(space, groups, results),
+        "trace": Dataset.from_dict({**{k: v.tolist() for k, v in (trace or trace_arrays([])).items()},
+                                    "prompt_id": [pid[c // sc.num_chains] for c in (trace or trace_arrays([]))["chain"]]}),
+        "pairs": Dataset.from_dict({"prompt_id": [pid[group_of[k[0]]] for k in keys],
+                                    "first_id": [k[0] for k in keys], "second_id": [k[1] for k in keys],
+                                    "p_first": [raw_probs[k] for k in keys], "label_mass": [mass.get(k) for k in keys]}),
+        "diagnostics": Dataset.from_list(diagnostics) if diagnostics
+        else Dataset.from_dict({"prompt_id": [], "id": [], "rhat": [], "ess_bulk": []}),
+        "prompts": Dataset.from_list(rows),
+    })
+
+
+def _local_trace(trace: dict | None, g: Group, num_chains: int) -> dict | None:
+    """One prompt's chains, in its own candidate ids."""
+    if trace is None:
+        return None
+    mine = trace["chain"] // num_chains == g.index
+    if not mine.any():
+        return None
+    out = {k: v[mine] for k, v in trace.items()}
+    for k in ("current", "proposal"):
+        out[k] = out[k] - g.lo
+    out["first_shown"] = np.where(out["first_shown"] >= 0, out["first_shown"] - g.lo, -1)
+    return out
+
+
+def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, mass: dict) -> dict | None:
+    """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare)."""
+    sc, n = cfg.spmcmc, g.n
+    if n < 2:
+        return None
+    raw, local_mass = _local(raw_probs, g), _local(mass, g)
     mode, edges, why = plan_design(sc, n)
-    shift = calibration_shift(raw_probs, cfg.judge.calibration)
-    probs = shifted(raw_probs, shift)
-    est, rel = all_estimates(probs, n, sc.order, mode, edges, trace, sc.burn_in, sc.thin, sc.bt_alpha, sc.bootstrap,
+    shift = calibration_shift(raw, cfg.judge.calibration)
+    probs = shifted(raw, shift)
+    local = _local_trace(trace, g, sc.num_chains)
+    est, rel = all_estimates(probs, n, sc.order, mode, edges, local, sc.burn_in, sc.thin, sc.bt_alpha, sc.bootstrap,
                              sc.reliability_splits, sc.seed)
     score = SCORE_OF_MODE[mode]
     summary = {"n_candidates": n, "mode": mode, "mode_reason": why, "design_edges": len(edges),
-               "design_comparisons": 2 * len(edges), "judge_calls": len(raw_probs), "score_estimate": score,
+               "design_comparisons": 2 * len(edges), "judge_calls": len(raw), "score_estimate": score,
                "score_reason": SCORE_REASON[mode], "reliability": rel.get("score"),
-               "reliability_frequency": rel.get("frequency"), **_judge_figures(raw_probs, mass, probs, n, shift, cfg),
+               "reliability_frequency": rel.get("frequency"), **_judge_figures(raw, local_mass, probs, n, shift, cfg),
                "strength": _strength(probs, est[score][0]), "estimates": _agreement(est, score, mode),
-               **_chain_figures(trace, n, sc, set(ordered(edges)))}
+               **_chain_figures(local, n, sc, set(ordered(edges)))}
     summary["warnings"] = _warnings(summary, sc)
     per_candidate = summary.pop("_per_candidate", [])
-    write_json(workdir / "summary.json", summary)
-    states = states_after(trace)[:, sc.burn_in::sc.thin] if trace is not None else None
-    plots = estimate_plots(workdir, space["text"], est, score, states)
-    _report(summary, workdir, plots)
-    return DatasetDict({
-        "candidates": _candidates(space, est, score, trace, n, sc),
-        "trace": Dataset.from_dict({k: v.tolist() for k, v in (trace or trace_arrays([])).items()}),
-        "pairs": Dataset.from_dict({"first_id": [k[0] for k in sorted(raw_probs)],
-                                    "second_id": [k[1] for k in sorted(raw_probs)],
-                                    "p_first": [raw_probs[k] for k in sorted(raw_probs)],
-                                    "label_mass": [mass.get(k) for k in sorted(raw_probs)]}),
-        "diagnostics": Dataset.from_list(per_candidate) if per_candidate
-        else Dataset.from_dict({"id": [], "rhat": [], "ess_bulk": []}),
-    })
+    states = states_after(local)[:, sc.burn_in::sc.thin] if local is not None else None
+    return {"summary": summary, "est": est, "score": score, "trace": local, "states": states,
+            "per_candidate": per_candidate}
+
+
+def _prompt_row(g: Group, r: dict | None) -> dict:
+    s = r["summary"] if r else {}
+    rel, strength = s.get("reliability") or {}, s.get("strength") or {}
+    return {"prompt_id": g.prompt_id, "prompt": g.prompt, "n_candidates": g.n, "mode": s.get("mode"),
+            "judge_calls": s.get("judge_calls", 0), "reliability": rel.get("reliability"),
+            "position_bias": s.get("position_bias"), "label_mass_mean": s.get("label_mass_mean"),
+            "top_over_uniform": strength.get("top_over_uniform"), "calibration_shift": s.get("calibration_shift"),
+            "mean_abs_w_minus_half": strength.get("mean_abs_w_minus_half"),
+            "warnings": len(s.get("warnings", [])) if r else 1}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _run_summary(groups: list[Group], results: list, rows: list[dict], sc) -> dict:
+    """Means and worst cases over the prompts, and the prompts that need attention."""
+    done = [r["summary"] for r in results if r]
+    rel = [(row["reliability"], row["prompt_id"]) for row in rows if row["reliability"] is not None]
+    worst = min(rel) if rel else (None, None)
+    names = {name for s in done for name in s["estimates"] if name != "reference"}
+    summary = {
+        "n_prompts": len(groups), "prompts_measured": len(done), "n_candidates": int(sum(g.n for g in groups)),
+        "judge_calls": int(sum(s["judge_calls"] for s in done)),
+        "mode": "/".join(sorted({s["mode"] for s in done})), "mode_reason": "per prompt, by spmcmc.budget (see per_prompt)",
+        "score_estimate": "/".join(sorted({s["score_estimate"] for s in done})),
+        "score_reason": " | ".join(sorted({s["score_reason"] for s in done})),
+        "reliability": {"reliability": _mean(r for r, _ in rel), "min": worst[0], "worst_prompt": worst[1],
+                        "evidence": "compared pairs, per prompt", "splits": sc.reliability_splits},
+        "position_bias": _mean(s["position_bias"] for s in done), "calibration": done[0]["calibration"],
+        "label_mass_mean": _mean(s["label_mass_mean"] for s in done),
+        "label_mass_min": min((s["label_mass_min"] for s in done if s["label_mass_min"] is not None), default=None),
+        "intransitive_share": _mean(s["intransitive_share"] for s in done),
+        "strength": {k: _mean(s["strength"][k] for s in done) for k in done[0]["strength"]},
+        "estimates": {"reference": "per prompt: stationary when exact, else the score",
+                      **{n: {k: _mean(s["estimates"][n][k] for s in done if n in s["estimates"])
+                             for k in ("tv_vs_reference", "spearman_vs_reference", "mean_se", "min", "max")}
+                         for n in sorted(names)}},
+        "chains_run": any(s["chains_run"] for s in done), "per_prompt": rows}
+    summary["warnings"] = _run_warnings(groups, results, sc)
+    return summary
+
+
+def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
+    out = [f"prompt {g.prompt_id} ({g.prompt[:50]!r}) has {g.n} candidate(s): left out" for g, r in zip(groups, results)
+           if r is None]
+    unreliable = [(r["summary"]["reliability"]["reliability"], g) for g, r in zip(groups, results)
+                  if r and r["summary"]["reliability"] and r["summary"]["reliability"]["reliability"] < sc.min_reliability]
+    out += [f"prompt {g.prompt_id} ({g.prompt[:50]!r}): preference reliability {v:.2f} < spmcmc.min_reliability="
+            f"{sc.min_reliability}; its pairs are close to coin flips" for v, g in sorted(unreliable, key=lambda t: t[0])[:10]]
+    if len(unreliable) > 10:
+        out.append(f"... and {len(unreliable) - 10} more prompts below spmcmc.min_reliability")
+    others = {}
+    for r in results:
+        for w in (r["summary"]["warnings"] if r else []):
+            if "preference reliability" not in w:  # one line per kind of warning, numbers aside
+                others.setdefault(re.sub(r"[0-9.]+", "#", w.split(":")[0]), []).append(w)
+    out += [f"{len(ws)} of {len(groups)} prompts: {ws[0]}" for ws in others.values()]
+    return out
 
 
 SCORE_REASON = {
@@ -279,48 +432,66 @@ def _warnings(s: dict, sc) -> list[str]:
     return out
 
 
-def _candidates(space, est: dict, score: str, trace: dict | None, n: int, sc):
-    from pipeline.chains import visit_counts
-
-    keep = [c for c in ("id", "text", "count", "is_greedy", "source", "text_sha") if c in space.column_names]
+def _candidates(space, groups: list[Group], results: list):
+    """The sample space's columns, visits, and every estimate with its standard error, per prompt."""
+    keep = [c for c in ("id", "prompt_id", "prompt", "text", "count", "is_greedy", "source", "text_sha")
+            if c in space.column_names]
     cands = space.select_columns(keep)
-    visits = visit_counts(trace, n, sc.burn_in, sc.thin).tolist() if trace is not None else [None] * n
-    cands = cands.add_column("visits", visits)
-    for name in ESTIMATES:
-        value, se = est.get(name, ([None] * n, [None] * n))
-        cands = cands.add_column(COLUMN[name], list(map(_num, value))).add_column(COLUMN[name] + "_se", list(map(_num, se)))
-    return cands.add_column("score", est[score][0].tolist()).add_column("score_se", list(map(_num, est[score][1])))
+    columns = {c: [] for c in ("visits", *[COLUMN[e] + suffix for e in ESTIMATES for suffix in ("", "_se")],
+                               "score", "score_se")}
+    for g, r in zip(groups, results):
+        none = [None] * g.n
+        chained = r is not None and r["states"] is not None  # visits after burn-in and thinning
+        columns["visits"] += np.bincount(r["states"].ravel(), minlength=g.n).tolist() if chained else none
+        for name in ESTIMATES:
+            value, se = r["est"].get(name, (none, none)) if r else (none, none)
+            columns[COLUMN[name]] += list(map(_num, value))
+            columns[COLUMN[name] + "_se"] += list(map(_num, se))
+        score = r["est"][r["score"]] if r else (none, none)
+        columns["score"] += list(map(_num, score[0]))
+        columns["score_se"] += list(map(_num, score[1]))
+    for name, values in columns.items():
+        cands = cands.add_column(name, values)
+    return cands
 
 
 def _num(v):
     return None if v is None or not np.isfinite(v) else float(v)
 
 
-def _report(s: dict, workdir: Path, plots: list[Path]) -> None:
+def _lines(s: dict) -> list[str]:
+    return _prompt_lines(s) if s["n_prompts"] == 1 else _run_lines(s)
+
+
+def _run_lines(s: dict) -> list[str]:
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+    rel, strength = s["reliability"], s["strength"]
+    lines = [f"{s['n_prompts']} prompts, {s['n_candidates']} candidates, judge calls={s['judge_calls']}, mode={s['mode']}, "
+             f"score={s['score_estimate']}",
+             f"preference reliability: mean {fmt(rel['reliability'], '.3f')}, worst {fmt(rel['min'], '.3f')} "
+             f"({rel['worst_prompt']}); position bias {fmt(s['position_bias'], '.3f')}; label mass "
+             f"{fmt(s['label_mass_mean'], '.3f')}; preference strength: mean |W - 1/2| "
+             f"{fmt(strength['mean_abs_w_minus_half'], '.3f')}, top {fmt(strength['top_over_uniform'], '.2f')}x uniform"]
+    lines += [f"  {r['prompt'][:40]:40s} N={r['n_candidates']:<3d} reliability {fmt(r['reliability'], '.2f')}  top "
+              f"{fmt(r['top_over_uniform'], '.2f')}x" for r in s["per_prompt"][:30]]
+    return lines + [f"warning: {w}" for w in s["warnings"]]
+
+
+def _prompt_lines(s: dict) -> list[str]:
     fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     rel = s["reliability"]
-    print(f"[spmcmc] N={s['n_candidates']}  mode={s['mode']} ({s['mode_reason']})  judge calls={s['judge_calls']}  "
-          f"score={s['score_estimate']}\n"
-          f"[spmcmc] preference reliability (split-half, Spearman-Brown) = "
-          f"{fmt(rel and rel['reliability'], '.3f')}  position bias P(first chosen)={s['position_bias']:.3f}  "
-          f"label mass mean={fmt(s['label_mass_mean'], '.3f')}  intransitive triads={fmt(s['intransitive_share'], '.3f')}\n"
-          f"[spmcmc] preference strength: mean |W - 1/2| = {fmt(s['strength']['mean_abs_w_minus_half'], '.3f')}  score "
-          f"range {s['strength']['bottom_over_uniform']:.2f}x-{s['strength']['top_over_uniform']:.2f}x the uniform share",
-          flush=True)
-    for name, e in s["estimates"].items():
-        if name != "reference":
-            print(f"[spmcmc]   {name:13s} TV vs {s['estimates']['reference']} {e['tv_vs_reference']:.3f}  Spearman "
-                  f"{fmt(e['spearman_vs_reference'], '.3f')}  range {e['min']:.4f}-{e['max']:.4f}  mean SE "
-                  f"{e['mean_se']:.4f}", flush=True)
+    lines = [f"N={s['n_candidates']}  mode={s['mode']} ({s['mode_reason']})  judge calls={s['judge_calls']}  "
+             f"score={s['score_estimate']}",
+             f"preference reliability (split-half, Spearman-Brown) = {fmt(rel and rel['reliability'], '.3f')}  "
+             f"position bias P(first chosen)={s['position_bias']:.3f}  label mass mean={fmt(s['label_mass_mean'], '.3f')}"
+             f"  intransitive triads={fmt(s['intransitive_share'], '.3f')}",
+             f"preference strength: mean |W - 1/2| = {fmt(s['strength']['mean_abs_w_minus_half'], '.3f')}  score "
+             f"range {s['strength']['bottom_over_uniform']:.2f}x-{s['strength']['top_over_uniform']:.2f}x the uniform share"]
+    lines += [f"  {name:13s} TV vs {s['estimates']['reference']} {e['tv_vs_reference']:.3f}  Spearman "
+              f"{fmt(e['spearman_vs_reference'], '.3f')}  range {e['min']:.4f}-{e['max']:.4f}  mean SE {e['mean_se']:.4f}"
+              for name, e in s["estimates"].items() if name != "reference"]
     if s["chains_run"]:
-        print(f"[spmcmc] chains: steps={s['steps']}  acceptance={s['acceptance_rate']:.3f}  new comparisons="
-              f"{s['chain_new_comparisons']}  max R-hat={fmt(s['max_rhat'], '.3f')}  min ESS={fmt(s['min_ess_bulk'], '.0f')}",
-              flush=True)
-    for w in s["warnings"]:
-        print(f"[spmcmc] warning: {w}", flush=True)
-    flat = {"reliability": rel and rel["reliability"], **{f"tv_{k}": e["tv_vs_reference"]
-                                                          for k, e in s["estimates"].items() if k != "reference"}}
-    tracking.summary({f"spmcmc/{k}": v for k, v in {**s, **flat}.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None})
-    for p in plots:
-        tracking.image(f"spmcmc/{p.stem}", p)
+        lines.append(f"chains: steps={s['steps']}  acceptance={s['acceptance_rate']:.3f}  new comparisons="
+                     f"{s['chain_new_comparisons']}  max R-hat={fmt(s['max_rhat'], '.3f')}  min ESS="
+                     f"{fmt(s['min_ess_bulk'], '.0f')}")
+    return lines + [f"warning: {w}" for w in s["warnings"]]

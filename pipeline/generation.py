@@ -1,0 +1,73 @@
+"""The model's answers: sampled or greedy generation for a batch of prompts, and the normalisation
+that turns raw answers into comparable candidates (shared by sample_space and evaluate)."""
+
+from __future__ import annotations
+
+import re
+
+QUOTES = "\"'“”‘’"
+
+
+def normalise(text: str, patterns: list[str]) -> str:
+    """Collapse whitespace, strip preambles ("Sure! Here's a joke:") and surrounding quotes."""
+    compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
+    t = " ".join(text.split())
+    while True:  # preambles nest ("Sure! Here's one:"), so strip until nothing changes
+        before = t
+        for p in compiled:
+            t = p.sub("", t, count=1).strip()
+        inner = t[1:-1]
+        if len(t) >= 2 and t[0] in QUOTES and t[-1] in QUOTES and not any(q in inner for q in QUOTES):
+            t = inner.strip()
+        if t == before:
+            return t
+
+
+def dedup_key(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+
+def eos_ids(model, tok) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    return sorted(set(ids) | {tok.eos_token_id})
+
+
+def generate(model, tok, prompts: list[str], sc, sample: bool, seed: int) -> list[dict]:
+    """One answer per entry of `prompts` (chat-templated texts; repeat a prompt for several answers),
+    as {"text", "finished"}, in `sc.batch_size` batches. Rows that share a prompt need no padding;
+    batches that mix prompts are left-padded with an attention mask. `sc` gives temperature, top_p,
+    max_new_tokens and batch_size (SampleSpaceConfig)."""
+    import torch
+    from transformers import GenerationConfig
+
+    eos = eos_ids(model, tok)
+    gen = GenerationConfig(do_sample=sample, temperature=sc.temperature if sample else None,
+                           top_p=sc.top_p if sample else None, top_k=0 if sample else None,
+                           max_new_tokens=sc.max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    out = []
+    for start in range(0, len(prompts), sc.batch_size):
+        ids, mask = _left_padded(tok, prompts[start:start + sc.batch_size], model.device)
+        with torch.no_grad():
+            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        for row in seqs[:, ids.shape[1]:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            out.append({"text": tok.decode(row[:cut], skip_special_tokens=True), "finished": cut < len(row)})
+    return out
+
+
+def _left_padded(tok, prompts: list[str], device):
+    import torch
+
+    rows = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    if all(r == rows[0] for r in rows):  # one prompt: the same tensor expanded, as generate() sees it unbatched
+        ids = torch.tensor([rows[0]], device=device)
+        return ids.expand(len(rows), -1), torch.ones_like(ids).expand(len(rows), -1)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tok.pad_token_id, device=device)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row, device=device)
+        mask[r, width - len(row):] = 1
+    return ids, mask

@@ -1,0 +1,48 @@
+"""The stage contract (pipeline/artifacts.py: Stage): every stage module defines it, and its SETTINGS
+name every config section it reads, so that a changed setting always changes its fingerprint."""
+
+import pytest
+
+from conftest import run_pipeline, tiny_config
+from pipeline.artifacts import check_stage
+from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
+
+STAGES = (sample_space, spmcmc, preferences, finetune, evaluate)
+NO_RESULT = {"wandb", "output_dir", "stages", "recipe"}  # how and where a run goes, never what it computes
+
+
+@pytest.mark.parametrize("module", STAGES, ids=lambda m: m.NAME)
+def test_every_stage_follows_the_contract(module):
+    check_stage(module)
+
+
+def test_a_module_missing_the_contract_is_refused():
+    import types
+
+    with pytest.raises(TypeError, match="must define DISTRIBUTED"):
+        check_stage(types.SimpleNamespace(NAME="x", VERSION=1, SETTINGS=(), OPTIONAL_INPUTS=(), run=print,
+                                          __name__="x"))
+
+
+class Recorder:
+    """The config, recording which top-level sections are read."""
+
+    def __init__(self, cfg, seen: set):
+        self._cfg, self._seen = cfg, seen
+
+    def __getattr__(self, name):
+        self._seen.add(name)
+        return getattr(self._cfg, name)
+
+
+@pytest.mark.slow
+def test_settings_name_every_section_a_stage_reads(tmp_path, monkeypatch):
+    seen = {m.NAME: set() for m in STAGES}
+    for module in STAGES:
+        original = module.run
+        monkeypatch.setattr(module, "run", lambda cfg, inputs, workdir, _m=module, _run=original:
+                            _run(Recorder(cfg, seen[_m.NAME]), inputs, workdir))
+    run_pipeline(tiny_config(tmp_path))
+    for module in STAGES:
+        assert seen[module.NAME], module.NAME  # the stage ran
+        assert seen[module.NAME] - NO_RESULT <= set(module.SETTINGS), (module.NAME, seen[module.NAME])
