@@ -444,7 +444,7 @@ def load_config(argv: list[str]) -> Config:
         raise ConfigError(f"unknown recipe {recipe!r}{_nearest(recipe, available_recipes())}; "
                           f"available: {', '.join(available_recipes())}")
     kinds = setting_kinds()
-    from_recipe = _flatten(_read_recipe(path), kinds, f"recipe {path}")
+    from_recipe = _beside(_flatten(_read_recipe(path), kinds, f"recipe {path}"), path.parent)
     layers = [_typed(from_recipe, kinds, f"recipe {path}"), _typed(_known(overrides, kinds), kinds, "command line")]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), *(OmegaConf.create(_nest(v)) for v in layers))
@@ -513,6 +513,18 @@ def _read_recipe(path: Path) -> dict:
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe {path} must be a mapping of settings (key: value), not a {type(tree).__name__}")
     return tree
+
+
+def _beside(raw: dict[str, object], folder: Path) -> dict[str, object]:
+    """A relative file name in a recipe names a file beside the recipe (recipes/prompts/x.csv is written
+    `prompts/x.csv` in recipes/NAME.yaml), whatever the working directory."""
+    files = {key for key, f in all_keys() if f.metadata.get("reads") == "file"}
+    out = dict(raw)
+    for key, value in raw.items():
+        if key in files and isinstance(value, str) and value and not value.startswith("[") and \
+                not Path(value).is_absolute() and (folder / value).is_file():
+            out[key] = str((folder / value).resolve())
+    return out
 
 
 def _sections(kinds: dict) -> set[str]:
