@@ -39,6 +39,16 @@ class StageError(UserError):
     """A stage that cannot run as asked; printed as one line."""
 
 
+class NoPairs(StageError):
+    """No preference pair passes the evidence filters: an error in round 1, the end of the rounds later."""
+
+
+def adapter_of(inputs: dict, key: str):
+    """(adapter folder, adapter key) of a finetune artifact among a stage's inputs, or (None, None): the base model."""
+    art = inputs.get(key)
+    return (art.path / "adapter", art.fingerprint) if art is not None else (None, None)
+
+
 class Stage(Protocol):
     """What every module in pipeline/stages/ defines (checked once, when the run first meets it).
 
@@ -134,6 +144,12 @@ class Artifact:
     name: str
     fingerprint: str
     path: Path
+    round: int = 1
+
+    @property
+    def key(self) -> str:
+        """Its name in manifest.json: the stage, and the round after the first (spmcmc@2)."""
+        return self.name if self.round == 1 else f"{self.name}@{self.round}"
 
     @property
     def partial(self) -> Path:
@@ -169,6 +185,11 @@ def dataset_intact(folder: Path) -> bool:
                                                                   for f in state["_data_files"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _order(key: str) -> tuple[int, int]:
+    name, _, round_ = key.partition("@")
+    return int(round_ or 1), STAGES.index(name) if name in STAGES else len(STAGES)
 
 
 def read_manifest(output_dir: str | Path) -> dict:
@@ -284,28 +305,30 @@ class Run:
         fh.flush()
         self._lock = fh
 
-    def stage(self, module, **inputs: Artifact) -> Artifact:
-        """Resolve a stage's artifact; run it if it is asked for and not complete."""
+    def stage(self, module, round: int = 1, **inputs: Artifact) -> Artifact:
+        """Resolve a stage's artifact in a round; run it if it is asked for and not complete."""
         check_stage(module)
         used = {k: a for k, a in inputs.items() if k not in module.OPTIONAL_INPUTS or a.complete}
         settings = {s: semantic_settings(getattr(self.cfg, s)) for s in module.SETTINGS}
+        if round > 1:  # round 1 is the single-round pipeline, fingerprint and all
+            settings["round"] = round
         files = input_files(self.cfg, module.SETTINGS)
         fp = fingerprint(module.NAME, module.VERSION, settings, {k: a.fingerprint for k, a in used.items()},
                          {k: f["sha256"] for k, f in files.items()})
-        art = Artifact(module.NAME, fp, self.root / module.NAME / fp)
+        art = Artifact(module.NAME, fp, self.root / module.NAME / fp, round)
         if module.NAME not in self.cfg.stages:
             if art.complete:
                 self._record(art)
             return art
         missing = [k for k, a in used.items() if not a.complete]
         if missing:
-            raise StageError(f"stage {module.NAME!r} needs {missing[0]!r}, which is neither in stages= nor complete "
+            raise StageError(f"stage {art.key!r} needs {missing[0]!r}, which is neither in stages= nor complete "
                              f"on disk for these settings under {self.root}; add it to stages=")
         if art.complete:
-            print(f"[{module.NAME}] up to date  {art.path}", flush=True)
+            print(f"[{art.key}] up to date  {art.path}", flush=True)
         else:
             if art.marked and parallel.is_main():
-                print(f"[{module.NAME}] {art.path} is marked complete but its dataset files are missing or "
+                print(f"[{art.key}] {art.path} is marked complete but its dataset files are missing or "
                       "damaged: recomputing it", flush=True)
                 (art.path / MARKER).unlink()
             parallel.barrier()
@@ -324,7 +347,7 @@ class Run:
             tracking.start(self.cfg, module.NAME, art.fingerprint)
         parallel.barrier()
         started = time.time()
-        print(f"[{module.NAME}] running  -> {art.partial}", flush=True)
+        print(f"[{art.key}] running  -> {art.partial}", flush=True)
         result = module.run(self.cfg, inputs, art.partial) if (distributed or parallel.is_main()) else None
         if parallel.is_main():
             meta = {"stage": module.NAME, "version": module.VERSION, "fingerprint": art.fingerprint,
@@ -335,7 +358,7 @@ class Run:
                     "wall_s": round(time.time() - started, 2), "world_size": parallel.world_size()}
             self._finalise(art, result, meta)
             tracking.finish()
-            print(f"[{module.NAME}] done in {meta['wall_s']:.1f}s  {art.path}", flush=True)
+            print(f"[{art.key}] done in {meta['wall_s']:.1f}s  {art.path}", flush=True)
         else:
             while not art.complete:  # other processes wait for the main one's marker
                 time.sleep(0.5)
@@ -365,7 +388,6 @@ class Run:
         entry = {"path": str(folder.relative_to(self.root)), "fingerprint": art.fingerprint, "complete": art.complete}
         if art.complete:
             entry["rows"] = art.meta()["rows"]
-        stages = {**self.manifest["stages"], art.name: entry}
-        rank = {name: k for k, name in enumerate(STAGES)}
-        self.manifest["stages"] = dict(sorted(stages.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-        write_json(self.manifest_path, self.manifest, sort_keys=False)  # stages in pipeline order
+        stages = {**self.manifest["stages"], art.key: entry}
+        self.manifest["stages"] = dict(sorted(stages.items(), key=lambda kv: _order(kv[0])))
+        write_json(self.manifest_path, self.manifest, sort_keys=False)  # rounds, then stages in pipeline order

@@ -3,6 +3,11 @@
     spmcmc inspect OUTPUT_DIR [STAGE]                 stages, state, rows, columns, first rows
     spmcmc annotate export OUTPUT_DIR --out S.csv     a shuffled rating sheet of the sample space
     spmcmc annotate import S1.csv S2.csv --out R.csv  filled sheets -> evaluate.human_ratings=R.csv
+    spmcmc annotate export OUTPUT_DIR --winrate --out W.csv
+                                                      blind base-vs-tuned sheets of the held-out prompts
+                                                      (and W.key.csv, which raters must not see)
+    spmcmc annotate import --winrate --key W.key.csv W1.csv W2.csv --out human_winrate.json
+                                                      filled choices -> the human win rate of the tuned policy
 """
 
 from __future__ import annotations
@@ -117,6 +122,73 @@ def annotate_import(sheets: list[str], out: str) -> None:
           f"use it as evaluate.human_ratings={out}")
 
 
+def winrate_export(output_dir: str, out: str, seed: int) -> None:
+    """A blind sheet: per held-out prompt and answer index k, the base and the tuned policy's k-th answers as
+    response A/B in a seeded random order; the key (which one is tuned) goes to a separate file."""
+    import numpy as np
+    import pandas as pd
+    from datasets import load_from_disk
+
+    path = _out_path(out, (".csv",))
+    answers = load_from_disk(str(_stage_path(output_dir, "evaluate") / "dataset"))["heldout_answers"].to_pandas()
+    if answers.empty:
+        raise UserError(f"{output_dir}'s evaluate stage has no held-out answers: it needs a fine-tuned model, "
+                        "preferences.split=prompt with held-out prompts, and evaluate.winrate_samples > 0")
+    rng = np.random.default_rng(seed)
+    base = answers[answers["policy"] == "base"].set_index(["prompt_id", "k"])
+    tuned = answers[answers["policy"] == "finetuned"].set_index(["prompt_id", "k"])
+    rows, key = [], []
+    for (pid, k), b in base.iterrows():
+        t = tuned.loc[(pid, k)]
+        tuned_first = bool(rng.random() < 0.5)
+        item = f"{pid}-{k}"
+        rows.append({"item": item, "prompt": b["prompt"], "response_a": t["text"] if tuned_first else b["text"],
+                     "response_b": b["text"] if tuned_first else t["text"], "choice": ""})
+        key.append({"item": item, "prompt_id": pid, "tuned": "A" if tuned_first else "B"})
+    order = rng.permutation(len(rows))
+    pd.DataFrame(rows).iloc[order].to_csv(path, index=False)
+    key_path = path.with_suffix(".key.csv")
+    pd.DataFrame(key).to_csv(key_path, index=False)
+    print(f"wrote {len(rows)} blind pairs to {path} (raters write A or B in `choice`) and the key to {key_path}")
+
+
+def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> None:
+    """Filled sheets + key -> the human win rate of the tuned policy, with a bootstrap interval over prompts."""
+    import pandas as pd
+
+    from pipeline.metrics import mean_ci
+    from pipeline.tables import read_table
+
+    target = _out_path(out, (".json",))
+    key = read_table(key_file, ["item", "prompt_id", "tuned"], "win-rate key", text=("item", "prompt_id", "tuned"))
+    frames = []
+    for path in sheets:
+        sheet = read_table(path, ["item", "choice"], "win-rate sheet", text=("item", "choice"))
+        rater = sheet["rater"].astype(str) if "rater" in sheet.columns else Path(path).stem
+        frames.append(pd.DataFrame({"item": sheet["item"], "rater": rater,
+                                    "choice": sheet["choice"].fillna("").str.strip().str.upper()}))
+    choices = pd.concat(frames)
+    choices = choices[choices["choice"] != ""]
+    bad = choices[~choices["choice"].isin(["A", "B"])]
+    if len(bad):
+        raise UserError(f"choice {bad['choice'].iloc[0]!r} for item {bad['item'].iloc[0]!r}: write A or B")
+    if choices.duplicated(["rater", "item"]).any():
+        dup = choices[choices.duplicated(["rater", "item"])].iloc[0]
+        raise UserError(f"rater {dup['rater']!r} judged item {dup['item']!r} twice; keep one choice per rater and item")
+    joined = choices.merge(key, on="item", how="left")
+    if joined["tuned"].isna().any():
+        raise UserError(f"item {joined['item'][joined['tuned'].isna()].iloc[0]!r} is not in the key {key_file}")
+    joined["tuned_won"] = (joined["choice"] == joined["tuned"]).astype(float)
+    per_prompt = joined.groupby("prompt_id")["tuned_won"].mean()
+    result = {**mean_ci(per_prompt.to_numpy(), 1000, seed), "choices": len(joined),
+              "raters": int(joined["rater"].nunique()), "per_prompt": per_prompt.round(4).to_dict()}
+    import json
+
+    target.write_text(json.dumps(result, indent=2))
+    print(f"human win rate of the tuned policy: {result['mean']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}] "
+          f"over {result['n']} prompts ({result['choices']} choices by {result['raters']} raters); written to {target}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spmcmc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,15 +202,23 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("output_dir")
     ex.add_argument("--out", default="rating_sheet.csv")
     ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--winrate", action="store_true", help="blind base-vs-tuned sheets of the held-out prompts")
     im = asub.add_parser("import", help="filled sheets -> a ratings file evaluate.human_ratings accepts")
     im.add_argument("sheets", nargs="+")
     im.add_argument("--out", required=True)
+    im.add_argument("--winrate", action="store_true", help="choices of blind sheets -> the human win rate")
+    im.add_argument("--key", help="the .key.csv written with the win-rate sheets")
+    im.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         if args.command == "inspect":
             inspect_run(args.output_dir, args.stage, args.rows)
         elif args.action == "export":
-            annotate_export(args.output_dir, args.out, args.seed)
+            (winrate_export if args.winrate else annotate_export)(args.output_dir, args.out, args.seed)
+        elif args.winrate:
+            if not args.key:
+                raise UserError("annotate import --winrate needs --key (the .key.csv written by export --winrate)")
+            winrate_import(args.sheets, args.key, args.out, args.seed)
         else:
             annotate_import(args.sheets, args.out)
     except UserError as e:

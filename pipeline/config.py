@@ -346,6 +346,27 @@ class EvaluateConfig(Section):
 
 
 @dataclass
+class RoundsConfig(Section):
+    SECTION = "rounds"
+    # None of these enters a fingerprint: round 1 is the same run whatever the count, and later rounds'
+    # artifacts are fingerprinted by the artifacts they read (the previous policy, the judge, the pairs).
+    count: int = setting(1, "self-improvement rounds: round r > 1 generates, judges and trains from round r-1's "
+                            "policy", semantic=False)
+    judge: Literal["policy", "base"] = setting(
+        "policy", "the judge in round r > 1: the current policy (self-play) or the base model (a fixed judge: "
+                  "the control for a drifting judge)", semantic=False)
+    init: Literal["previous", "base"] = setting(
+        "previous", "training in round r > 1: continue round r-1's adapter on the new pairs, or train a fresh "
+                    "adapter on every round's pairs so far", semantic=False)
+    min_diversity: float = setting(0.5, "warn when the policy's distinct answers per prompt, as a share of its "
+                                        "samples, fall below this (collapse)", semantic=False)
+
+    def validate(self):
+        _require(self.count >= 1, "rounds.count", "must be >= 1")
+        _require(self.min_diversity <= 1, "rounds.min_diversity", "must be <= 1")
+
+
+@dataclass
 class WandbConfig(Section):
     SECTION = "wandb"
     mode: Literal["offline", "online", "disabled"] = setting(
@@ -369,6 +390,7 @@ class Config:
     preferences: PreferencesConfig = setting(None, "stage 3", factory=PreferencesConfig)
     finetune: FinetuneConfig = setting(None, "stage 4", factory=FinetuneConfig)
     evaluate: EvaluateConfig = setting(None, "stage 5", factory=EvaluateConfig)
+    rounds: RoundsConfig = setting(None, "self-improvement rounds", factory=RoundsConfig)
     wandb: WandbConfig = setting(None, "experiment tracking", factory=WandbConfig)
 
     def __post_init__(self):

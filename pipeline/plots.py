@@ -80,6 +80,30 @@ def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
     return [_save(fig, workdir / "prompts.png")]
 
 
+def rounds_plot(workdir: Path, rounds: list[dict]) -> Path:
+    """rounds.png: per round, the policy's answer diversity, the preference entropy and reliability, and
+    the tuned policy's win rates (base judge) with their 95% intervals."""
+    plt = _pyplot()
+    r = [row["round"] for row in rounds]
+    get = lambda k: np.array([np.nan if row[k] is None else row[k] for row in rounds], dtype=float)  # noqa: E731
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, style in (("diversity", "o-"), ("entropy", "s-"), ("reliability", "^-")):
+        a.plot(r, get(key), style, label=key)
+    a.set_xlabel("round")
+    a.set_ylim(0, 1.05)
+    a.legend(fontsize=7)
+    a.set_title("collapse and sharpening", fontsize=9)
+    for key, color in (("win_vs_base", "tab:blue"), ("win_vs_previous", "tab:orange")):
+        y = get(key)
+        b.errorbar(r, y, yerr=[y - get(f"{key}_low"), get(f"{key}_high") - y], fmt="o-", color=color,
+                   label=key.replace("_", " "), capsize=3)
+    b.axhline(0.5, color="grey", ls="--", lw=0.8)
+    b.set_xlabel("round")
+    b.set_ylabel("tuned policy's win rate (held-out prompts)")
+    b.legend(fontsize=7)
+    return _save(fig, workdir / "rounds.png")
+
+
 def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ceiling: dict | None) -> list[Path]:
     """scatter.png (model score against human mean, per model and evaluator) and correlations.png."""
     plt = _pyplot()

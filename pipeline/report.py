@@ -65,13 +65,16 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
                   f"(p = {_n(checks.get('count_vs_score_p'), '.3g')})"]
     if summary.get("win_rate"):
         lines += ["", "## Improvement on held-out prompts", "",
-                  "The tuned and the base policy each answer every prompt held out of training; the judge compares "
-                  "every tuned answer with every base answer of the same prompt, in both orders. Win rate = mean "
+                  "The tuned policy and its opponent each answer every prompt held out of training; the judge compares "
+                  "every tuned answer with every opponent answer of the same prompt, in both orders. Win rate = mean "
                   "order-averaged choice of the tuned answer (0.5 = no difference), 95% bootstrap interval over prompts.",
-                  "", "| judge | tuned win rate [95% CI] | prompts | answers per policy | comparisons |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {judge} model | {w['mean']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | {w['n']} | "
-                  f"{w['answers_per_policy']} | {w['comparisons']} |" for judge, w in summary["win_rate"].items()]
+                  "", "| judge | opponent | tuned win rate [95% CI] | prompts | answers per policy | comparisons |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {judge} model | {opponent} policy | {w['mean']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | "
+                  f"{w['n']} | {w['answers_per_policy']} | {w['comparisons']} |"
+                  for judge, per in summary["win_rate"].items() for opponent, w in per.items()]
+    lines += rounds_section(summary.get("rounds") or [], summary.get("round_warnings") or [],
+                            summary.get("rounds_alignment") or [])
     if summary["sharpening"]:
         lines += ["", "## Sharpening on held-out candidates", "",
                   "Spearman between the policy's mean log-probability and the base spMCMC score, on the candidates "
@@ -85,6 +88,37 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _ci3(row: dict, key: str) -> str:
+    return "n/a" if row[key] is None else f"{row[key]:.3f} [{_n(row[key + '_low'])}, {_n(row[key + '_high'])}]"
+
+
+def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict]) -> list[str]:
+    """The self-improvement rounds, one row each (only when there is more than one)."""
+    if len(rounds) < 2:
+        return []
+    lines = ["", "## Rounds", "",
+             "Reliability: the preference reliability of the round's judge; entropy: of its preference distribution "
+             "(1 = uniform; falling = sharpening); diversity: distinct answers among the policy's samples per prompt "
+             "(falling = collapse); win rates of the round's tuned policy on held-out prompts, base-model judge.", "",
+             "| round | reliability | pairs kept / dropped | entropy | diversity | win vs base [95% CI] | "
+             "win vs previous round [95% CI] | win vs base, tuned judge |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['round']} | {_n(r['reliability'])} | {r['pairs_kept']} / {r['pairs_dropped']} | {_n(r['entropy'])} | "
+              f"{_n(r['diversity'])} | {_ci3(r, 'win_vs_base')} | {_ci3(r, 'win_vs_previous')} | "
+              f"{_ci3(r, 'win_vs_base_tuned_judge')} |" for r in rounds]
+    lines += [f"- warning: {w}" for w in warnings]
+    tuned = {(a["round"], a["evaluator"]): a for a in alignment if a["model"] == "finetuned"}
+    evaluators = list(dict.fromkeys(a["evaluator"] for a in alignment if a["model"] == "finetuned"))
+    if evaluators:
+        lines += ["", "Jester alignment of each round's tuned model (Spearman ρ with the human mean [95% CI]):", "",
+                  "| evaluator | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
+                  "| --- |" + " --- |" * len(rounds)]
+        lines += [f"| {e} | " + " | ".join(
+            "n/a" if (r["round"], e) not in tuned or tuned[r["round"], e]["spearman_r"] is None else
+            f"{tuned[r['round'], e]['spearman_r']:.3f} [{_n(tuned[r['round'], e]['ci_low'])}, "
+            f"{_n(tuned[r['round'], e]['ci_high'])}]" for r in rounds) + " |" for e in evaluators]
+    return lines + ["", "![rounds](rounds.png)"]
 
 
 def preference_section(up: dict) -> list[str]:
@@ -129,6 +163,25 @@ def preference_section(up: dict) -> list[str]:
                   for r in sp["per_prompt"]]
     lines += [f"- warning: {w}" for w in sp.get("warnings", [])]
     return lines + [""]
+
+
+def stop_reason(r: int, nothing: Exception, space, chains, cfg: Config) -> str:
+    """Why round r yields no pair, read off its figures: no signal left, or sharpened to a point."""
+    import json
+
+    read = lambda a: json.loads((a.path / "summary.json").read_text()) if a.complete else {}  # noqa: E731
+    s, ss = read(chains), read(space)
+    rel, entropy, diversity = (s.get("reliability") or {}).get("reliability"), (s.get("strength") or {}).get("entropy"), \
+        ss.get("diversity")
+    if rel is not None and rel < cfg.spmcmc.min_reliability:
+        why = f"its judge has no signal left (preference reliability {rel:.2f} < {cfg.spmcmc.min_reliability})"
+    elif (entropy is not None and entropy < 0.8) or (diversity is not None and diversity < cfg.rounds.min_diversity):
+        why = (f"its preferences have sharpened to a point (entropy {_n(entropy, '.2f')} of 1, answer diversity "
+               f"{_n(diversity, '.2f')})")
+    else:
+        why = (f"its preferences are measured (reliability {_n(rel, '.2f')}) but too flat to pass the filter (entropy "
+               f"{_n(entropy, '.2f')} of 1): neither sharpened nor lost, just weak")
+    return f"round {r} yields no pair that passes the evidence filters; the figures suggest {why}. ({nothing})"
 
 
 def publish_report(artifact, output_dir: str) -> None:

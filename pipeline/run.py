@@ -18,17 +18,32 @@ from pipeline.config import UserError, help_text, load_config  # noqa: E402
 
 def pipeline(cfg) -> None:
     from pipeline import parallel
-    from pipeline.artifacts import Run
-    from pipeline.report import publish_report
+    from pipeline.artifacts import NoPairs, Run
+    from pipeline.report import publish_report, stop_reason
     from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
 
     with Run(cfg) as run:
-        space = run.stage(sample_space)
-        chains = run.stage(spmcmc, sample_space=space)
-        prefs = run.stage(preferences, spmcmc=chains)
-        tuned = run.stage(finetune, preferences=prefs)
-        report = run.stage(evaluate, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned)
-        if report.complete and parallel.is_main():
+        report, previous, history, earlier = None, {}, {}, []  # round r-1's policy and evaluation; every round's pairs
+        for r in range(1, cfg.rounds.count + 1):
+            policy = {"policy": previous["finetune"]} if previous else {}  # round 1: the base model
+            judge = {"judge": previous["finetune"]} if previous and cfg.rounds.judge == "policy" else {}
+            space = run.stage(sample_space, r, **policy)
+            chains = run.stage(spmcmc, r, sample_space=space, **judge, **({"earlier": previous["spmcmc"]} if previous else {}))
+            try:
+                prefs = run.stage(preferences, r, spmcmc=chains, **judge)
+            except NoPairs as nothing:
+                if r == 1:
+                    raise
+                print(f"[pipeline] stopping after round {r - 1}: {stop_reason(r, nothing, space, chains, cfg)}", flush=True)
+                break
+            init = ({"init": previous["finetune"]} if previous and cfg.rounds.init == "previous"
+                    else {f"earlier_{k}": p for k, p in enumerate(earlier, start=1)})
+            tuned = run.stage(finetune, r, preferences=prefs, **init)
+            report = run.stage(evaluate, r, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned,
+                               **({"previous": previous["finetune"], "history": history} if previous else {}))
+            earlier.append(prefs)
+            previous, history = {"finetune": tuned, "spmcmc": chains}, report
+        if report is not None and report.complete and parallel.is_main():
             publish_report(report, cfg.output_dir)
             print(f"[pipeline] report: {cfg.output_dir}/report.md", flush=True)
 

@@ -76,8 +76,9 @@ def test_summary_reports_the_bias_put_in_and_debiases(tmp_path):
     cached = CachedJudge(judge)
     cached.ensure([(i, j) for i in range(n) for j in range(n) if i != j])
     trace = run_chains(new_chains(n, 6, seed=0), n, cached, iterations=5000, order="both")
-    cfg = tiny_config(tmp_path, "spmcmc.order=both", "spmcmc.iterations=5000", "spmcmc.burn_in=100")
-    space = Dataset.from_dict({"id": list(range(n)), "text": [f"c{i}" for i in range(n)], "count": [1] * n,
+    cfg = tiny_config(tmp_path, "spmcmc.order=both", "spmcmc.iterations=5000", "spmcmc.burn_in=100", "spmcmc.num_chains=6")
+    space = Dataset.from_dict({"id": list(range(n)), "prompt_id": ["q"] * n, "prompt": ["Tell me a joke."] * n,
+                               "text": [f"c{i}" for i in range(n)], "count": [1] * n,
                                "is_greedy": [False] * n, "text_sha": [str(i) for i in range(n)]})
     out = summarise(cfg, space, trace, cached.probs, {}, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

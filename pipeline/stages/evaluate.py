@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import tracking
-from pipeline.artifacts import publish
+from pipeline.artifacts import adapter_of, publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
 from pipeline.estimates import SCORE_OF_MODE, all_estimates, calibration_shift, ordered, plan_design, shifted, wants_chains
@@ -36,13 +36,13 @@ from pipeline.generation import generate, normalise
 from pipeline.judge import cached_model_judge, fill_pairs
 from pipeline.metrics import agreement, mean_ci, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
-from pipeline.plots import evaluation_plots
+from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
 
-NAME, VERSION = "evaluate", 3
-SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate")
+NAME, VERSION = "evaluate", 4
+SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = False
-OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune")
+OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
 
@@ -127,6 +127,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
             sharpening[name] = _sharpening(cfg, model, tok, *held_out)
         if prompts:
             answers[name] = policy_answers(cfg, model, tok, [p["prompt"] for p in prompts])
+    if prompts and "previous" in inputs:  # a later round: the previous round's policy is an opponent too
+        adapter, _ = adapter_of(inputs, "previous")
+        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, adapter), [p["prompt"] for p in prompts])
     wins = winrates(cfg, prompts, answers, models, loaded, workdir) if prompts else []
     return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir, prompts, answers, wins)
 
@@ -180,20 +183,21 @@ def policy_answers(cfg: Config, model, tok, prompts: list[str]) -> list[list[str
 
 
 def winrates(cfg: Config, prompts: list[dict], answers: dict, models: dict, loaded, workdir: Path) -> list[dict]:
-    """Per judge (base model, tuned model) and held-out prompt: the tuned policy's order-averaged win rate
-    W(tuned answer over base answer), averaged over every tuned x base answer pair; both orders judged,
-    through the pair cache."""
+    """Per judge (base model, tuned model), opponent (the base policy; in a later round also the previous
+    round's) and held-out prompt: the tuned policy's order-averaged win rate W(tuned answer over the
+    opponent's), averaged over every tuned x opponent answer pair; both orders judged, through the pair cache."""
     from pipeline.estimates import order_averaged
 
     texts, prompt_of, index = [], [], {}
     for j in range(len(prompts)):  # the distinct answers to each prompt
-        for text in answers["base"][j] + answers["finetuned"][j]:
+        for text in (t for per in answers.values() for t in per[j]):
             if (j, text) not in index:
                 index[j, text] = len(texts)
                 texts.append(text)
                 prompt_of.append(j)
-    pairs = {j: [(index[j, t], index[j, b]) for t in answers["finetuned"][j] for b in answers["base"][j]]
-             for j in range(len(prompts))}
+    opponents = [o for o in ("base", "previous") if o in answers]
+    pairs = {(o, j): [(index[j, t], index[j, b]) for t in answers["finetuned"][j] for b in answers[o][j]]
+             for o in opponents for j in range(len(prompts))}
     rows = []
     for judge, (adapter, adapter_key) in models.items():
         reuse = loaded[0] == judge
@@ -202,10 +206,11 @@ def winrates(cfg: Config, prompts: list[dict], answers: dict, models: dict, load
                                        adapter_key=adapter_key)
         need = [q for ps in pairs.values() for t, b in ps if t != b for q in ((t, b), (b, t))]
         fill_pairs(cached, need, f"[evaluate] win rate, {judge} judge", distributed=False)
-        for j, p in enumerate(prompts):
-            w = [0.5 if t == b else order_averaged(cached.probs, t, b) for t, b in pairs[j]]
-            rows.append({"judge": judge, "prompt_id": p["prompt_id"], "prompt": p["prompt"], "win_rate": float(np.mean(w)),
-                         "comparisons": 2 * sum(t != b for t, b in pairs[j])})
+        for (opponent, j), ps in pairs.items():
+            w = [0.5 if t == b else order_averaged(cached.probs, t, b) for t, b in ps]
+            rows.append({"judge": judge, "opponent": opponent, "prompt_id": prompts[j]["prompt_id"],
+                         "prompt": prompts[j]["prompt"], "win_rate": float(np.mean(w)),
+                         "comparisons": 2 * sum(t != b for t, b in ps)})
     return rows
 
 
@@ -234,8 +239,49 @@ def upstream_summaries(inputs: dict) -> dict:
     """What the report states about the preference data: the spmcmc and preferences stages' summaries."""
     import json
 
-    return {name: json.loads((inputs[name].path / "summary.json").read_text())
-            for name in ("spmcmc", "preferences") if name in inputs and (inputs[name].path / "summary.json").is_file()}
+    return {name: json.loads((inputs[name].path / "summary.json").read_text()) for name in
+            ("sample_space", "spmcmc", "preferences") if name in inputs and (inputs[name].path / "summary.json").is_file()}
+
+
+ROUND_COLUMNS = ("round", "reliability", "pairs_kept", "pairs_dropped", "entropy", "diversity", "diversity_min",
+                 *(f"{w}{s}" for w in ("win_vs_base", "win_vs_previous", "win_vs_base_tuned_judge")
+                   for s in ("", "_low", "_high")))
+ALIGNMENT_COLUMNS = ("round", "model", "evaluator", "spearman_r", "ci_low", "ci_high")
+
+
+def round_table(inputs: dict, up: dict, win: dict | None, metrics: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Every round so far (the previous round's evaluation carries the earlier ones) with this round's
+    figures appended: preference reliability, pairs kept and dropped, entropy of the preference
+    distribution (sharpening), the policy's answer diversity (collapse), the tuned policy's win rates
+    with CIs; and each evaluator's Jester alignment per round."""
+    history = inputs["history"].load() if "history" in inputs else None
+    rows = history["rounds"].to_list() if history is not None else []
+    alignment = history["rounds_alignment"].to_list() if history is not None else []
+    r = len(rows) + 1
+    sp, pr, ss = up.get("spmcmc", {}), up.get("preferences", {}), up.get("sample_space", {})
+    row = {"round": r, "reliability": (sp.get("reliability") or {}).get("reliability"),
+           "pairs_kept": pr.get("train_pairs"), "pairs_dropped": pr.get("pairs_dropped"),
+           "entropy": (sp.get("strength") or {}).get("entropy"), "diversity": ss.get("diversity"),
+           "diversity_min": ss.get("diversity_min")}
+    for name, judge, opponent in (("win_vs_base", "base", "base"), ("win_vs_previous", "base", "previous"),
+                                  ("win_vs_base_tuned_judge", "finetuned", "base")):
+        w = ((win or {}).get(judge) or {}).get(opponent) or {}
+        row.update({name: w.get("mean"), f"{name}_low": w.get("ci_low"), f"{name}_high": w.get("ci_high")})
+    alignment += [{"round": r, "model": m["model"], "evaluator": m["evaluator"], "spearman_r": m["spearman_r"],
+                   "ci_low": m["spearman_ci_low"], "ci_high": m["spearman_ci_high"]}
+                  for m in metrics if m["model"] == "finetuned" or r == 1]
+    return rows + [row], alignment
+
+
+def round_warnings(rounds: list[dict], rc) -> list[str]:
+    """Collapse, the known failure of iterated self-training: the policy's answers stop differing."""
+    d = rounds[-1]["diversity"]
+    if d is None or d >= rc.min_diversity:
+        return []
+    first = rounds[0]["diversity"]
+    return [f"answer diversity {d:.2f} < rounds.min_diversity={rc.min_diversity} in round {rounds[-1]['round']} "
+            f"(round 1: {first:.2f}): the policy repeats itself (mode collapse); stop, lower finetune.learning_rate "
+            "or num_epochs, or train fresh adapters (rounds.init=base)"]
 
 
 def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path,
@@ -256,12 +302,17 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                          "finetuned_spearman": m[e, "finetuned"]["spearman_r"],
                          **paired_difference(scores["finetuned"][e], base[e], human, "spearman", ec.bootstrap, ec.seed)}
                         for e in base if e in scores["finetuned"]]
+    win, up = _winrate_summary(wins, ec), upstream_summaries(inputs)
+    rounds, alignment = round_table(inputs, up, win, metrics)
     summary = {"ratings": ratings.source, "citation": ratings.citation, "n_items": len(items),
                "item_ids": items["id"].tolist(), "max_items": ec.max_items, "max_chars": ec.max_chars,
                "noise_ceiling": noise_ceiling(ratings.long, items["id"].tolist(), ec.seed),
                "paper_checks": paper_checks(inputs), "sharpening": sharpening or None,
-               "upstream": upstream_summaries(inputs), "win_rate": _winrate_summary(wins, ec)}
+               "upstream": up, "win_rate": win, "rounds": rounds, "rounds_alignment": alignment,
+               "round_warnings": round_warnings(rounds, cfg.rounds)}
     plots = evaluation_plots(workdir, human, scores, metrics, summary["noise_ceiling"])
+    if len(rounds) > 1:
+        plots.append(rounds_plot(workdir, rounds))
     from pipeline.report import write_report
 
     write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
@@ -278,18 +329,24 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
         "heldout_answers": _table([{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "policy": policy, "k": k,
                                     "text": text} for policy, per in answers.items() for p, texts in zip(prompts, per)
                                    for k, text in enumerate(texts)], ("prompt_id", "prompt", "policy", "k", "text")),
-        "winrate": _table(wins, ("judge", "prompt_id", "prompt", "win_rate", "comparisons"))})
+        "winrate": _table(wins, ("judge", "opponent", "prompt_id", "prompt", "win_rate", "comparisons")),
+        "rounds": _table(rounds, ROUND_COLUMNS), "rounds_alignment": _table(alignment, ALIGNMENT_COLUMNS)})
 
 
 def _winrate_summary(wins: list[dict], ec) -> dict | None:
-    """The tuned policy's win rate against the base policy over held-out prompts, per judge, with a
-    bootstrap interval over prompts."""
+    """{judge: {opponent: the tuned policy's win rate over held-out prompts with a bootstrap interval over
+    prompts}}; opponents: the base policy, and in a later round the previous round's policy."""
     if not wins:
         return None
-    return {judge: {**mean_ci([w["win_rate"] for w in wins if w["judge"] == judge], ec.bootstrap, ec.seed),
-                    "answers_per_policy": ec.winrate_samples,
-                    "comparisons": sum(w["comparisons"] for w in wins if w["judge"] == judge)}
-            for judge in dict.fromkeys(w["judge"] for w in wins)}
+    out = {}
+    for w in wins:
+        out.setdefault(w["judge"], {}).setdefault(w["opponent"], [])
+    for judge, per in out.items():
+        for opponent in per:
+            mine = [w for w in wins if w["judge"] == judge and w["opponent"] == opponent]
+            per[opponent] = {**mean_ci([w["win_rate"] for w in mine], ec.bootstrap, ec.seed),
+                             "answers_per_policy": ec.winrate_samples, "comparisons": sum(w["comparisons"] for w in mine)}
+    return out
 
 
 DIFF_COLUMNS = ("diff", "ci_low", "ci_high", "p")
@@ -312,11 +369,16 @@ def _lines_and_metrics(metrics: list[dict], summary: dict) -> tuple[list[str], d
     if summary["noise_ceiling"]:
         flat["eval/noise_ceiling"] = summary["noise_ceiling"]["spearman_brown"]
         lines.append(f"human noise ceiling (split-half, Spearman-Brown): {summary['noise_ceiling']['spearman_brown']:.4f}")
-    for judge, w in (summary["win_rate"] or {}).items():
-        flat.update({f"eval/win_rate/{judge}_judge/{k}": w[k] for k in ("mean", "ci_low", "ci_high")})
-        lines.append(f"held-out prompts: the tuned policy wins {w['mean']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] "
-                     f"against the base policy, judged by the {judge} model ({w['n']} prompts, "
-                     f"{w['answers_per_policy']} answers each)")
+    for judge, per in (summary["win_rate"] or {}).items():
+        for opponent, w in per.items():
+            flat.update({f"eval/win_rate/{judge}_judge/vs_{opponent}/{k}": w[k] for k in ("mean", "ci_low", "ci_high")})
+            lines.append(f"held-out prompts: the tuned policy wins {w['mean']:.3f} [{w['ci_low']:.3f}, "
+                         f"{w['ci_high']:.3f}] against the {opponent} policy, judged by the {judge} model ({w['n']} "
+                         f"prompts, {w['answers_per_policy']} answers each)")
+    if summary.get("rounds"):
+        row = summary["rounds"][-1]
+        flat.update({f"rounds/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and v is not None})
+        lines += [f"warning: {w}" for w in summary["round_warnings"]]
     return lines, flat
 
 

@@ -2,7 +2,9 @@
 SFT warm-up on the SFT targets; QLoRA (bitsandbytes NF4) on CUDA. No second model is loaded: the
 DPO reference is the base model with the adapter disabled.
 
-Inputs:  preferences (train/test pairs, sft targets)
+Inputs:  preferences (train/test pairs, sft targets); in a later round either `init` (the previous round's
+         finetune artifact: its adapter is trained further) or earlier_1, earlier_2, ... (earlier rounds'
+         preferences: a fresh adapter trains on all rounds' pairs)
 Output:  DatasetDict
            log:  step, epoch, loss, learning_rate, grad_norm, rewards_chosen, rewards_rejected,
                  rewards_margins, rewards_accuracies, logps_chosen, logps_rejected
@@ -130,24 +132,38 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         raise StageError("finetune.quantization=4bit (QLoRA, bitsandbytes) needs a CUDA GPU; "
                          "on CPU use finetune.quantization=none")
     prefs = inputs["preferences"].load()
+    train = training_pairs(prefs, inputs)
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path, cfg.model)
-    check_max_length(fc.max_length, tok, prefs["train"]["prompt"])
+    check_max_length(fc.max_length, tok, train["prompt"])
     model = load_base(cfg, path, device)
     check_target_modules(fc.target_modules, model, cfg.model.name_or_path)
     peft_config = lora_config(cfg)
+    if "init" in inputs:  # a later round continues the previous round's adapter (the DPO reference stays the base)
+        from peft import PeftModel
+
+        model, peft_config = PeftModel.from_pretrained(model, str(inputs["init"].path / "adapter"), is_trainable=True), None
     if fc.sft_first and prefs["sft"].num_rows:
         model, peft_config = sft_warmup(cfg, model, tok, prefs["sft"], workdir, device), None
     out = workdir / STATE_DIR / "dpo"
     loss = list(fc.loss_type)
     args = DPOConfig(**_common_args(cfg, out, device, fc.num_epochs), beta=fc.beta, loss_type=loss,
                      loss_weights=[1.0] * len(loss) if len(loss) > 1 else None)
-    trainer = DPOTrainer(model, args=args, train_dataset=prefs["train"].select_columns(["prompt", "chosen", "rejected"]),
+    trainer = DPOTrainer(model, args=args, train_dataset=train,
                          processing_class=tok, peft_config=peft_config, callbacks=_callbacks(workdir))
     _train(trainer, out)
     if not parallel.is_main():
         return None
     return _finish(cfg, trainer, tok, prefs, workdir, inputs["preferences"].fingerprint)
+
+
+def training_pairs(prefs, inputs: dict):
+    """This round's train pairs, and with rounds.init=base every earlier round's (inputs earlier_1, ...)."""
+    from datasets import concatenate_datasets
+
+    columns = ["prompt", "chosen", "rejected"]
+    earlier = [inputs[k].load()["train"].select_columns(columns) for k in sorted(inputs) if k.startswith("earlier_")]
+    return concatenate_datasets([prefs["train"].select_columns(columns), *earlier])
 
 
 def check_max_length(max_length: int, tok, prompts: list) -> None:

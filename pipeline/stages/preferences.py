@@ -1,7 +1,8 @@
 """Stage 3 — preferences: spMCMC scores become DPO preference pairs and SFT targets, and each pair
 carries the evidence that the model really prefers its chosen answer.
 
-Inputs:  spmcmc (candidates: id, text, score, score_se and every estimate with its _se; pair cache files)
+Inputs:  spmcmc (candidates: id, text, score, score_se and every estimate with its _se; pair cache files);
+         optional `judge` (a later round's judging policy: the finetune artifact whose adapter judges)
 Output:  DatasetDict
            train, test: prompt, chosen, rejected (TRL conversational messages), chosen_id, rejected_id,
                         chosen_score, rejected_score, margin (chosen_score - rejected_score),
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import StageError, publish
+from pipeline.artifacts import NoPairs, StageError, adapter_of, publish
 from pipeline.config import Config, PreferencesConfig
 from pipeline.estimates import order_averaged, shifted
 
@@ -106,14 +107,16 @@ class Evidence:
     """Per pair: (confidence W, gap_z), the comparisons W needs asked of the model's judge (both orders;
     the spmcmc stage's cache first, then the model, within preferences.budget new comparisons)."""
 
-    def __init__(self, cfg: Config, spmcmc, cands, prompts: list[dict], workdir: Path, se: dict, score: dict):
+    def __init__(self, cfg: Config, spmcmc, cands, prompts: list[dict], workdir: Path, se: dict, score: dict,
+                 judge: tuple = (None, None)):
         from pipeline.judge import cached_model_judge
         from pipeline.models import load_model
 
         order = {p["prompt_id"]: k for k, p in enumerate(prompts)}
         self.prompt_of = [order[pid] for pid in cands["prompt_id"]]
-        self.cached, _ = cached_model_judge(cfg, cands["text"], workdir, lambda: load_model(cfg.model),
-                                            [p["prompt"] for p in prompts], self.prompt_of,
+        adapter, adapter_key = judge
+        self.cached, _ = cached_model_judge(cfg, cands["text"], workdir, lambda: load_model(cfg.model, adapter),
+                                            [p["prompt"] for p in prompts], self.prompt_of, adapter_key=adapter_key,
                                             extra_cache_files=sorted(spmcmc.path.glob("pair_cache.rank*.jsonl")))
         self.shifts = [p["calibration_shift"] or 0.0 for p in prompts]  # the spmcmc stage's, per prompt
         self.budget, self.se, self.score, self.known = cfg.preferences.budget, se, score, {}
@@ -196,7 +199,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                for p in prompts}
     rng = np.random.default_rng(pc.seed)
     train, test, split = split_prompts(prompts, ids_of, pc)
-    evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, se, score)
+    evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, se, score, adapter_of(inputs, "judge"))
     splits, picked = {}, {}
     for name, part in (("train", train), ("test", test)):
         per = {pid: select_pairs(candidate_pairs(ids, score, pc, rng), evidence, pc) for pid, ids in part.items()}
@@ -206,7 +209,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         splits[name] = Dataset.from_dict({k: [v for row in rows for v in row[k]] for k in _PAIR_COLUMNS})
     train_ids = [i for ids in train.values() for i in ids]
     if splits["train"].num_rows == 0:
-        raise StageError(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence, spmcmc))
+        raise NoPairs(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence, spmcmc))
     sft = [(pid, i) for pid, ids in train.items() for i in sft_targets(ids, score, pc, rng)]
     splits["sft"] = Dataset.from_dict({"prompt": [message[pid] for pid, _ in sft],
                                        "completion": [_messages("assistant", text[i]) for _, i in sft],

@@ -1,7 +1,8 @@
 """Stage 1 — sample space: the model's random answers to each prompt of the run's prompt set (one
 query, or `sample_space.prompts`), normalised and deduplicated within each prompt.
 
-Inputs:  none (the model, the prompts, optionally an external pool `extra_path`)
+Inputs:  optional `policy` (round r > 1: the previous round's finetune artifact, whose adapter generates)
+         besides the model, the prompts and an optional external pool `extra_path`
 Output:  id (global, 0..M-1, grouped by prompt), prompt_id, prompt, text, count (random samples before
          dedup), sum_logprob, mean_logprob (of the text as an answer to its prompt, end-of-turn
          included), is_greedy, source (sampled | greedy | external), text_sha
@@ -17,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, publish, write_json
+from pipeline.artifacts import STATE_DIR, StageError, adapter_of, failpoint, log_work, publish, write_json
 from pipeline.config import Config, SampleSpaceConfig
 from pipeline.generation import dedup_key, generate, normalise
 from pipeline.judge import text_sha
@@ -26,7 +27,7 @@ from pipeline.prompts import Prompt, load_prompts
 from pipeline.ratings import JESTER_DIR
 from pipeline.tables import TableError, read_table
 
-NAME, VERSION = "sample_space", 2
+NAME, VERSION = "sample_space", 3
 SETTINGS = ("model", "sample_space")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = False
@@ -36,7 +37,8 @@ def build_candidates(sampled: list[dict], greedy: dict | None, extra: list[str],
     """Pure: raw answers -> unique candidates ordered by count (desc), then first appearance.
 
     `sampled`/`greedy` items are {"text", "finished"}. Returns (candidates, stats)."""
-    stats = {"sampled": len(sampled), "truncated": 0, "too_short": 0, "too_long": 0, "unique": 0}
+    stats = {"sampled": len(sampled), "truncated": 0, "too_short": 0, "too_long": 0, "unique": 0,
+             "distinct_sampled": len({dedup_key(normalise(s["text"], sc.preamble_patterns)) for s in sampled})}
     pool: dict[str, dict] = {}
 
     def add(raw: str, finished: bool, source: str) -> None:
@@ -147,7 +149,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     sc = cfg.sample_space
     prompts = load_prompts(sc)
     extra = _extra_pools(sc, prompts)
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, adapter_of(inputs, "policy")[0])
     templated = [chat_prompt(tok, p.text, sc.system_prompt) for p in prompts]
     sampled, greedy = [[] for _ in prompts], [None] * len(prompts)
     if not sc.only_extra:
@@ -181,6 +183,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
 
 def _summary(per_prompt: list[dict]) -> dict:
     totals = {k: sum(p[k] for p in per_prompt) for k in ("sampled", "truncated", "too_short", "too_long", "unique")}
+    shares = [p["distinct_sampled"] / p["sampled"] for p in per_prompt if p["sampled"]]
+    if shares:  # distinct answers among the policy's samples, per prompt: collapse shows here first
+        totals.update({"diversity": sum(shares) / len(shares), "diversity_min": min(shares)})
     if len(per_prompt) == 1:
         return {**totals, "greedy": per_prompt[0]["greedy"], "n_prompts": 1, "per_prompt": per_prompt}
     unique = [p["unique"] for p in per_prompt]

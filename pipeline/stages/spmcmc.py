@@ -2,7 +2,9 @@
 binary choices ("which is funnier, A or B?"), every estimate with a standard error, and how reliably
 the preferences were measured at all.
 
-Inputs:  sample_space (id, text, count, is_greedy, text_sha)
+Inputs:  sample_space (id, prompt_id, prompt, text, ...); optional `judge` (round r > 1 with rounds.judge=policy:
+         the previous round's finetune artifact, whose adapter judges) and `earlier` (the previous round's
+         spmcmc: its pair cache is reused where the judge and the texts are the same)
 Design:  `spmcmc.mode` (auto picks by `spmcmc.budget`): exact (all N(N-1) comparisons), sparse (each
          candidate compared in both orders with ~`degree` others on a seeded random connected graph;
          all comparisons known up front, so they batch fully), or chains (the paper's Metropolis–Hastings
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import parallel
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, publish, write_json
+from pipeline.artifacts import STATE_DIR, StageError, adapter_of, failpoint, publish, write_json
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
 from pipeline.estimates import (
@@ -53,9 +55,9 @@ from pipeline.judge import cached_model_judge, fill_pairs
 from pipeline.plots import estimate_plots, prompt_plots
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 
-NAME, VERSION = "spmcmc", 3
+NAME, VERSION = "spmcmc", 4
 SETTINGS = ("model", "sample_space", "judge", "spmcmc")
-OPTIONAL_INPUTS = ()
+OPTIONAL_INPUTS = ("earlier",)
 DISTRIBUTED = True
 NEAR_FLAT = 1.5  # warn when no candidate gets 1.5x the uniform share
 COLUMN = {"frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score", "stationary": "stationary",
@@ -166,15 +168,20 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     from pipeline.models import load_model
 
     prompt_of = [g.index for g in groups for _ in range(g.n)]
-    cached, store = cached_model_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model),
-                                       [g.prompt for g in groups], prompt_of, rank=parallel.rank())
+    adapter, adapter_key = adapter_of(inputs, "judge")
+    earlier = sorted(inputs["earlier"].path.glob("pair_cache.rank*.jsonl")) if "earlier" in inputs else []
+    cached, store = cached_model_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model, adapter),
+                                       [g.prompt for g in groups], prompt_of, adapter_key=adapter_key,
+                                       extra_cache_files=earlier, rank=parallel.rank())
     design = [(g.lo + a, g.lo + b) for g in usable for a, b in ordered(plans[g.index][1])]
     if design:  # every prompt's design at once (batches mix prompts); the chains then run from the cache
         fill_pairs(cached, design, f"[spmcmc] design over {len(usable)} prompt(s)", chunk=sc.design_chunk)
+    chain_judge = cached
     if chain_groups and cfg.judge.calibration != "none":  # exact designs only: nothing is computed
-        cached = CachedJudge(cached.judge, _calibrated(cached.probs, usable, cfg.judge.calibration))
-    trace = sample_chains(cfg, cached, chain_groups, workdir) if chain_groups else None
-    parts = parallel.gather({"trace": trace, "probs": store.load(), "mass": store.label_mass})
+        chain_judge = CachedJudge(cached.judge, _calibrated(cached.probs, usable, cfg.judge.calibration))
+    trace = sample_chains(cfg, chain_judge, chain_groups, workdir) if chain_groups else None
+    # the raw answers: computed here, and reused from the pair caches (this folder's, an earlier round's)
+    parts = parallel.gather({"trace": trace, "probs": cached.probs, "mass": store.label_mass})
     if not parallel.is_main():
         return None
     merged = None
@@ -294,7 +301,8 @@ def _prompt_row(g: Group, r: dict | None) -> dict:
     return {"prompt_id": g.prompt_id, "prompt": g.prompt, "n_candidates": g.n, "mode": s.get("mode"),
             "judge_calls": s.get("judge_calls", 0), "reliability": rel.get("reliability"),
             "position_bias": s.get("position_bias"), "label_mass_mean": s.get("label_mass_mean"),
-            "top_over_uniform": strength.get("top_over_uniform"), "calibration_shift": s.get("calibration_shift"),
+            "top_over_uniform": strength.get("top_over_uniform"), "entropy": strength.get("entropy"),
+            "calibration_shift": s.get("calibration_shift"),
             "mean_abs_w_minus_half": strength.get("mean_abs_w_minus_half"),
             "warnings": len(s.get("warnings", [])) if r else 1}
 
@@ -346,7 +354,7 @@ def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
         for w in (r["summary"]["warnings"] if r else []):
             if "preference reliability" not in w:  # one line per kind of warning, numbers aside
                 others.setdefault(re.sub(r"[0-9.]+", "#", w.split(":")[0]), []).append(w)
-    out += [f"{len(ws)} of {len(groups)} prompts: {ws[0]}" for ws in others.values()]
+    out += [f"{len(ws)} of {len(groups)} prompts, e.g. {ws[0]}" for ws in others.values()]
     return out
 
 
@@ -375,8 +383,10 @@ def _strength(probs: dict, score: np.ndarray) -> dict:
     multiples of the uniform share."""
     w = [order_averaged(probs, a, b) for a, b in compared_edges(probs)]
     n = len(score)
+    p = score[score > 0]
     return {"mean_abs_w_minus_half": float(np.mean(np.abs(np.array(w) - 0.5))) if w else None,
             "max_w": float(max(max(w), 1 - min(w))) if w else None,
+            "entropy": float(-(p * np.log(p)).sum() / np.log(n)),  # of the score; 1 = uniform, 0 = one answer
             "top_over_uniform": float(score.max() * n), "bottom_over_uniform": float(score.min() * n)}
 
 

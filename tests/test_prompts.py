@@ -1,0 +1,185 @@
+"""Prompt sets: per-prompt sample spaces judged together, pairs within prompts, held-out prompts kept
+out of training and measured by win rate; one query stays the same run as before."""
+
+import json
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+from datasets import load_from_disk
+
+from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from pipeline.artifacts import MARKER
+
+TOPICS = ["Tell me a joke about cats.", "Tell me a joke about dogs.", "Tell me a joke about fish."]
+
+
+def prompt_file(folder, rows=None, header="id,prompt"):
+    path = folder / "prompts.csv"
+    rows = rows if rows is not None else [f"{t.split()[-1][:-1]},{t}" for t in TOPICS]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def prompt_args(path):
+    return ["sample_space.query=null", f"sample_space.prompts={path}", "evaluate.query=Tell me a joke."]
+
+
+@pytest.fixture(scope="module")
+def three_prompts(tmp_path_factory):
+    """recipe=tiny over a file of 3 prompts, all five stages, through the real command."""
+    folder = tmp_path_factory.mktemp("three")
+    proc = run_cli("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
+                   "evaluate.winrate_samples=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "out"
+
+
+@pytest.mark.slow
+def test_three_prompts_run_end_to_end(three_prompts):
+    paths = stage_paths(three_prompts)
+    assert list(paths) == ["sample_space", "spmcmc", "preferences", "finetune", "evaluate"]
+    space = load_from_disk(str(paths["sample_space"] / "dataset"))
+    assert list(dict.fromkeys(space["prompt_id"])) == ["cats", "dogs", "fish"] and set(space["prompt"]) == set(TOPICS)
+    spmcmc = load_from_disk(str(paths["spmcmc"] / "dataset"))
+    for split in ("candidates", "trace", "pairs", "diagnostics", "prompts"):
+        assert "prompt_id" in spmcmc[split].column_names, split
+    cands = spmcmc["candidates"].to_pandas()
+    assert np.allclose(cands.groupby("prompt_id")["score"].sum(), 1.0)  # a distribution per prompt
+    pairs = spmcmc["pairs"].to_pandas()
+    owner = dict(zip(cands["id"], cands["prompt_id"]))
+    assert (pairs["first_id"].map(owner) == pairs["second_id"].map(owner)).all()  # judged only within a prompt
+    assert (pairs["first_id"].map(owner) == pairs["prompt_id"]).all()
+    summary = json.loads((paths["spmcmc"] / "summary.json").read_text())
+    assert summary["n_prompts"] == 3 and len(summary["per_prompt"]) == 3 and summary["reliability"]["min"] is not None
+    prefs = json.loads((paths["preferences"] / "summary.json").read_text())
+    held = {p["prompt_id"] for p in prefs["held_out_prompts"]}
+    assert prefs["split"] == "prompt" and len(held) == 1
+    train = load_from_disk(str(paths["preferences"] / "dataset"))["train"]
+    assert not held & set(train["prompt_id"])  # no held-out prompt reaches training
+    evaluate = load_from_disk(str(paths["evaluate"] / "dataset"))
+    assert set(evaluate["winrate"]["judge"]) == {"base", "finetuned"}
+    assert set(evaluate["heldout_answers"]["prompt_id"]) == held and evaluate["heldout_answers"].num_rows == 2 * 3
+    report = (three_prompts / "report.md").read_text()
+    assert "## Improvement on held-out prompts" in report and "Per prompt (3 prompts" in report
+
+
+@pytest.mark.slow
+def test_blind_winrate_sheets_round_trip(three_prompts, tmp_path):
+    from pipeline.cli import main
+
+    sheet = tmp_path / "w.csv"
+    assert main(["annotate", "export", str(three_prompts), "--winrate", "--out", str(sheet)]) == 0
+    blank, key = pd.read_csv(sheet), pd.read_csv(tmp_path / "w.key.csv")
+    assert len(blank) == 3 and "tuned" not in blank.columns and set(key["tuned"]) <= {"A", "B"}
+    tuned = dict(zip(key["item"], key["tuned"]))
+    blank.assign(choice=[tuned[i] for i in blank["item"]]).to_csv(tmp_path / "ann.csv", index=False)  # always tuned
+    out = tmp_path / "human.json"
+    assert main(["annotate", "import", "--winrate", "--key", str(tmp_path / "w.key.csv"), str(tmp_path / "ann.csv"),
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mean"] == 1.0 and result["choices"] == 3 and result["raters"] == 1
+
+
+def test_winrate_on_a_fake_judge_gives_the_known_answer(tmp_path, monkeypatch):
+    """Tuned answers win W = 0.55 + 0.1 * (prompt index % 3) against base answers: the per-prompt win rates
+    and their mean come back exactly, inside the bootstrap interval."""
+    from pipeline.chains import CachedJudge
+    from pipeline.metrics import mean_ci
+    from pipeline.stages import evaluate
+
+    prompts = [{"prompt_id": f"p{j}", "prompt": f"Tell me a joke about {j}."} for j in range(6)]
+    answers = {"base": [[f"base {j} {k}" for k in range(3)] for j in range(6)],
+               "finetuned": [[f"tuned {j} {k}" for k in range(3)] for j in range(6)]}
+    truth = [0.55 + 0.1 * (j % 3) for j in range(6)]
+
+    def fake_cached_judge(cfg, texts, folder, load, queries, prompt_of, adapter_key=None, **kw):
+        def judge(first, second):  # P(first chosen): tuned first 0.5 + d, base first 0.5 - d, so W = 0.5 + d
+            d = np.array([truth[prompt_of[f]] - 0.5 for f in first])
+            return np.where([texts[f].startswith("tuned") for f in first], 0.5 + d, 0.5 - d)
+        return CachedJudge(judge), None
+
+    monkeypatch.setattr(evaluate, "cached_model_judge", fake_cached_judge)
+    cfg = tiny_config(tmp_path)
+    rows = evaluate.winrates(cfg, prompts, answers, {"base": (None, None)}, ("base", None, None), tmp_path)
+    assert np.allclose([r["win_rate"] for r in rows], truth)
+    ci = mean_ci([r["win_rate"] for r in rows], 1000, 0)
+    assert ci["mean"] == pytest.approx(np.mean(truth)) and ci["ci_low"] < np.mean(truth) < ci["ci_high"]
+    assert all(r["comparisons"] == 2 * 9 for r in rows)
+
+
+def test_mixed_prompt_blocks_judge_as_separate_prompts(tiny_model):
+    from pipeline.config import JudgeConfig
+    from pipeline.judge import ModelJudge
+
+    model, tok = tiny_model
+    texts = ["Why did the cat sit on the computer?", "Cats.", "A dog walks into a bar.", "Dogs bark loudly.", "Woof."]
+    prompt_of = [0, 0, 1, 1, 1]
+    queries = ["Tell me a joke about cats.", "Tell me a joke about dogs, please, a longer request."]
+    first, second = np.array([0, 2, 1, 3, 4, 2]), np.array([1, 3, 0, 4, 2, 4])
+    mixed = ModelJudge(model, tok, JudgeConfig(batch_size=4), queries, texts, prompt_of)(first, second)
+    plain = ModelJudge(model, tok, JudgeConfig(prefix_cache=False), queries, texts, prompt_of)(first, second)
+    alone = np.concatenate([
+        ModelJudge(model, tok, JudgeConfig(), queries[0], texts[:2])(np.array([0, 1]), np.array([1, 0])),
+        ModelJudge(model, tok, JudgeConfig(), queries[1], texts[2:])(np.array([0, 1, 2, 0]), np.array([1, 2, 0, 2]))])
+    assert np.ptp(mixed) > 1e-4  # the probabilities differ, so agreement below means something
+    assert np.allclose(mixed, plain, atol=1e-5) and np.allclose(mixed[[0, 2, 1, 3, 4, 5]], alone, atol=1e-5)
+
+
+PROMPT_ERRORS = [
+    ("missing column", lambda t: prompt_file(t, ["a", "b"], header="text"), "lacks column(s) ['prompt']"),
+    ("empty prompt", lambda t: prompt_file(t, ["a,Tell me a joke.", "b,"]), "prompt 2 is empty"),
+    ("duplicate prompt", lambda t: prompt_file(t, ["a,Tell me a joke.", "b,Tell me a joke."]),
+     "prompt 2 repeats prompt 1"),
+    ("duplicate id", lambda t: prompt_file(t, ["a,Tell me a joke.", "a,Tell me another."]),
+     "id 'a' is used by prompts 1 and 2"),
+    ("no prompts", lambda t: prompt_file(t, []), "holds no prompts"),
+]
+
+
+@pytest.mark.parametrize("name, make, message", PROMPT_ERRORS, ids=[e[0] for e in PROMPT_ERRORS])
+def test_prompt_file_errors(tmp_path, name, make, message):
+    proc = run_cli("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space]", *prompt_args(make(tmp_path)),
+                   timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "out" / "sample_space").glob(f"*/{MARKER}"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample_space.prompts=[a,b]"], "both are set"),
+    (["sample_space.query=null"], "sample_space.query: a value is required"),
+    (["sample_space.query=null", "sample_space.prompts=[a,b]"], "evaluate.query: the run answers a prompt set"),
+])
+def test_query_and_prompts_are_exclusive(args, message):
+    proc = run_cli("recipe=tiny", *args, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_per_prompt_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=40",
+            *prompt_args(prompt_file(tmp_path))]
+    for point in ("sample_space.chunk:3", "spmcmc.step:25"):
+        proc = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": point})
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
+    assert run_cli(*args, f"output_dir={tmp_path / 'a'}").returncode == 0
+    assert run_cli(*args, f"output_dir={tmp_path / 'b'}").returncode == 0
+    a, b = stage_paths(tmp_path / "a"), stage_paths(tmp_path / "b")
+    for stage in ("sample_space", "spmcmc"):
+        assert dataset_files(a[stage]) == dataset_files(b[stage]), stage
+    trace = load_from_disk(str(a["spmcmc"] / "dataset"))["trace"]
+    assert sorted(set(trace["chain"])) == list(range(6)) and trace.num_rows == 6 * 40  # 2 chains x 3 prompts
+
+
+def test_one_query_is_a_prompt_set_of_one(tmp_path):
+    """`query=X` and `prompts=[X]` are the same run: identical datasets for every stage that reads them."""
+    stages = "stages=[sample_space,spmcmc,preferences]"
+    run_pipeline(tiny_config(tmp_path / "q", stages))
+    run_pipeline(tiny_config(tmp_path / "p", stages, "sample_space.query=null", "sample_space.prompts=[Tell me a joke.]"))
+    q, p = stage_paths(tmp_path / "q"), stage_paths(tmp_path / "p")
+    for stage in ("sample_space", "spmcmc", "preferences"):  # same rows (the fingerprints differ: other settings)
+        a, b = (load_from_disk(str(x[stage] / "dataset")) for x in (q, p))
+        a, b = ({"train": a}, {"train": b}) if stage == "sample_space" else (a, b)  # a Dataset, not a DatasetDict
+        assert all(a[s].to_pandas().astype(str).equals(b[s].to_pandas().astype(str)) for s in a), stage
