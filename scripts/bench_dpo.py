@@ -32,7 +32,8 @@ def pairs_dataset(n: int):
                               "rejected": [msg("assistant", jokes[(2 * i + 1) % len(jokes)]) for i in range(n)]})
 
 
-def dpo_step_seconds(cfg, model, tok, data, steps: int, out: str) -> float:
+def dpo_step_seconds(cfg, model, tok, data, steps: int, out: str, device: str = "cpu") -> float:
+    """Mean seconds per LoRA-DPO step after the first (the finetune stage's arguments for `device`)."""
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -45,9 +46,13 @@ def dpo_step_seconds(cfg, model, tok, data, steps: int, out: str) -> float:
             self.t = time.perf_counter()
 
         def on_step_end(self, *a, **k):
+            if device == "cuda":  # kernels run asynchronously: wait for the step to end
+                import torch
+
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
-    args = DPOConfig(**{**_common_args(cfg, Path(out), "cpu", 1.0), "max_steps": steps + 1, "save_strategy": "no",
+    args = DPOConfig(**{**_common_args(cfg, Path(out), device, 1.0), "max_steps": steps + 1, "save_strategy": "no",
                         "report_to": "none", "disable_tqdm": True, "logging_steps": 1000}, beta=cfg.finetune.beta)
     trainer = DPOTrainer(model, args=args, train_dataset=data, processing_class=tok, peft_config=lora_config(cfg),
                          callbacks=[Clock()])

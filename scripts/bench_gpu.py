@@ -216,8 +216,10 @@ def judge_bench(args) -> None:
 
 
 def qlora(args) -> None:
+    import tempfile
+
     import torch
-    from bench_dpo import pairs_dataset
+    from bench_dpo import dpo_step_seconds, pairs_dataset
 
     from pipeline.config import load_config
     from pipeline.stages.finetune import load_base
@@ -243,40 +245,11 @@ def qlora(args) -> None:
         load = time.perf_counter() - start
         if device != "cuda" or quant == "none":
             model.to(device)
-        step = dpo_steps(cfg, model, tok, data, args.steps, device)
+        with tempfile.TemporaryDirectory() as out:
+            step = dpo_step_seconds(cfg, model, tok, data, args.steps, out, device)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
         print(f"| {quant} | {peak:.1f} | {step:.2f} | {load:.0f} |", flush=True)
         del model
-
-
-def dpo_steps(cfg, model, tok, data, steps: int, device: str) -> float:
-    """Mean seconds per LoRA-DPO step after the first (the finetune stage's arguments)."""
-    import tempfile
-
-    from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
-
-    from pipeline.stages.finetune import _common_args, lora_config
-
-    times = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t)
-
-    with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(**{**_common_args(cfg, Path(out), device, 1.0), "max_steps": steps + 1, "save_strategy": "no",
-                            "report_to": "none", "disable_tqdm": True, "logging_steps": 1000}, beta=cfg.finetune.beta)
-        DPOTrainer(model, args=args, train_dataset=data, processing_class=tok, peft_config=lora_config(cfg),
-                   callbacks=[Clock()]).train()
-    return float(np.mean(times[1:]))
 
 
 def main() -> None:
