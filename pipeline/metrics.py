@@ -41,11 +41,12 @@ def agreement(scores, human, k: int, n_resamples: int, seed: int) -> dict:
     from scipy import stats
 
     x, y = np.asarray(scores, dtype=float), np.asarray(human, dtype=float)
-    out = {"n_items": len(x), "precision_at_k": precision_at_k(x, y, k), "k": k,
-           "top1_in_human_topk": bool(int(np.argmax(x)) in set(np.argsort(-y, kind="stable")[:k].tolist()))}
-    if np.ptp(x) == 0:  # a constant score carries no ranking: no correlation
-        return {**out, **{f"{m}_{s}": None for m in ("pearson", "spearman") for s in ("r", "p", "ci_low", "ci_high")},
-                "kendall_tau": None, "kendall_p": None}
+    out = {"n_items": len(x), "k": k}
+    if np.ptp(x) == 0:  # a constant score carries no ranking: no correlation, and its "top k" is item order
+        return {**out, "precision_at_k": None, "top1_in_human_topk": None, "kendall_tau": None, "kendall_p": None,
+                **{f"{m}_{s}": None for m in ("pearson", "spearman") for s in ("r", "p", "ci_low", "ci_high")}}
+    out.update({"precision_at_k": precision_at_k(x, y, k),
+                "top1_in_human_topk": bool(int(np.argmax(x)) in set(np.argsort(-y, kind="stable")[:k].tolist()))})
     for kind, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr)):
         res = fn(x, y)
         low, high = _bootstrap_ci(x, y, kind, n_resamples, seed)

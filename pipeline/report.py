@@ -43,7 +43,7 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['evaluator']} | {r['model']} | {_ci(r, 'pearson')} | {_n(r['pearson_p'], '.3g')} | "
               f"{_ci(r, 'spearman')} | {_n(r['spearman_p'], '.3g')} | {_n(r['kendall_tau'])} | "
-              f"{r['precision_at_k']:.2f} | {r['top1_in_human_topk']} |" for r in metrics]
+              f"{_n(r['precision_at_k'], '.2f')} | {_n(r['top1_in_human_topk'], '')} |" for r in metrics]
     if before_after:
         lines += ["", "## Before and after fine-tuning (Spearman ρ with human ratings)", "",
                   "| evaluator | base | fine-tuned | difference [95% CI] | p |", "| --- | --- | --- | --- | --- |"]

@@ -39,6 +39,7 @@ def test_precision_at_k_and_constant_scores():
     assert precision_at_k(human, human, 3) == 1.0 and precision_at_k(-human, human, 3) == 0.0
     const = agreement(np.ones(10), human, k=3, n_resamples=200, seed=0)
     assert const["pearson_r"] is None and const["spearman_r"] is None
+    assert const["precision_at_k"] is None and const["top1_in_human_topk"] is None  # no ranking to take a top k of
 
 
 def test_paired_difference():

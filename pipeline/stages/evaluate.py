@@ -39,7 +39,7 @@ from pipeline.models import answer_scores, chat_prompt, load_model, next_token_p
 from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
 
-NAME, VERSION = "evaluate", 4
+NAME, VERSION = "evaluate", 5
 SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = False
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
@@ -365,7 +365,9 @@ def _lines_and_metrics(metrics: list[dict], summary: dict) -> tuple[list[str], d
     flat = {f"eval/{r['model']}/{r['evaluator']}/{k}": r[k] for r in metrics for k in keys if r[k] is not None}
     lines = [f"{r['model']:9s} {r['evaluator']:21s} pearson {_f(r['pearson_r'])} [{_f(r['pearson_ci_low'])}, "
              f"{_f(r['pearson_ci_high'])}]  spearman {_f(r['spearman_r'])} [{_f(r['spearman_ci_low'])}, "
-             f"{_f(r['spearman_ci_high'])}]  P@{r['k']} {r['precision_at_k']:.2f}" for r in metrics]
+             f"{_f(r['spearman_ci_high'])}]  P@{r['k']} "
+             + ("n/a (the same score for every item)" if r["precision_at_k"] is None else f"{r['precision_at_k']:.2f}")
+             for r in metrics]
     if summary["noise_ceiling"]:
         flat["eval/noise_ceiling"] = summary["noise_ceiling"]["spearman_brown"]
         lines.append(f"human noise ceiling (split-half, Spearman-Brown): {summary['noise_ceiling']['spearman_brown']:.4f}")
