@@ -173,6 +173,11 @@ class Artifact:
     def meta(self) -> dict:
         return json.loads((self.path / "meta.json").read_text())
 
+    def summary(self) -> dict:
+        """What the stage measured (its summary.json, written by `publish`); {} when it wrote none."""
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
 
 def dataset_intact(folder: Path) -> bool:
     """Every file that datasets' save_to_disk listed is present (a Dataset, or each split of a DatasetDict)."""

@@ -300,6 +300,8 @@ def order_averaged(probs: dict, a: int, b: int) -> float | None:
 
 # ------------------------------------------------------------------------------------ all at once
 ESTIMATES = ("frequency", "rao_blackwell", "bt", "stationary", "sparse")
+COLUMN = {"frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score", "stationary": "stationary",
+          "sparse": "sparse"}  # estimate -> the spmcmc candidates column (its standard error: column + "_se")
 SCORE_OF_MODE = {"exact": "stationary", "sparse": "sparse", "chains": "bt"}
 
 

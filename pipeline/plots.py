@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.report import signed
+
 
 def _pyplot():
     import matplotlib
@@ -16,8 +18,9 @@ def _pyplot():
     return plt
 
 
-def _signed(v) -> str:
-    return "  n/a" if v is None else f"{v:+.3f}"
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    """rows[key] as floats, NaN where a figure is missing (matplotlib leaves a gap)."""
+    return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
 
 
 def _save(fig, path: Path) -> Path:
@@ -67,12 +70,10 @@ def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(rows)), 5), sharex=True)
     x = np.arange(len(rows))
-    rel = [np.nan if r["reliability"] is None else r["reliability"] for r in rows]
-    top = [np.nan if r["top_over_uniform"] is None else r["top_over_uniform"] for r in rows]
-    axes[0].bar(x, rel, color="tab:blue")
+    axes[0].bar(x, _column(rows, "reliability"), color="tab:blue")
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
     axes[0].set_ylabel("preference reliability")
-    axes[1].bar(x, top, color="tab:orange")
+    axes[1].bar(x, _column(rows, "top_over_uniform"), color="tab:orange")
     axes[1].axhline(1.0, color="grey", ls=":", lw=0.8)
     axes[1].set_ylabel("top score / uniform")
     axes[1].set_xticks(x, [r["prompt"][:28] for r in rows], rotation=60, ha="right", fontsize=6)
@@ -85,17 +86,16 @@ def rounds_plot(workdir: Path, rounds: list[dict]) -> Path:
     the tuned policy's win rates (base judge) with their 95% intervals."""
     plt = _pyplot()
     r = [row["round"] for row in rounds]
-    get = lambda k: np.array([np.nan if row[k] is None else row[k] for row in rounds], dtype=float)  # noqa: E731
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, style in (("diversity", "o-"), ("entropy", "s-"), ("reliability", "^-")):
-        a.plot(r, get(key), style, label=key)
+        a.plot(r, _column(rounds, key), style, label=key)
     a.set_xlabel("round")
     a.set_ylim(0, 1.05)
     a.legend(fontsize=7)
     a.set_title("collapse and sharpening", fontsize=9)
     for key, color in (("win_vs_base", "tab:blue"), ("win_vs_previous", "tab:orange")):
-        y = get(key)
-        b.errorbar(r, y, yerr=[y - get(f"{key}_low"), get(f"{key}_high") - y], fmt="o-", color=color,
+        y = _column(rounds, key)
+        b.errorbar(r, y, yerr=[y - _column(rounds, f"{key}_low"), _column(rounds, f"{key}_high") - y], fmt="o-", color=color,
                    label=key.replace("_", " "), capsize=3)
     b.axhline(0.5, color="grey", ls="--", lw=0.8)
     b.set_xlabel("round")
@@ -115,7 +115,7 @@ def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ce
         for col, e in enumerate(evaluators):
             ax = axes[row][col]
             ax.scatter(per[e], human, s=10)
-            ax.set_title(f"{model}: {e}\nr={_signed(m[e, model]['pearson_r'])}", fontsize=8)
+            ax.set_title(f"{model}: {e}\nr={signed(m[e, model]['pearson_r'])}", fontsize=8)
             ax.set_xlabel("model score", fontsize=7)
             ax.tick_params(labelsize=6)
         axes[row][0].set_ylabel("human mean rating", fontsize=7)
@@ -125,9 +125,7 @@ def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ce
     width = 0.8 / len(scores)
     for k, model in enumerate(scores):
         rs = [m[e, model] for e in evaluators]
-        y = np.array([np.nan if r["spearman_r"] is None else r["spearman_r"] for r in rs])
-        lo = np.array([np.nan if r["spearman_ci_low"] is None else r["spearman_ci_low"] for r in rs])
-        hi = np.array([np.nan if r["spearman_ci_high"] is None else r["spearman_ci_high"] for r in rs])
+        y, lo, hi = (_column(rs, k) for k in ("spearman_r", "spearman_ci_low", "spearman_ci_high"))
         x = np.arange(len(evaluators)) + k * width
         ax.bar(x, y, width, label=model, alpha=0.7)
         ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", color="k", lw=0.8)

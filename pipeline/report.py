@@ -13,12 +13,18 @@ SELF_CERTAINTY_CITATION = ("Self-certainty: Z. Kang, X. Zhao and D. Song, \"Scal
                            "Language Models via Self-Certainty\", 2025.")
 
 
-def _n(v, fmt=".3f") -> str:
-    return "n/a" if v is None else format(v, fmt)
+def number(v, spec: str = ".3f", missing: str = "n/a") -> str:
+    """How the pipeline writes a figure that may be missing (report tables, printed lines, plot titles)."""
+    return missing if v is None else format(v, spec)
+
+
+def signed(v) -> str:
+    """A correlation in a column of them: the sign always shown, a missing one as wide as a number."""
+    return number(v, "+.3f", "  n/a")
 
 
 def _ci(r: dict, kind: str) -> str:
-    return f"{_n(r[f'{kind}_r'])} [{_n(r[f'{kind}_ci_low'])}, {_n(r[f'{kind}_ci_high'])}]"
+    return f"{number(r[f'{kind}_r'])} [{number(r[f'{kind}_ci_low'])}, {number(r[f'{kind}_ci_high'])}]"
 
 
 def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict], comparisons: list[dict],
@@ -41,19 +47,19 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     lines += ["## Agreement with human ratings", "",
               "| evaluator | model | Pearson r [95% CI] | p | Spearman ρ [95% CI] | p | Kendall τ | P@k | top-1 in human top-k |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['evaluator']} | {r['model']} | {_ci(r, 'pearson')} | {_n(r['pearson_p'], '.3g')} | "
-              f"{_ci(r, 'spearman')} | {_n(r['spearman_p'], '.3g')} | {_n(r['kendall_tau'])} | "
-              f"{_n(r['precision_at_k'], '.2f')} | {_n(r['top1_in_human_topk'], '')} |" for r in metrics]
+    lines += [f"| {r['evaluator']} | {r['model']} | {_ci(r, 'pearson')} | {number(r['pearson_p'], '.3g')} | "
+              f"{_ci(r, 'spearman')} | {number(r['spearman_p'], '.3g')} | {number(r['kendall_tau'])} | "
+              f"{number(r['precision_at_k'], '.2f')} | {number(r['top1_in_human_topk'], '')} |" for r in metrics]
     if before_after:
         lines += ["", "## Before and after fine-tuning (Spearman ρ with human ratings)", "",
                   "| evaluator | base | fine-tuned | difference [95% CI] | p |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['evaluator']} | {_n(r['base_spearman'])} | {_n(r['finetuned_spearman'])} | "
-                  f"{_n(r['diff'], '+.3f')} [{_n(r['ci_low'])}, {_n(r['ci_high'])}] | {_n(r['p'], '.3g')} |"
+        lines += [f"| {r['evaluator']} | {number(r['base_spearman'])} | {number(r['finetuned_spearman'])} | "
+                  f"{number(r['diff'], '+.3f')} [{number(r['ci_low'])}, {number(r['ci_high'])}] | {number(r['p'], '.3g')} |"
                   for r in before_after]
     lines += ["", "## Paired comparisons between evaluators (base model; Spearman ρ of a minus b)", "",
               "| a | b | difference [95% CI] | p |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['a']} | {r['b']} | {_n(r['diff'], '+.3f')} [{_n(r['ci_low'])}, {_n(r['ci_high'])}] | "
-              f"{_n(r['p'], '.3g')} |" for r in comparisons]
+    lines += [f"| {r['a']} | {r['b']} | {number(r['diff'], '+.3f')} [{number(r['ci_low'])}, {number(r['ci_high'])}] | "
+              f"{number(r['p'], '.3g')} |" for r in comparisons]
     checks = summary["paper_checks"]
     if checks:
         ranks = ", ".join(f"by {k.removeprefix('greedy_rank_by_')}: {v}" for k, v in checks.items()
@@ -61,8 +67,8 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
         lines += ["", "## On the generated sample space", "",
                   f"- candidates: {checks['n_candidates']}; the greedy answer's rank {ranks or 'n/a (no greedy answer)'}",
                   f"- greedy answer: {checks['greedy_text']!r}",
-                  f"- Spearman(generation count, spMCMC score): {_n(checks.get('count_vs_score_spearman'))} "
-                  f"(p = {_n(checks.get('count_vs_score_p'), '.3g')})"]
+                  f"- Spearman(generation count, spMCMC score): {number(checks.get('count_vs_score_spearman'))} "
+                  f"(p = {number(checks.get('count_vs_score_p'), '.3g')})"]
     if summary.get("win_rate"):
         lines += ["", "## Improvement on held-out prompts", "",
                   "The tuned policy and its opponent each answer every prompt held out of training; the judge compares "
@@ -79,7 +85,7 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
         lines += ["", "## Sharpening on held-out candidates", "",
                   "Spearman between the policy's mean log-probability and the base spMCMC score, on the candidates "
                   "of the preferences test split:", ""]
-        lines += [f"- {m}: ρ = {_n(s['spearman_r'])} (p = {_n(s['spearman_p'], '.3g')}, n = {s['n']})"
+        lines += [f"- {m}: ρ = {number(s['spearman_r'])} (p = {number(s['spearman_p'], '.3g')}, n = {s['n']})"
                   for m, s in summary["sharpening"].items()]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Citations", "", f"- {SPMCMC_CITATION}", f"- {SELF_CERTAINTY_CITATION}"]
@@ -90,8 +96,12 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     return path
 
 
+def _value_ci(value, low, high) -> str:
+    return "n/a" if value is None else f"{value:.3f} [{number(low)}, {number(high)}]"
+
+
 def _ci3(row: dict, key: str) -> str:
-    return "n/a" if row[key] is None else f"{row[key]:.3f} [{_n(row[key + '_low'])}, {_n(row[key + '_high'])}]"
+    return _value_ci(row[key], row[f"{key}_low"], row[f"{key}_high"])
 
 
 def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict]) -> list[str]:
@@ -104,8 +114,8 @@ def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict
              "(falling = collapse); win rates of the round's tuned policy on held-out prompts, base-model judge.", "",
              "| round | reliability | pairs kept / dropped | entropy | diversity | win vs base [95% CI] | "
              "win vs previous round [95% CI] | win vs base, tuned judge |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['round']} | {_n(r['reliability'])} | {r['pairs_kept']} / {r['pairs_dropped']} | {_n(r['entropy'])} | "
-              f"{_n(r['diversity'])} | {_ci3(r, 'win_vs_base')} | {_ci3(r, 'win_vs_previous')} | "
+    lines += [f"| {r['round']} | {number(r['reliability'])} | {r['pairs_kept']} / {r['pairs_dropped']} | "
+              f"{number(r['entropy'])} | {number(r['diversity'])} | {_ci3(r, 'win_vs_base')} | {_ci3(r, 'win_vs_previous')} | "
               f"{_ci3(r, 'win_vs_base_tuned_judge')} |" for r in rounds]
     lines += [f"- warning: {w}" for w in warnings]
     tuned = {(a["round"], a["evaluator"]): a for a in alignment if a["model"] == "finetuned"}
@@ -114,10 +124,8 @@ def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict
         lines += ["", "Jester alignment of each round's tuned model (Spearman ρ with the human mean [95% CI]):", "",
                   "| evaluator | " + " | ".join(f"round {r['round']}" for r in rounds) + " |",
                   "| --- |" + " --- |" * len(rounds)]
-        lines += [f"| {e} | " + " | ".join(
-            "n/a" if (r["round"], e) not in tuned or tuned[r["round"], e]["spearman_r"] is None else
-            f"{tuned[r['round'], e]['spearman_r']:.3f} [{_n(tuned[r['round'], e]['ci_low'])}, "
-            f"{_n(tuned[r['round'], e]['ci_high'])}]" for r in rounds) + " |" for e in evaluators]
+        cell = lambda a: _value_ci(a["spearman_r"], a["ci_low"], a["ci_high"]) if a else "n/a"  # noqa: E731
+        lines += [f"| {e} | " + " | ".join(cell(tuned.get((r["round"], e))) for r in rounds) + " |" for e in evaluators]
     return lines + ["", "![rounds](rounds.png)"]
 
 
@@ -132,34 +140,35 @@ def preference_section(up: dict) -> list[str]:
              f"`{sp['score_estimate']}` — {sp['score_reason']}",
              f"- **preference reliability** (evidence split in halves by {rel.get('evidence', 'n/a')}, Spearman between "
              f"the halves' estimates, Spearman–Brown corrected, {rel.get('splits', 'n/a')} splits): "
-             f"**{_n(rel.get('reliability'))}** (split-half ρ = {_n(rel.get('split_half_r'))}); the human analogue "
+             f"**{number(rel.get('reliability'))}** (split-half ρ = {number(rel.get('split_half_r'))}); the human analogue "
              "is the noise ceiling below",
              f"- **preference strength**: the model's order-averaged choice between two candidates is on average "
-             f"{_n(sp['strength']['mean_abs_w_minus_half'])} away from a coin flip (strongest {_n(sp['strength']['max_w'])}); "
+             f"{number(sp['strength']['mean_abs_w_minus_half'])} away from a coin flip (strongest "
+             f"{number(sp['strength']['max_w'])}); "
              f"the score ranges {sp['strength']['bottom_over_uniform']:.2f}x–{sp['strength']['top_over_uniform']:.2f}x "
              "the uniform share",
-             f"- position bias P(first shown chosen) = {sp['position_bias']:.3f}; label mass {_n(sp['label_mass_mean'])}; "
-             f"cyclic triads {_n(sp['intransitive_share'])}; calibration: {sp['calibration']}", "",
+             f"- position bias P(first shown chosen) = {sp['position_bias']:.3f}; label mass {number(sp['label_mass_mean'])}; "
+             f"cyclic triads {number(sp['intransitive_share'])}; calibration: {sp['calibration']}", "",
              f"| estimate | TV vs {sp['estimates']['reference']} | Spearman vs {sp['estimates']['reference']} | "
              "range | mean SE |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {k} | {e['tv_vs_reference']:.3f} | {_n(e['spearman_vs_reference'])} | {e['min']:.4f}–{e['max']:.4f} | "
+    lines += [f"| {k} | {e['tv_vs_reference']:.3f} | {number(e['spearman_vs_reference'])} | {e['min']:.4f}–{e['max']:.4f} | "
               f"{e['mean_se']:.4f} |" for k, e in sp["estimates"].items() if k != "reference"]
     if pr:
         lines += ["", f"- DPO pairs: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the unfiltered "
                   f"selection had {pr['unfiltered_pairs']}); the model's own order-averaged choice inverts "
-                  f"{_n(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs and "
-                  f"{_n(pr['inverted_direct_kept'], '.2f')} of the kept; the exact distribution inverts "
-                  f"{_n(pr['inverted_exact_unfiltered'], '.2f')} / {_n(pr['inverted_exact_kept'], '.2f')}",
+                  f"{number(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs and "
+                  f"{number(pr['inverted_direct_kept'], '.2f')} of the kept; the exact distribution inverts "
+                  f"{number(pr['inverted_exact_unfiltered'], '.2f')} / {number(pr['inverted_exact_kept'], '.2f')}",
                   f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
                   f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
-                  f"{_n(pr['confidence_unfiltered_mean'])}); median score gap {pr['gap_z_median']:.2f} standard errors"]
+                  f"{number(pr['confidence_unfiltered_mean'])}); median score gap {pr['gap_z_median']:.2f} standard errors"]
     if sp.get("n_prompts", 1) > 1:
-        lines += ["", f"Per prompt ({sp['n_prompts']} prompts; reliability mean {_n(rel.get('reliability'))}, worst "
-                  f"{_n(rel.get('min'))} for {rel.get('worst_prompt')}):", "",
+        lines += ["", f"Per prompt ({sp['n_prompts']} prompts; reliability mean {number(rel.get('reliability'))}, worst "
+                  f"{number(rel.get('min'))} for {rel.get('worst_prompt')}):", "",
                   "| prompt | candidates | mode | comparisons | reliability | top / uniform | position bias |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['prompt'][:60]} | {r['n_candidates']} | {r['mode']} | {r['judge_calls']} | "
-                  f"{_n(r['reliability'])} | {_n(r['top_over_uniform'], '.2f')} | {_n(r['position_bias'])} |"
+                  f"{number(r['reliability'])} | {number(r['top_over_uniform'], '.2f')} | {number(r['position_bias'])} |"
                   for r in sp["per_prompt"]]
     lines += [f"- warning: {w}" for w in sp.get("warnings", [])]
     return lines + [""]
@@ -167,20 +176,17 @@ def preference_section(up: dict) -> list[str]:
 
 def stop_reason(r: int, nothing: Exception, space, chains, cfg: Config) -> str:
     """Why round r yields no pair, read off its figures: no signal left, or sharpened to a point."""
-    import json
-
-    read = lambda a: json.loads((a.path / "summary.json").read_text()) if a.complete else {}  # noqa: E731
-    s, ss = read(chains), read(space)
+    s, ss = (a.summary() if a.complete else {} for a in (chains, space))
     rel, entropy, diversity = (s.get("reliability") or {}).get("reliability"), (s.get("strength") or {}).get("entropy"), \
         ss.get("diversity")
     if rel is not None and rel < cfg.spmcmc.min_reliability:
         why = f"its judge has no signal left (preference reliability {rel:.2f} < {cfg.spmcmc.min_reliability})"
     elif (entropy is not None and entropy < 0.8) or (diversity is not None and diversity < cfg.rounds.min_diversity):
-        why = (f"its preferences have sharpened to a point (entropy {_n(entropy, '.2f')} of 1, answer diversity "
-               f"{_n(diversity, '.2f')})")
+        why = (f"its preferences have sharpened to a point (entropy {number(entropy, '.2f')} of 1, answer diversity "
+               f"{number(diversity, '.2f')})")
     else:
-        why = (f"its preferences are measured (reliability {_n(rel, '.2f')}) but too flat to pass the filter (entropy "
-               f"{_n(entropy, '.2f')} of 1): neither sharpened nor lost, just weak")
+        why = (f"its preferences are measured (reliability {number(rel, '.2f')}) but too flat to pass the filter (entropy "
+               f"{number(entropy, '.2f')} of 1): neither sharpened nor lost, just weak")
     return f"round {r} yields no pair that passes the evidence filters; the figures suggest {why}. ({nothing})"
 
 

@@ -23,7 +23,7 @@ def pipeline(cfg) -> None:
     from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
 
     with Run(cfg) as run:
-        report, previous, history, earlier = None, {}, {}, []  # round r-1's policy and evaluation; every round's pairs
+        report, previous, earlier = None, {}, []  # round r-1's finetune, spmcmc and evaluate; every round's pairs
         for r in range(1, cfg.rounds.count + 1):
             policy = {"policy": previous["finetune"]} if previous else {}  # round 1: the base model
             judge = {"judge": previous["finetune"]} if previous and cfg.rounds.judge == "policy" else {}
@@ -40,9 +40,9 @@ def pipeline(cfg) -> None:
                     else {f"earlier_{k}": p for k, p in enumerate(earlier, start=1)})
             tuned = run.stage(finetune, r, preferences=prefs, **init)
             report = run.stage(evaluate, r, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned,
-                               **({"previous": previous["finetune"], "history": history} if previous else {}))
+                               **({"previous": previous["finetune"], "history": previous["evaluate"]} if previous else {}))
             earlier.append(prefs)
-            previous, history = {"finetune": tuned, "spmcmc": chains}, report
+            previous = {"finetune": tuned, "spmcmc": chains, "evaluate": report}
         if report is not None and report.complete and parallel.is_main():
             publish_report(report, cfg.output_dir)
             print(f"[pipeline] report: {cfg.output_dir}/report.md", flush=True)

@@ -112,19 +112,10 @@ def table(key: str, frame) -> None:
 
 def finish() -> None:
     global _run
-    if _run is not None:
-        run, _run = _run, None
-        _guarded_finish(run)
-
-
-def _guarded_finish(run) -> None:
+    run, _run = _run, None
+    if run is None:
+        return
     try:
         run.finish()
     except Exception as e:
         _warn(f"W&B could not finish its run ({type(e).__name__}: {e})")
-_downgraded: str | None = None  # the mode this process fell back to after a W&B failure
-INIT_TIMEOUT_S = 15  # wandb's own default waits 90 s before giving up on an unreachable server
-
-
-def _warn(message: str) -> None:
-    print(f"[wandb] warning: {message}", flush=True)

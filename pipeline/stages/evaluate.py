@@ -38,6 +38,7 @@ from pipeline.metrics import agreement, mean_ci, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
 from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
+from pipeline.report import signed, write_report
 
 NAME, VERSION = "evaluate", 5
 SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate", "rounds")
@@ -165,11 +166,7 @@ def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float], 
 
 def held_out_prompts(inputs: dict) -> list[dict]:
     """The prompts the preferences stage held out of training (split=prompt): [{prompt_id, prompt}]."""
-    import json
-
-    if "preferences" not in inputs:
-        return []
-    return json.loads((inputs["preferences"].path / "summary.json").read_text()).get("held_out_prompts", [])
+    return inputs["preferences"].summary().get("held_out_prompts", []) if "preferences" in inputs else []
 
 
 def policy_answers(cfg: Config, model, tok, prompts: list[str]) -> list[list[str]]:
@@ -237,10 +234,7 @@ def paper_checks(inputs: dict) -> dict | None:
 
 def upstream_summaries(inputs: dict) -> dict:
     """What the report states about the preference data: the spmcmc and preferences stages' summaries."""
-    import json
-
-    return {name: json.loads((inputs[name].path / "summary.json").read_text()) for name in
-            ("sample_space", "spmcmc", "preferences") if name in inputs and (inputs[name].path / "summary.json").is_file()}
+    return {name: s for name in ("sample_space", "spmcmc", "preferences") if name in inputs and (s := inputs[name].summary())}
 
 
 ROUND_COLUMNS = ("round", "reliability", "pairs_kept", "pairs_dropped", "entropy", "diversity", "diversity_min",
@@ -313,8 +307,6 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
     plots = evaluation_plots(workdir, human, scores, metrics, summary["noise_ceiling"])
     if len(rounds) > 1:
         plots.append(rounds_plot(workdir, rounds))
-    from pipeline.report import write_report
-
     write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
     lines, flat = _lines_and_metrics(metrics, summary)
     publish(workdir, NAME, summary, lines, plots, metrics=flat)
@@ -363,9 +355,9 @@ def _lines_and_metrics(metrics: list[dict], summary: dict) -> tuple[list[str], d
     """Printed lines, and W&B keys `eval/<model>/<evaluator>/<metric>` side by side for base and tuned."""
     keys = ("pearson_r", "spearman_r", "kendall_tau", "precision_at_k", "pearson_ci_low", "pearson_ci_high")
     flat = {f"eval/{r['model']}/{r['evaluator']}/{k}": r[k] for r in metrics for k in keys if r[k] is not None}
-    lines = [f"{r['model']:9s} {r['evaluator']:21s} pearson {_f(r['pearson_r'])} [{_f(r['pearson_ci_low'])}, "
-             f"{_f(r['pearson_ci_high'])}]  spearman {_f(r['spearman_r'])} [{_f(r['spearman_ci_low'])}, "
-             f"{_f(r['spearman_ci_high'])}]  P@{r['k']} "
+    lines = [f"{r['model']:9s} {r['evaluator']:21s} pearson {signed(r['pearson_r'])} [{signed(r['pearson_ci_low'])}, "
+             f"{signed(r['pearson_ci_high'])}]  spearman {signed(r['spearman_r'])} [{signed(r['spearman_ci_low'])}, "
+             f"{signed(r['spearman_ci_high'])}]  P@{r['k']} "
              + ("n/a (the same score for every item)" if r["precision_at_k"] is None else f"{r['precision_at_k']:.2f}")
              for r in metrics]
     if summary["noise_ceiling"]:
@@ -390,7 +382,3 @@ def _log_table(items, human, scores) -> None:
     frame = pd.DataFrame({"item_id": items["id"], "human": human,
                           **{f"{m}/{e}": s for m, per in scores.items() for e, s in per.items()}})
     tracking.table("eval/scores", frame)
-
-
-def _f(v) -> str:
-    return "  n/a" if v is None else f"{v:+.3f}"

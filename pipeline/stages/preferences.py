@@ -4,13 +4,15 @@ carries the evidence that the model really prefers its chosen answer.
 Inputs:  spmcmc (candidates: id, text, score, score_se and every estimate with its _se; pair cache files);
          optional `judge` (a later round's judging policy: the finetune artifact whose adapter judges)
 Output:  DatasetDict
-           train, test: prompt, chosen, rejected (TRL conversational messages), chosen_id, rejected_id,
+           train, test: prompt_id, prompt, chosen, rejected (TRL conversational messages), chosen_id, rejected_id,
                         chosen_score, rejected_score, margin (chosen_score - rejected_score),
                         confidence (the model's own order-averaged choice of chosen over rejected,
                         W = 1/2 (P(chosen | shown first) + 1 - P(rejected | shown first))), gap_z (margin
                         in units of its standard error)
-           sft:         prompt, completion (messages), id, score
-         The split is by candidate: no test candidate appears in a train pair or an SFT target.
+           sft:         prompt, completion (messages), id, score, prompt_id
+         Pairs never mix prompts. preferences.split=prompt (auto with several prompts) holds out whole
+         prompts (listed as held_out_prompts in summary.json); candidate holds out candidates within each
+         prompt. Either way no test candidate appears in a train pair or an SFT target.
          Pairs below preferences.min_confidence or min_gap_z are dropped; summary.json says how many,
          and how many of the unfiltered pairs the model's own direct choice (and the exact distribution,
          when computed) inverts.
@@ -27,14 +29,14 @@ import numpy as np
 
 from pipeline.artifacts import NoPairs, StageError, adapter_of, publish
 from pipeline.config import Config, PreferencesConfig
-from pipeline.estimates import order_averaged, shifted
+from pipeline.estimates import COLUMN, order_averaged, shifted
+from pipeline.report import number
 
 NAME, VERSION = "preferences", 3
 SETTINGS = ("model", "sample_space", "judge", "preferences")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = False
-SCORE_COLUMN = {"auto": "score", "frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score",
-                "stationary": "stationary", "sparse": "sparse"}
+SCORE_COLUMN = {"auto": "score", **COLUMN}  # preferences.score -> the spmcmc candidates column
 
 
 def split_candidates(ids: list[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -147,7 +149,7 @@ def select_pairs(ranked: list[tuple[int, int]], evidence: Evidence, pc: Preferen
     that pass min_confidence and min_gap_z), in priority order."""
     unfiltered = apply_caps(ranked, pc.max_pairs, pc.max_uses_per_candidate)
     evidence(unfiltered)
-    supported = []
+    supported, kept = [], []
     chunk = max(64, 2 * pc.max_pairs)
     for start in range(0, len(ranked), chunk):
         for p in evidence(ranked[start:start + chunk]):
@@ -157,8 +159,7 @@ def select_pairs(ranked: list[tuple[int, int]], evidence: Evidence, pc: Preferen
         kept = apply_caps(supported, pc.max_pairs, pc.max_uses_per_candidate)
         if len(kept) == pc.max_pairs or evidence.budget <= 0:
             break
-    return {"unfiltered": unfiltered, "kept": apply_caps(supported, pc.max_pairs, pc.max_uses_per_candidate),
-            "measured": [p for p in ranked if p in evidence.known]}
+    return {"unfiltered": unfiltered, "kept": kept, "measured": [p for p in ranked if p in evidence.known]}
 
 
 def split_prompts(prompts: list[dict], ids_of: dict, pc: PreferencesConfig) -> tuple[dict, dict, str]:
@@ -265,16 +266,16 @@ def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: st
     margins = np.array(train["margin"])
     uses = np.bincount(np.concatenate([train["chosen_id"], train["rejected_id"]]).astype(int))
     conf = np.array(train["confidence"])
+    kept = list(zip(train["chosen_id"], train["rejected_id"]))
     measured_unfiltered = [p for p in unfiltered if p in known]
     return {"score_column": column, "train_pairs": train.num_rows, "test_pairs": splits["test"].num_rows,
             "sft_targets": splits["sft"].num_rows, "train_candidates": len(train_ids), "test_candidates": len(test_ids),
             "unfiltered_pairs": len(unfiltered), "pairs_measured": len(picked["measured"]),
             "pairs_dropped": len(picked["measured"]) - train.num_rows,
             "inverted_direct_unfiltered": _inverted(measured_unfiltered, known=known),
-            "inverted_direct_kept": _inverted(list(zip(train["chosen_id"], train["rejected_id"])), known=known),
+            "inverted_direct_kept": _inverted(kept, known=known),
             "inverted_exact_unfiltered": _inverted(unfiltered, exact=exact) if exact else None,
-            "inverted_exact_kept": _inverted(list(zip(train["chosen_id"], train["rejected_id"])), exact=exact)
-            if exact else None,
+            "inverted_exact_kept": _inverted(kept, exact=exact) if exact else None,
             "confidence_unfiltered_mean": float(np.mean([known[p][0] for p in measured_unfiltered]))
             if measured_unfiltered else None,
             "confidence_mean": float(conf.mean()), "confidence_min": float(conf.min()), "confidence_max": float(conf.max()),
@@ -284,12 +285,12 @@ def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: st
 
 
 def _lines(s: dict) -> list[str]:
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     return [f"{s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
             f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
             f"{s['score_column']}",
-            f"the model's own direct choice inverts {fmt(s['inverted_direct_unfiltered'])} of the unfiltered pairs and "
-            f"{fmt(s['inverted_direct_kept'])} of the kept; the exact distribution inverts "
-            f"{fmt(s['inverted_exact_unfiltered'])} / {fmt(s['inverted_exact_kept'])}; confidence of kept pairs "
+            f"the model's own direct choice inverts {number(s['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs and "
+            f"{number(s['inverted_direct_kept'], '.2f')} of the kept; the exact distribution inverts "
+            f"{number(s['inverted_exact_unfiltered'], '.2f')} / {number(s['inverted_exact_kept'], '.2f')}; "
+            "confidence of kept pairs "
             f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
-            f"{fmt(s['confidence_unfiltered_mean'])})"]
+            f"{number(s['confidence_unfiltered_mean'], '.2f')})"]

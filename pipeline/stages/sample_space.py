@@ -177,7 +177,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         raise StageError(f"empty sample space: no prompt of {len(prompts)} kept an answer "
                          f"({_empty_message(sc, per_prompt[0], len(extra[0]))})")
     ds = Dataset.from_dict({"id": list(range(len(columns["text"]))), **columns})
-    publish(workdir, NAME, _summary(per_prompt), _lines(per_prompt))
+    summary = _summary(per_prompt)
+    publish(workdir, NAME, summary, _lines(summary))
     return ds
 
 
@@ -193,8 +194,8 @@ def _summary(per_prompt: list[dict]) -> dict:
             "prompts_without_candidates": sum(u == 0 for u in unique), "per_prompt": per_prompt}
 
 
-def _lines(per_prompt: list[dict]) -> list[str]:
-    s = _summary(per_prompt)
+def _lines(s: dict) -> list[str]:
+    per_prompt = s["per_prompt"]
     lines = [f"{s['sampled']} sampled, {s['truncated']} truncated, {s['unique']} unique candidates"
              + (f" over {s['n_prompts']} prompts ({s['unique_min']}-{s['unique_max']} per prompt)"
                 if s["n_prompts"] > 1 else "")]

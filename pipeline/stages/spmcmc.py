@@ -28,6 +28,7 @@ Several processes: the design's comparisons (by first candidate) and the chains 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pipeline.artifacts import STATE_DIR, StageError, adapter_of, failpoint, pub
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
 from pipeline.estimates import (
+    COLUMN,
     ESTIMATES,
     SCORE_OF_MODE,
     all_estimates,
@@ -53,6 +55,7 @@ from pipeline.estimates import (
 )
 from pipeline.judge import cached_model_judge, fill_pairs
 from pipeline.plots import estimate_plots, prompt_plots
+from pipeline.report import number
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 
 NAME, VERSION = "spmcmc", 4
@@ -60,8 +63,6 @@ SETTINGS = ("model", "sample_space", "judge", "spmcmc")
 OPTIONAL_INPUTS = ("earlier",)
 DISTRIBUTED = True
 NEAR_FLAT = 1.5  # warn when no candidate gets 1.5x the uniform share
-COLUMN = {"frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score", "stationary": "stationary",
-          "sparse": "sparse"}  # estimate -> candidates column (its standard error: column + "_se")
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,11 @@ class Group:
 
 def prompt_groups(space) -> list[Group]:
     """The sample space's prompts in order, each with its contiguous run of candidate ids."""
-    groups, ids = [], space["prompt_id"]
-    for i, pid in enumerate(ids):
-        if not groups or groups[-1].prompt_id != pid:
-            groups.append(Group(len(groups), pid, space["prompt"][i], i, 0))
-        g = groups[-1]
-        groups[-1] = Group(g.index, g.prompt_id, g.prompt, g.lo, g.n + 1)
+    groups, prompts, lo = [], space["prompt"], 0
+    for index, (pid, run) in enumerate(itertools.groupby(space["prompt_id"])):
+        n = sum(1 for _ in run)
+        groups.append(Group(index, pid, prompts[lo], lo, n))
+        lo += n
     return groups
 
 
@@ -474,34 +474,32 @@ def _lines(s: dict) -> list[str]:
 
 
 def _run_lines(s: dict) -> list[str]:
-    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     rel, strength = s["reliability"], s["strength"]
     lines = [f"{s['n_prompts']} prompts, {s['n_candidates']} candidates, judge calls={s['judge_calls']}, mode={s['mode']}, "
              f"score={s['score_estimate']}",
-             f"preference reliability: mean {fmt(rel['reliability'], '.3f')}, worst {fmt(rel['min'], '.3f')} "
-             f"({rel['worst_prompt']}); position bias {fmt(s['position_bias'], '.3f')}; label mass "
-             f"{fmt(s['label_mass_mean'], '.3f')}; preference strength: mean |W - 1/2| "
-             f"{fmt(strength['mean_abs_w_minus_half'], '.3f')}, top {fmt(strength['top_over_uniform'], '.2f')}x uniform"]
-    lines += [f"  {r['prompt'][:40]:40s} N={r['n_candidates']:<3d} reliability {fmt(r['reliability'], '.2f')}  top "
-              f"{fmt(r['top_over_uniform'], '.2f')}x" for r in s["per_prompt"][:30]]
+             f"preference reliability: mean {number(rel['reliability'])}, worst {number(rel['min'])} "
+             f"({rel['worst_prompt']}); position bias {number(s['position_bias'])}; label mass "
+             f"{number(s['label_mass_mean'])}; preference strength: mean |W - 1/2| "
+             f"{number(strength['mean_abs_w_minus_half'])}, top {number(strength['top_over_uniform'], '.2f')}x uniform"]
+    lines += [f"  {r['prompt'][:40]:40s} N={r['n_candidates']:<3d} reliability {number(r['reliability'], '.2f')}  top "
+              f"{number(r['top_over_uniform'], '.2f')}x" for r in s["per_prompt"][:30]]
     return lines + [f"warning: {w}" for w in s["warnings"]]
 
 
 def _prompt_lines(s: dict) -> list[str]:
-    fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
     rel = s["reliability"]
     lines = [f"N={s['n_candidates']}  mode={s['mode']} ({s['mode_reason']})  judge calls={s['judge_calls']}  "
              f"score={s['score_estimate']}",
-             f"preference reliability (split-half, Spearman-Brown) = {fmt(rel and rel['reliability'], '.3f')}  "
-             f"position bias P(first chosen)={s['position_bias']:.3f}  label mass mean={fmt(s['label_mass_mean'], '.3f')}"
-             f"  intransitive triads={fmt(s['intransitive_share'], '.3f')}",
-             f"preference strength: mean |W - 1/2| = {fmt(s['strength']['mean_abs_w_minus_half'], '.3f')}  score "
+             f"preference reliability (split-half, Spearman-Brown) = {number(rel and rel['reliability'])}  "
+             f"position bias P(first chosen)={s['position_bias']:.3f}  label mass mean={number(s['label_mass_mean'])}"
+             f"  intransitive triads={number(s['intransitive_share'])}",
+             f"preference strength: mean |W - 1/2| = {number(s['strength']['mean_abs_w_minus_half'])}  score "
              f"range {s['strength']['bottom_over_uniform']:.2f}x-{s['strength']['top_over_uniform']:.2f}x the uniform share"]
     lines += [f"  {name:13s} TV vs {s['estimates']['reference']} {e['tv_vs_reference']:.3f}  Spearman "
-              f"{fmt(e['spearman_vs_reference'], '.3f')}  range {e['min']:.4f}-{e['max']:.4f}  mean SE {e['mean_se']:.4f}"
+              f"{number(e['spearman_vs_reference'])}  range {e['min']:.4f}-{e['max']:.4f}  mean SE {e['mean_se']:.4f}"
               for name, e in s["estimates"].items() if name != "reference"]
     if s["chains_run"]:
         lines.append(f"chains: steps={s['steps']}  acceptance={s['acceptance_rate']:.3f}  new comparisons="
-                     f"{s['chain_new_comparisons']}  max R-hat={fmt(s['max_rhat'], '.3f')}  min ESS="
-                     f"{fmt(s['min_ess_bulk'], '.0f')}")
+                     f"{s['chain_new_comparisons']}  max R-hat={number(s['max_rhat'])}  min ESS="
+                     f"{number(s['min_ess_bulk'], '.0f')}")
     return lines + [f"warning: {w}" for w in s["warnings"]]
