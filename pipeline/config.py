@@ -216,8 +216,8 @@ class SpmcmcConfig(Section):
     chains: Literal["auto", "true", "false"] = setting(
         "auto", "run the paper's chains too: auto = when they cost no new comparisons (exact) or are the design")
     bootstrap: int = setting(100, "bootstrap resamples (over compared pairs) for standard errors")
-    reliability_splits: int = setting(10, "random split halves averaged for the reliability figure")
-    min_reliability: float = setting(0.5, "warn when the preference reliability is below this")
+    consistency_splits: int = setting(10, "random split halves averaged for the consistency figure")
+    min_consistency: float = setting(0.5, "warn when the preference consistency is below this")
     bt_alpha: float = setting(0.01, "regularisation of the Bradley-Terry fit")
     diagnostics_top_k: int = setting(10, "R-hat/ESS on indicator series of this many most-visited candidates")
     checkpoint_every: int = setting(50, "steps between chain checkpoints", semantic=False)
@@ -235,8 +235,43 @@ class SpmcmcConfig(Section):
         _require(self.diagnostics_top_k >= 1, "spmcmc.diagnostics_top_k", "must be >= 1")
         _require(self.degree == 0 or self.degree >= 2, "spmcmc.degree", "must be 0 (from the budget) or >= 2 (connected)")
         _require(self.bootstrap >= 20, "spmcmc.bootstrap", "must be >= 20")
-        _require(self.reliability_splits >= 1, "spmcmc.reliability_splits", "must be >= 1")
-        _require(self.min_reliability <= 1, "spmcmc.min_reliability", "must be <= 1")
+        _require(self.consistency_splits >= 1, "spmcmc.consistency_splits", "must be >= 1")
+        _require(self.min_consistency <= 1, "spmcmc.min_consistency", "must be <= 1")
+
+
+CONFOUND_FEATURES = ("length", "tokens", "logprob", "mean_logprob", "count")  # pipeline/confounds.py measures these
+
+
+@dataclass
+class ConfoundsConfig(Section):
+    SECTION = "confounds"
+    formats: list[str] = setting(None, "format features as name=regex (1 where an answer matches), measured next to "
+                                       "length, tokens, logprob, mean_logprob and count, e.g. [question=[?]$]",
+                                 factory=list)
+    control: list[str] = setting(None, "confounds the controlled score holds fixed (spmcmc's `controlled` column; "
+                                       "preferences.control=true builds pairs from it); [] = no controlled score",
+                                 factory=lambda: ["length", "logprob"])
+    warn_r2: float = setting(0.5, "warn when the confounds explain at least this share (R^2) of the judge's "
+                                  "preference strengths")
+
+    def validate(self):
+        names = list(CONFOUND_FEATURES)
+        for item in self.formats:
+            name, eq, pattern = item.partition("=")
+            _require(bool(eq) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None, "confounds.formats",
+                     f"{item!r} must be name=regex with a name of letters, digits and _, e.g. question=[?]$")
+            _require(name not in names, "confounds.formats", f"the name {name!r} is used twice or is a built-in feature")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"confounds.formats: {pattern!r} is not a valid regex ({e})") from None
+            names.append(name)
+        twice = [v for k, v in enumerate(self.control) if v in self.control[:k]]
+        _require(not twice, "confounds.control", f"lists {twice[0] if twice else ''!r} twice")
+        for name in self.control:
+            _require(name in names, "confounds.control", f"unknown confound {name!r}{_nearest(name, names)}; "
+                     f"the confounds are {names}")
+        _require(0 < self.warn_r2 <= 1, "confounds.warn_r2", "must be in (0, 1]")
 
 
 @dataclass
@@ -246,7 +281,12 @@ class PreferencesConfig(Section):
         "auto", "which spMCMC estimate ranks candidates (auto = the spmcmc stage's best, its `score`)")
     min_confidence: float = setting(
         0.55, "keep a pair only if the model's own order-averaged choice of chosen over rejected is at least this")
-    min_gap_z: float = setting(1.0, "keep a pair only if its score gap is at least this many standard errors")
+    min_gap_z: float = setting(1.0, "keep a pair only if its strength gap is at least this many standard errors (from "
+                                    "the GLM on the comparisons: how much the judge's readings disagree with each other)")
+    control: bool = setting(False, "build pairs from the controlled score (spmcmc's `controlled`: the preference left "
+                                   "with confounds.control held fixed) instead of the raw score")
+    max_confound_gap: float = setting(0.0, "with control: keep only pairs whose controlled confounds differ by at most "
+                                           "this many standard deviations (0 = no matching)")
     budget: int = setting(2000, "judge comparisons allowed for pair confidence beyond those spmcmc computed")
     strategy: Literal["top_vs_bottom", "margin", "sampled"] = setting("top_vs_bottom", "how pairs are built")
     top_fraction: float = setting(0.25, "top_vs_bottom: share of candidates on each side")
@@ -292,6 +332,8 @@ class FinetuneConfig(Section):
     quantization: Literal["none", "4bit"] = setting("none", "4bit = QLoRA (bitsandbytes NF4, CUDA only)")
     merge: bool = setting(False, "also export the base model with the adapter merged in")
     save_steps: int = setting(10, "checkpoint every this many optimiser steps", semantic=False)
+    eval_steps: int = setting(4, "DPO loss and reward accuracy on the held-out pairs every this many optimiser steps "
+                                 "(TRL eval_dataset; 0 = off)")
     seed: int = setting(0, "training seed")
 
     def validate(self):
@@ -386,6 +428,7 @@ class Config:
     model: ModelConfig = setting(None, "the model", factory=ModelConfig)
     sample_space: SampleSpaceConfig = setting(None, "stage 1", factory=SampleSpaceConfig)
     judge: JudgeConfig = setting(None, "the pairwise judge", factory=JudgeConfig)
+    confounds: ConfoundsConfig = setting(None, "what the judge's preference tracks besides quality", factory=ConfoundsConfig)
     spmcmc: SpmcmcConfig = setting(None, "stage 2", factory=SpmcmcConfig)
     preferences: PreferencesConfig = setting(None, "stage 3", factory=PreferencesConfig)
     finetune: FinetuneConfig = setting(None, "stage 4", factory=FinetuneConfig)

@@ -23,7 +23,7 @@ Estimates (all sum to one over the candidates):
                   compared pairs.
   stationary      graph stationary distribution on all pairs (exact design); SE by a bootstrap over pairs.
   sparse          graph stationary distribution on the sparse design's graph; SE likewise.
-Reliability: the evidence split in two halves at random (the graph's pairs, or the chains), the
+Consistency: the evidence split in two halves at random (the graph's pairs, or the chains), the
 estimate on each half, the Spearman correlation between the halves, Spearman–Brown corrected
 (2r/(1+r)), averaged over several splits: the model's analogue of the human split-half ceiling.
 """
@@ -229,7 +229,7 @@ def chain_contributions(trace: dict, n: int, burn_in: int, thin: int, rao_blackw
     return out.reshape(chains, -1, n)[:, burn_in::thin]
 
 
-# ------------------------------------------------------------------------------------ reliability
+# ------------------------------------------------------------------------------------ consistency
 def spearman_brown(r: float) -> float:
     return 2 * r / (1 + r) if r > -1 else -1.0
 
@@ -254,10 +254,10 @@ def split_half(estimate_half, units: int, splits: int, seed: int) -> dict | None
         mask[rng.permutation(units)[: units // 2]] = True
         rs.append(_spearman(estimate_half(mask), estimate_half(~mask)))
     r = float(np.mean(rs))
-    return {"split_half_r": r, "reliability": spearman_brown(r), "splits": splits, "units": units}
+    return {"split_half_r": r, "consistency": spearman_brown(r), "splits": splits, "units": units}
 
 
-def graph_reliability(probs: dict, n: int, order: str, edges: list, splits: int, seed: int) -> dict | None:
+def graph_consistency(probs: dict, n: int, order: str, edges: list, splits: int, seed: int) -> dict | None:
     """Halves of the compared pairs, each solved on its own (regularised) graph."""
     def half(mask):
         return solve_on_edges(probs, n, order, [e for e, m in zip(edges, mask) if m], regularise=REGULARISE)
@@ -265,7 +265,7 @@ def graph_reliability(probs: dict, n: int, order: str, edges: list, splits: int,
     return out and {**out, "evidence": "compared pairs"}
 
 
-def chain_reliability(contrib: np.ndarray, splits: int, seed: int) -> dict | None:
+def chain_consistency(contrib: np.ndarray, splits: int, seed: int) -> dict | None:
     """Halves of the chains (at least 4 chains), each half's visit estimate."""
     if contrib.shape[0] < 4:
         return None
@@ -307,21 +307,21 @@ SCORE_OF_MODE = {"exact": "stationary", "sparse": "sparse", "chains": "bt"}
 
 def all_estimates(probs: dict, n: int, order: str, mode: str, edges: list, trace: dict | None, burn_in: int,
                   thin: int, alpha: float, resamples: int, splits: int, seed: int) -> tuple[dict, dict]:
-    """({estimate: (values, standard errors)}, {"score": reliability of the mode's score, "frequency": of
+    """({estimate: (values, standard errors)}, {"score": consistency of the mode's score, "frequency": of
     the chains' visits}) from the judge's answers, the design's edges and the chains' trace (or None)."""
     est, rel = {}, {}
     if trace is not None and len(trace["step"]):
         visits = chain_contributions(trace, n, burn_in, thin, rao_blackwell=False)
         est["frequency"] = batch_means(visits)
         est["rao_blackwell"] = batch_means(chain_contributions(trace, n, burn_in, thin, rao_blackwell=True))
-        rel["frequency"] = chain_reliability(visits, splits, seed)
+        rel["frequency"] = chain_consistency(visits, splits, seed)
     pairs = pair_edges(probs)
     est["bt"] = (bradley_terry(probs, n, alpha),
                  bootstrap_se(lambda c: bradley_terry(probs, n, alpha, pairs, c), pairs, resamples, seed))
     if mode in ("exact", "sparse"):
         est[SCORE_OF_MODE[mode]] = (solve_on_edges(probs, n, order, edges), bootstrap_se(
             lambda c: solve_on_edges(probs, n, order, edges, c, REGULARISE), edges, resamples, seed))
-        rel["score"] = graph_reliability(probs, n, order, edges, splits, seed)
+        rel["score"] = graph_consistency(probs, n, order, edges, splits, seed)
     else:
         out = split_half(lambda m: bradley_terry(probs, n, alpha, pairs, m.astype(float)), len(pairs), splits, seed)
         rel["score"] = out and {**out, "evidence": "compared pairs"}

@@ -66,13 +66,13 @@ def estimate_plots(workdir: Path, texts: list[str], est: dict, score: str, state
 
 
 def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
-    """prompts.png: per prompt, the preference reliability and how far its top candidate stands above uniform."""
+    """prompts.png: per prompt, the preference consistency and how far its top candidate stands above uniform."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(rows)), 5), sharex=True)
     x = np.arange(len(rows))
-    axes[0].bar(x, _column(rows, "reliability"), color="tab:blue")
+    axes[0].bar(x, _column(rows, "consistency"), color="tab:blue")
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
-    axes[0].set_ylabel("preference reliability")
+    axes[0].set_ylabel("preference consistency")
     axes[1].bar(x, _column(rows, "top_over_uniform"), color="tab:orange")
     axes[1].axhline(1.0, color="grey", ls=":", lw=0.8)
     axes[1].set_ylabel("top score / uniform")
@@ -82,12 +82,12 @@ def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
 
 
 def rounds_plot(workdir: Path, rounds: list[dict]) -> Path:
-    """rounds.png: per round, the policy's answer diversity, the preference entropy and reliability, and
+    """rounds.png: per round, the policy's answer diversity, the preference entropy and consistency, and
     the tuned policy's win rates (base judge) with their 95% intervals."""
     plt = _pyplot()
     r = [row["round"] for row in rounds]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, style in (("diversity", "o-"), ("entropy", "s-"), ("reliability", "^-")):
+    for key, style in (("diversity", "o-"), ("entropy", "s-"), ("consistency", "^-")):
         a.plot(r, _column(rounds, key), style, label=key)
     a.set_xlabel("round")
     a.set_ylim(0, 1.05)

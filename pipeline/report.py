@@ -44,6 +44,7 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
                   f"Spearman–Brown corrected, {ceiling['splits']} random splits): **{ceiling['spearman_brown']:.4f}** "
                   f"(split-half r = {ceiling['split_half_r']:.4f}).", ""]
     lines += preference_section(summary.get("upstream") or {})
+    lines += dpo_section((summary.get("upstream") or {}).get("finetune"))
     lines += ["## Agreement with human ratings", "",
               "| evaluator | model | Pearson r [95% CI] | p | Spearman ρ [95% CI] | p | Kendall τ | P@k | top-1 in human top-k |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -109,12 +110,12 @@ def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict
     if len(rounds) < 2:
         return []
     lines = ["", "## Rounds", "",
-             "Reliability: the preference reliability of the round's judge; entropy: of its preference distribution "
+             "Consistency: the preference consistency of the round's judge; entropy: of its preference distribution "
              "(1 = uniform; falling = sharpening); diversity: distinct answers among the policy's samples per prompt "
              "(falling = collapse); win rates of the round's tuned policy on held-out prompts, base-model judge.", "",
-             "| round | reliability | pairs kept / dropped | entropy | diversity | win vs base [95% CI] | "
+             "| round | consistency | pairs kept / dropped | entropy | diversity | win vs base [95% CI] | "
              "win vs previous round [95% CI] | win vs base, tuned judge |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['round']} | {number(r['reliability'])} | {r['pairs_kept']} / {r['pairs_dropped']} | "
+    lines += [f"| {r['round']} | {number(r['consistency'])} | {r['pairs_kept']} / {r['pairs_dropped']} | "
               f"{number(r['entropy'])} | {number(r['diversity'])} | {_ci3(r, 'win_vs_base')} | {_ci3(r, 'win_vs_previous')} | "
               f"{_ci3(r, 'win_vs_base_tuned_judge')} |" for r in rounds]
     lines += [f"- warning: {w}" for w in warnings]
@@ -130,18 +131,19 @@ def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict
 
 
 def preference_section(up: dict) -> list[str]:
-    """How well the model's preferences were measured, and what the training pairs rest on."""
+    """How the model's preferences were measured, what they track besides quality, and what the pairs rest on."""
     sp, pr = up.get("spmcmc"), up.get("preferences")
     if not sp:
         return []
-    rel = sp.get("reliability") or {}
-    lines = ["## The model's preferences: how well they were measured", "",
+    rel = sp.get("consistency") or {}
+    lines = ["## The model's preferences: how they were measured", "",
              f"- design: **{sp['mode']}** ({sp['mode_reason']}); {sp['judge_calls']} judge comparisons; score: "
              f"`{sp['score_estimate']}` — {sp['score_reason']}",
-             f"- **preference reliability** (evidence split in halves by {rel.get('evidence', 'n/a')}, Spearman between "
-             f"the halves' estimates, Spearman–Brown corrected, {rel.get('splits', 'n/a')} splits): "
-             f"**{number(rel.get('reliability'))}** (split-half ρ = {number(rel.get('split_half_r'))}); the human analogue "
-             "is the noise ceiling below",
+             f"- **consistency** {number(rel.get('consistency'))} (evidence split in halves by "
+             f"{rel.get('evidence', 'n/a')}, Spearman between the halves' estimates {number(rel.get('split_half_r'))}, "
+             f"Spearman–Brown corrected, {rel.get('splits', 'n/a')} splits). It shows that the judge gives the same "
+             "ranking from either half of its comparisons; it cannot show what the ranking is about: a judge that "
+             "looks only at length scores 1.0. Read it next to the confounds below and the alignment with people.",
              f"- **preference strength**: the model's order-averaged choice between two candidates is on average "
              f"{number(sp['strength']['mean_abs_w_minus_half'])} away from a coin flip (strongest "
              f"{number(sp['strength']['max_w'])}); "
@@ -153,39 +155,120 @@ def preference_section(up: dict) -> list[str]:
              "range | mean SE |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {k} | {e['tv_vs_reference']:.3f} | {number(e['spearman_vs_reference'])} | {e['min']:.4f}–{e['max']:.4f} | "
               f"{e['mean_se']:.4f} |" for k, e in sp["estimates"].items() if k != "reference"]
+    lines += confound_section(sp.get("confounds"), sp.get("n_prompts", 1) > 1)
     if pr:
-        lines += ["", f"- DPO pairs: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the unfiltered "
-                  f"selection had {pr['unfiltered_pairs']}); the model's own order-averaged choice inverts "
-                  f"{number(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs and "
-                  f"{number(pr['inverted_direct_kept'], '.2f')} of the kept; the exact distribution inverts "
-                  f"{number(pr['inverted_exact_unfiltered'], '.2f')} / {number(pr['inverted_exact_kept'], '.2f')}",
-                  f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
-                  f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
-                  f"{number(pr['confidence_unfiltered_mean'])}); median score gap {pr['gap_z_median']:.2f} standard errors"]
+        lines += pairs_section(pr)
     if sp.get("n_prompts", 1) > 1:
-        lines += ["", f"Per prompt ({sp['n_prompts']} prompts; reliability mean {number(rel.get('reliability'))}, worst "
+        lines += ["", f"Per prompt ({sp['n_prompts']} prompts; consistency mean {number(rel.get('consistency'))}, worst "
                   f"{number(rel.get('min'))} for {rel.get('worst_prompt')}):", "",
-                  "| prompt | candidates | mode | comparisons | reliability | top / uniform | position bias |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| prompt | candidates | mode | comparisons | consistency | top / uniform | position bias | "
+                  "ρ length | ρ logprob | R² | controlled strength |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['prompt'][:60]} | {r['n_candidates']} | {r['mode']} | {r['judge_calls']} | "
-                  f"{number(r['reliability'])} | {number(r['top_over_uniform'], '.2f')} | {number(r['position_bias'])} |"
+                  f"{number(r['consistency'])} | {number(r['top_over_uniform'], '.2f')} | {number(r['position_bias'])} | "
+                  f"{signed(r.get('spearman_length'))} | {signed(r.get('spearman_logprob'))} | "
+                  f"{number(r.get('confound_r2'), '.2f')} | {number(r.get('controlled_strength'), '.4f')} |"
                   for r in sp["per_prompt"]]
     lines += [f"- warning: {w}" for w in sp.get("warnings", [])]
     return lines + [""]
 
 
+def dpo_section(ft: dict | None) -> list[str]:
+    """Held-out DPO evidence: TRL's eval loss over training, and the held-out pairs ranked right, base vs tuned."""
+    if not ft:
+        return []
+    distinct = ft.get("distinct_test_texts") or {}
+    lines = ["## Held-out DPO evidence", "",
+             f"{ft['train_pairs']} train pairs, {ft['optimizer_steps']} optimiser steps; on the {ft['test_pairs']} held-out "
+             f"pairs ({distinct.get('chosen', 'n/a')} distinct chosen and {distinct.get('rejected', 'n/a')} distinct rejected "
+             f"texts) the final DPO loss is {number(ft.get('final_eval_loss'), '.4f')} and the implicit-reward accuracy "
+             f"{number(ft.get('final_eval_reward_accuracy'), '.2f')} (the `eval_log` split has the curve).", "",
+             "| held-out pairs ranked right by log-probability | base | tuned |", "| --- | --- | --- |"]
+    lines += [f"| {label} | " + " | ".join(number(ft.get(f"{tag}_test_accuracy{key}"), ".2f") for tag in ("base", "tuned"))
+              + " |" for label, key in (("per pair", ""), ("per distinct chosen text", "_per_chosen_text"),
+                                 ("per distinct rejected text", "_per_rejected_text"))]
+    if ft.get("base_already_right"):
+        lines += ["", "- warning: the base model already ranks every held-out chosen answer above its rejected one: at "
+                  "the pair level these pairs add nothing it lacked, and held-out accuracy cannot show learning"]
+    return lines + [""]
+
+
+def confound_section(c: dict | None, pooled: bool) -> list[str]:
+    """What the judge's preference tracks besides quality, and the preference left when that is held fixed."""
+    if not c:
+        return []
+    from pipeline.confounds import FEATURE_MEANING
+
+    ex, ctrl = c["explained"] or {}, c["controlled"]
+    where = "mean within-prompt Spearman, 95% t interval over prompts" if pooled else "Spearman, 95% CI (Fisher z)"
+    lines = ["", "### What the preference tracks besides quality", "",
+             f"Each confound against the score ({where}); R² = the share of the judge's strengths (GLM on the "
+             "comparisons) that the confounds predict together" + (", within prompts" if pooled else "") + ":", "",
+             "| confound | what | ρ with the score [95% CI] |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {FEATURE_MEANING.get(k, 'format feature')} | {signed(f['spearman'])} [{number(f['ci_low'])}, "
+              f"{number(f['ci_high'])}] |" for k, f in c["features"].items()]
+    greedy = c.get("greedy_rank_mean") if pooled else c.get("greedy_rank")
+    lines += ["", f"- confounds explain **R² = {number(ex.get('r2'), '.2f')}** (adjusted {number(ex.get('r2_adjusted'), '.2f')}, "
+              f"{ex.get('features', 0)} confounds: {', '.join(ex.get('names') or [])}); greedy answer's rank "
+              f"{'(mean over prompts) ' if pooled else ''}by the score: {number(greedy, '.1f' if pooled else 'd')}"]
+    raw = c["raw_strength"] or {}
+    if pooled:
+        raw = {"mean_abs_w_minus_half": raw.get("mean"), "ci_low": raw.get("ci_low"), "ci_high": raw.get("ci_high")}
+    if not ctrl:
+        return lines + ["- no controlled score (confounds.control is empty or the candidates are too few)"]
+    st = ctrl["strength"]
+    if pooled:
+        st = {"mean_abs_w_minus_half": st["mean"], "ci_low": st["ci_low"], "ci_high": st["ci_high"]}
+    cons = ctrl["consistency"] or {}
+    lines += [f"- **controlled preference** (holding {', '.join(ctrl['control'])} fixed: the strengths minus what those "
+              "confounds predict): strength mean |W − ½| "
+              f"**{number(st['mean_abs_w_minus_half'], '.4f')}** [{number(st['ci_low'], '.4f')}, {number(st['ci_high'], '.4f')}] "
+              f"against {number(raw.get('mean_abs_w_minus_half'), '.4f')} [{number(raw.get('ci_low'), '.4f')}, "
+              f"{number(raw.get('ci_high'), '.4f')}] raw (both corrected for measurement noise); consistency "
+              f"{number(cons.get('mean') if pooled else cons.get('consistency'), '.3f')}"
+              + (f"; a preference is left (Wald p < 0.05) in {ctrl['wald_p_below_05']:.0%} of {ctrl['prompts']} prompts"
+                 if pooled else f"; Wald test of no preference left: p = {number(ctrl['strength']['p'], '.3g')}; "
+                 f"greedy answer's rank by it: {number(ctrl['greedy_rank'], 'd')}")]
+    if not pooled:
+        lines += [f"- per SD of {k}, the judge's log-strength moves {b['per_sd']:+.3f} (SE {b['se']:.3f} over candidates, "
+                  f"p = {b['p']:.3g}) at equal controlled preference" for k, b in ctrl["beta"].items()]
+    return lines
+
+
+def pairs_section(pr: dict) -> list[str]:
+    """What the DPO pairs rest on and what they teach besides the score."""
+    k = pr.get("kept_pairs") or {}
+    ranked = f"`{pr['score_column']}`" + (f" (holding {', '.join(pr['control_features'])} fixed)" if pr.get("control") else "")
+    lines = ["", f"- DPO pairs, ranked by {ranked}: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the "
+             f"unfiltered selection had {pr['unfiltered_pairs']}); the model's own order-averaged choice inverts "
+             f"{number(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs (a kept pair needs W > 0.5)"
+             + (f"; the raw exact score orders {pr['inverted_exact_kept']:.2f} of the kept pairs the other way"
+                if pr.get("inverted_exact_kept") is not None else ""),
+             f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
+             f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
+             f"{number(pr['confidence_unfiltered_mean'])}); strength gap median {pr['gap_z_median']:.1f} and min "
+             f"{pr['gap_z_min']:.1f} standard errors (GLM: against the disagreement between the judge's own readings)"]
+    if k:
+        lines.append(f"- what the kept pairs teach besides the score: chosen is the **shorter in {k['chosen_shorter']:.0%}** "
+                     f"({k['chosen_chars_mean']:.0f} vs {k['rejected_chars_mean']:.0f} characters) and the likelier "
+                     f"under the policy in {number(k.get('chosen_likelier'), '.0%')} (summed log-prob "
+                     f"{number(k.get('chosen_logprob_mean'), '.1f')} vs {number(k.get('rejected_logprob_mean'), '.1f')}); "
+                     f"{k['distinct_chosen']} distinct chosen and {k['distinct_rejected']} distinct rejected texts")
+    return lines
+
+
 def stop_reason(r: int, nothing: Exception, space, chains, cfg: Config) -> str:
     """Why round r yields no pair, read off its figures: no signal left, or sharpened to a point."""
     s, ss = (a.summary() if a.complete else {} for a in (chains, space))
-    rel, entropy, diversity = (s.get("reliability") or {}).get("reliability"), (s.get("strength") or {}).get("entropy"), \
+    rel, entropy, diversity = (s.get("consistency") or {}).get("consistency"), (s.get("strength") or {}).get("entropy"), \
         ss.get("diversity")
-    if rel is not None and rel < cfg.spmcmc.min_reliability:
-        why = f"its judge has no signal left (preference reliability {rel:.2f} < {cfg.spmcmc.min_reliability})"
+    if rel is not None and rel < cfg.spmcmc.min_consistency:
+        why = f"its judge has no signal left (preference consistency {rel:.2f} < {cfg.spmcmc.min_consistency})"
     elif (entropy is not None and entropy < 0.8) or (diversity is not None and diversity < cfg.rounds.min_diversity):
         why = (f"its preferences have sharpened to a point (entropy {number(entropy, '.2f')} of 1, answer diversity "
                f"{number(diversity, '.2f')})")
     else:
-        why = (f"its preferences are measured (reliability {number(rel, '.2f')}) but too flat to pass the filter (entropy "
+        why = (f"its preferences are measured (consistency {number(rel, '.2f')}) but too flat to pass the filter (entropy "
                f"{number(entropy, '.2f')} of 1): neither sharpened nor lost, just weak")
     return f"round {r} yields no pair that passes the evidence filters; the figures suggest {why}. ({nothing})"
 

@@ -1,5 +1,5 @@
 """Estimates of the preference distribution on fake judges whose answer is known: each estimator,
-its intervals, the reliability figure, the sparse design and calibration."""
+its intervals, the consistency figure, the sparse design and calibration."""
 
 import signal
 
@@ -111,7 +111,7 @@ def _chain_freq(trace, n):
     return batch_means(chain_contributions(trace, n, 200, 1, rao_blackwell=False))
 
 
-def test_reliability_is_high_for_a_strong_judge_and_near_zero_for_noise():
+def test_consistency_is_high_for_a_strong_judge_and_near_zero_for_noise():
     n = 60
     edges = design_graph(n, 10, seed=0)
     strong = answers(intransitive_judge(n, seed=5, sd=0.2), ordered(edges))
@@ -119,8 +119,8 @@ def test_reliability_is_high_for_a_strong_judge_and_near_zero_for_noise():
     noise = {p: float(0.5 + rng.normal(0, 0.05)) for p in ordered(edges)}  # 0.5 plus noise, each order on its own
     _, rel_strong = all_estimates(strong, n, "random", "sparse", edges, None, 0, 1, 0.01, 0, 20, 0)
     _, rel_noise = all_estimates(noise, n, "random", "sparse", edges, None, 0, 1, 0.01, 0, 20, 0)
-    assert rel_strong["score"]["reliability"] > 0.9
-    assert abs(rel_noise["score"]["reliability"]) < 0.3
+    assert rel_strong["score"]["consistency"] > 0.9
+    assert abs(rel_noise["score"]["consistency"]) < 0.3
 
 
 def test_calibration_removes_the_mean_logit_shift():

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import Dataset
 
 from conftest import tiny_config
 from pipeline.artifacts import Artifact, StageError
@@ -54,40 +54,39 @@ def test_sft_targets_top_k_and_sampled():
     assert len(set(drawn)) == 3
 
 
-def fake_spmcmc(tmp_path, cfg, stationary=True, n=20, judge=None, se=0.001, prompts=("Tell me a joke.",)):
-    """A complete spmcmc artifact over `prompts` (n candidates each): candidates with every estimate, the
-    per-prompt table and a pair cache holding every ordered comparison within each prompt, as `judge`
-    (default: Bradley–Terry on the scores) answers, so no model is loaded."""
+def fake_spmcmc(tmp_path, cfg, n=20, judge=None, prompts=("Tell me a joke.",), texts=None, columns=None):
+    """A complete spmcmc artifact over `prompts` (n candidates each), written by the spmcmc stage's own
+    `summarise` from a fake judge's answers to every ordered comparison within each prompt (default:
+    Bradley–Terry on random weights), and its pair cache, so no model is loaded. `texts` and `columns`
+    (n_tokens, sum_logprob, ...) replace the candidates' texts and add confound sources."""
     from pipeline.judge import PairStore, judge_key, text_sha
+    from pipeline.stages.spmcmc import summarise
 
-    freq = np.concatenate([np.random.default_rng(k).dirichlet(np.ones(n)) for k in range(len(prompts))])
     total = n * len(prompts)
-    texts = [f"joke {i}" for i in range(total)]
+    weight = np.concatenate([np.random.default_rng(k).dirichlet(np.ones(n)) for k in range(len(prompts))])
+    texts = texts or [f"joke {i}" for i in range(total)]
     prompt_of = [i // n for i in range(total)]
-    judge = judge or (lambda a, b: freq[a] / (freq[a] + freq[b]))
-    none = [None] * total
+    judge = judge or (lambda a, b: weight[a] / (weight[a] + weight[b]))
     pids = [f"p{k}" for k in range(len(prompts))]
-    cands = Dataset.from_dict({"id": list(range(total)), "prompt_id": [pids[k] for k in prompt_of],
-                               "prompt": [prompts[k] for k in prompt_of], "text": texts,
-                               "frequency": freq.tolist(), "frequency_se": [se] * total,
-                               "rao_blackwell": none, "rao_blackwell_se": none, "bt_score": freq.tolist(),
-                               "bt_score_se": [se] * total, "stationary": freq.tolist() if stationary else none,
-                               "stationary_se": [se] * total if stationary else none, "sparse": none,
-                               "sparse_se": none, "score": freq.tolist(), "score_se": [se] * total})
-    table = Dataset.from_dict({"prompt_id": pids, "prompt": list(prompts), "n_candidates": [n] * len(prompts),
-                               "reliability": [0.9] * len(prompts), "calibration_shift": [0.0] * len(prompts)})
-    folder = tmp_path / "spmcmc"
-    DatasetDict({"candidates": cands, "prompts": table}).save_to_disk(str(folder / "dataset"))
-    keys = [judge_key(cfg.model, cfg.judge, q) for q in prompts]
-    store = PairStore(folder, keys, [text_sha(t) for t in texts], prompt_of)
+    space = Dataset.from_dict({"id": list(range(total)), "prompt_id": [pids[k] for k in prompt_of],
+                               "prompt": [prompts[k] for k in prompt_of], "text": texts, "count": [1] * total,
+                               "is_greedy": [False] * total, "text_sha": [text_sha(t) for t in texts],
+                               **(columns or {})})
     pairs = [(a, b) for a in range(total) for b in range(total) if a != b and prompt_of[a] == prompt_of[b]]
-    store.append(pairs, [judge(a, b) for a, b in pairs], [1.0] * len(pairs))
+    probs = {p: float(judge(*p)) for p in pairs}
+    folder = tmp_path / "spmcmc"
+    folder.mkdir(parents=True, exist_ok=True)
+    result = summarise(cfg, space, None, probs, {}, folder)
+    result.save_to_disk(str(folder / "dataset"), num_shards={k: 1 for k in result})  # 0-row splits need one shard
+    store = PairStore(folder, [judge_key(cfg.model, cfg.judge, q) for q in prompts], [text_sha(t) for t in texts],
+                      prompt_of)
+    store.append(pairs, [probs[p] for p in pairs], [1.0] * len(pairs))
     return Artifact("spmcmc", "fp", folder)
 
 
 def run_stage(tmp_path, *overrides, **fake):
     cfg = tiny_config(tmp_path, *overrides)
-    (tmp_path / "work").mkdir(exist_ok=True)
+    (tmp_path / "work").mkdir(parents=True, exist_ok=True)
     return preferences.run(cfg, {"spmcmc": fake_spmcmc(tmp_path, cfg, **fake)}, tmp_path / "work")
 
 
@@ -98,7 +97,7 @@ def test_stage_output_is_trl_conversational_and_honest(tmp_path):
     assert row["prompt"] == [{"role": "user", "content": "Tell me a joke."}]
     assert row["chosen"][0]["role"] == "assistant" and row["chosen_score"] > row["rejected_score"]
     assert row["margin"] == pytest.approx(row["chosen_score"] - row["rejected_score"])
-    assert row["confidence"] > 0.5 and row["gap_z"] == pytest.approx(row["margin"] / (0.001 * np.sqrt(2)))
+    assert row["confidence"] > 0.5 and row["gap_z"] > 0
     test_ids = set(test["chosen_id"]) | set(test["rejected_id"])
     assert test_ids and not test_ids & (set(train["chosen_id"]) | set(train["rejected_id"]) | set(sft["id"]))
     assert sft[0]["completion"][0]["role"] == "assistant"
@@ -116,17 +115,39 @@ def test_filtering_keeps_no_pair_the_model_inverts(tmp_path):
         w = 0.3 if disagree[lo, hi] else 0.7
         return w if a == lo else 1 - w
 
-    out = run_stage(tmp_path, "preferences.min_confidence=0.6", "preferences.min_gap_z=0", judge=judge)
+    out = run_stage(tmp_path, "preferences.min_confidence=0.6", "preferences.min_gap_z=0", "preferences.strategy=margin",
+                    "preferences.min_ratio=1", "preferences.max_pairs=400", "preferences.max_uses_per_candidate=40",
+                    judge=judge)
     assert out["train"].num_rows > 0 and min(out["train"]["confidence"]) >= 0.6
+    for a, b in zip(out["train"]["chosen_id"], out["train"]["rejected_id"]):  # W read from the judge itself
+        assert 0.5 * (judge(a, b) + 1 - judge(b, a)) >= 0.6
     summary = json.loads((tmp_path / "work" / "summary.json").read_text())
-    assert summary["inverted_direct_kept"] == 0.0 and summary["inverted_direct_unfiltered"] > 0
+    assert "inverted_direct_kept" not in summary and summary["inverted_direct_unfiltered"] > 0
     assert summary["pairs_dropped"] > 0
 
 
-def test_weak_gaps_are_dropped(tmp_path):
-    out = run_stage(tmp_path, "preferences.min_gap_z=3", "preferences.min_confidence=0.5", se=0.02)
-    gaps = np.array(out["train"]["margin"]) / (0.02 * np.sqrt(2))
-    assert (gaps >= 3).all() and np.allclose(gaps, out["train"]["gap_z"])
+def noisy_bt(n: int, noise: float, seed: int = 0):
+    """A Bradley–Terry judge on fixed weights whose every reading (each comparison, each order) is off by a
+    random logit: the disagreement the GLM's dispersion measures."""
+    w = np.random.default_rng(seed).normal(0, 0.5, size=n)
+    eps = np.random.default_rng(seed + 1).normal(0, noise, size=(n, n))
+    return lambda a, b: 1 / (1 + np.exp(-(w[a] - w[b] + eps[a, b])))
+
+
+def test_gap_z_measures_the_judges_own_disagreement(tmp_path):
+    """gap_z shrinks as the judge's readings disagree more, and min_gap_z drops the pairs below it."""
+    every = ("preferences.min_confidence=0.5", "preferences.strategy=margin", "preferences.min_ratio=1",
+             "preferences.max_pairs=400", "preferences.max_uses_per_candidate=40")
+    quiet = run_stage(tmp_path / "a", "preferences.min_gap_z=0", *every, judge=noisy_bt(20, 0.05))
+    loud = run_stage(tmp_path / "b", "preferences.min_gap_z=0", *every, judge=noisy_bt(20, 1.0))
+    z_quiet = dict(zip(zip(quiet["train"]["chosen_id"], quiet["train"]["rejected_id"]), quiet["train"]["gap_z"]))
+    z_loud = dict(zip(zip(loud["train"]["chosen_id"], loud["train"]["rejected_id"]), loud["train"]["gap_z"]))
+    common = set(z_quiet) & set(z_loud)
+    assert len(common) >= 20
+    assert np.median([z_quiet[p] / z_loud[p] for p in common]) > 5  # 20x less noise: far larger z
+    filtered = run_stage(tmp_path / "c", "preferences.min_gap_z=3", *every, judge=noisy_bt(20, 1.0))
+    assert min(filtered["train"]["gap_z"]) >= 3 and min(loud["train"]["gap_z"]) < 3
+    assert filtered["train"].num_rows < loud["train"].num_rows  # the filter bound
 
 
 def test_no_pair_survives_is_one_clear_error(tmp_path):
@@ -138,7 +159,7 @@ def test_no_pair_survives_is_one_clear_error(tmp_path):
 
 def test_stationary_score_without_exact_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match="needs the stationary estimate"):
-        run_stage(tmp_path, "preferences.score=stationary", stationary=False)
+        run_stage(tmp_path, "preferences.score=stationary", "spmcmc.mode=sparse")
 
 
 def test_prompt_set_pairs_stay_within_prompts_and_held_out_prompts_stay_out(tmp_path):

@@ -52,7 +52,7 @@ def test_three_prompts_run_end_to_end(three_prompts):
     assert (pairs["first_id"].map(owner) == pairs["second_id"].map(owner)).all()  # judged only within a prompt
     assert (pairs["first_id"].map(owner) == pairs["prompt_id"]).all()
     summary = json.loads((paths["spmcmc"] / "summary.json").read_text())
-    assert summary["n_prompts"] == 3 and len(summary["per_prompt"]) == 3 and summary["reliability"]["min"] is not None
+    assert summary["n_prompts"] == 3 and len(summary["per_prompt"]) == 3 and summary["consistency"]["min"] is not None
     prefs = json.loads((paths["preferences"] / "summary.json").read_text())
     held = {p["prompt_id"] for p in prefs["held_out_prompts"]}
     assert prefs["split"] == "prompt" and len(held) == 1

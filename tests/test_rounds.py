@@ -51,7 +51,7 @@ def test_two_rounds_end_to_end_and_chained(two_rounds):
     rounds = load_from_disk(str(paths["evaluate@2"] / "dataset"))["rounds"].to_list()
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["win_vs_previous"] is None and rounds[1]["win_vs_previous"] is not None
-    assert all(r["diversity"] is not None and r["entropy"] is not None and r["reliability"] is not None for r in rounds)
+    assert all(r["diversity"] is not None and r["entropy"] is not None and r["consistency"] is not None for r in rounds)
     report = (two_rounds / "report.md").read_text()
     assert "## Rounds" in report and "| 2 |" in report and "Jester alignment of each round's tuned model" in report
 

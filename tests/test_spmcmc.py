@@ -35,7 +35,7 @@ def test_stage_on_tiny_model(tmp_path):
     summary = json.loads((path / "summary.json").read_text())
     assert summary["judge_calls"] == pairs.num_rows and summary["chain_cache_hit_rate"] == 1.0
     assert summary["mode"] == "exact" and summary["score_estimate"] == "stationary"
-    assert 0 <= summary["reliability"]["reliability"] <= 1 and summary["reliability"]["evidence"] == "compared pairs"
+    assert 0 <= summary["consistency"]["consistency"] <= 1 and summary["consistency"]["evidence"] == "compared pairs"
     assert (path / "estimates.png").stat().st_size > 1000
 
 
@@ -85,7 +85,7 @@ def test_summary_reports_the_bias_put_in_and_debiases(tmp_path):
     assert summary["position_bias"] == pytest.approx(np.mean(list(cached.probs.values())))
     assert summary["position_bias"] > 0.7
     assert summary["estimates"]["frequency"]["tv_vs_reference"] <= 0.03
-    assert summary["reliability"]["reliability"] > 0.95 and not any("reliability" in w for w in summary["warnings"])
+    assert summary["consistency"]["consistency"] > 0.95 and not any("consistency" in w for w in summary["warnings"])
     stationary = np.array(out["candidates"]["stationary"])
     assert np.array_equal(np.argsort(stationary), np.argsort(w))  # the true ranking, despite the bias
 

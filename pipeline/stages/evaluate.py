@@ -2,7 +2,8 @@
 fine-tuned adapter exists, with the tuned model; agreement with the human means, with intervals.
 
 Evaluators (same model, same items): spmcmc (the spmcmc stage's score estimate under the same
-design settings) and spmcmc_frequency (the paper's chain visit frequency, when chains run),
+design settings), spmcmc_frequency (the paper's chain visit frequency, when chains run) and
+spmcmc_controlled (the preference left with confounds.control held fixed, pipeline/confounds.py),
 direct_rating (expected 1-7 answer from the digit tokens; direct_rating_argmax), p_true (P("Yes")
 to "is it good/funny?", the paper's importance sampling), logprob (mean token log-probability as
 an answer to the query), self_certainty (Kang et al. 2025), random.
@@ -40,8 +41,8 @@ from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
 from pipeline.report import signed, write_report
 
-NAME, VERSION = "evaluate", 5
-SETTINGS = ("model", "judge", "sample_space", "spmcmc", "evaluate", "rounds")
+NAME, VERSION = "evaluate", 6
+SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = False
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
@@ -67,7 +68,28 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
     out = {"spmcmc": est[SCORE_OF_MODE[mode]][0]}
     if "frequency" in est:
         out["spmcmc_frequency"] = est["frequency"][0]
+    controlled = controlled_scores(cfg, model, tok, texts, cached.probs)
+    if controlled is not None:
+        out["spmcmc_controlled"] = controlled
     return out
+
+
+def controlled_scores(cfg: Config, model, tok, texts: list[str], raw_probs: dict):
+    """The controlled score of the rated items (pipeline/confounds.py), their confounds measured as for generated
+    answers (log-probabilities as answers to the rated query; no generation count); None without control."""
+    from pipeline import confounds
+
+    if not cfg.confounds.control:
+        return None
+    scores = answer_scores(model, tok, chat_prompt(tok, rated_query(cfg), cfg.sample_space.system_prompt), texts,
+                           cfg.evaluate.batch_size, "[evaluate] confounds")
+    feats = confounds.candidate_features(texts, [len(tok(t, add_special_tokens=False).input_ids) for t in texts],
+                                         [x[0] for x in scores], [x[1] for x in scores], None, cfg.confounds.formats)
+    fit = confounds.fit_strengths(raw_probs, len(texts))
+    x, names = confounds.standardised(feats, list(cfg.confounds.control))
+    if fit is None or len(texts) - 1 - len(names) < 2:
+        return None
+    return confounds.control(fit, x, names).q
 
 
 def rated_query(cfg: Config) -> str:
@@ -234,10 +256,11 @@ def paper_checks(inputs: dict) -> dict | None:
 
 def upstream_summaries(inputs: dict) -> dict:
     """What the report states about the preference data: the spmcmc and preferences stages' summaries."""
-    return {name: s for name in ("sample_space", "spmcmc", "preferences") if name in inputs and (s := inputs[name].summary())}
+    return {name: s for name in ("sample_space", "spmcmc", "preferences", "finetune")
+            if name in inputs and (s := inputs[name].summary())}
 
 
-ROUND_COLUMNS = ("round", "reliability", "pairs_kept", "pairs_dropped", "entropy", "diversity", "diversity_min",
+ROUND_COLUMNS = ("round", "consistency", "pairs_kept", "pairs_dropped", "entropy", "diversity", "diversity_min",
                  *(f"{w}{s}" for w in ("win_vs_base", "win_vs_previous", "win_vs_base_tuned_judge")
                    for s in ("", "_low", "_high")))
 ALIGNMENT_COLUMNS = ("round", "model", "evaluator", "spearman_r", "ci_low", "ci_high")
@@ -245,7 +268,7 @@ ALIGNMENT_COLUMNS = ("round", "model", "evaluator", "spearman_r", "ci_low", "ci_
 
 def round_table(inputs: dict, up: dict, win: dict | None, metrics: list[dict]) -> tuple[list[dict], list[dict]]:
     """Every round so far (the previous round's evaluation carries the earlier ones) with this round's
-    figures appended: preference reliability, pairs kept and dropped, entropy of the preference
+    figures appended: preference consistency, pairs kept and dropped, entropy of the preference
     distribution (sharpening), the policy's answer diversity (collapse), the tuned policy's win rates
     with CIs; and each evaluator's Jester alignment per round."""
     history = inputs["history"].load() if "history" in inputs else None
@@ -253,7 +276,7 @@ def round_table(inputs: dict, up: dict, win: dict | None, metrics: list[dict]) -
     alignment = history["rounds_alignment"].to_list() if history is not None else []
     r = len(rows) + 1
     sp, pr, ss = up.get("spmcmc", {}), up.get("preferences", {}), up.get("sample_space", {})
-    row = {"round": r, "reliability": (sp.get("reliability") or {}).get("reliability"),
+    row = {"round": r, "consistency": (sp.get("consistency") or {}).get("consistency"),
            "pairs_kept": pr.get("train_pairs"), "pairs_dropped": pr.get("pairs_dropped"),
            "entropy": (sp.get("strength") or {}).get("entropy"), "diversity": ss.get("diversity"),
            "diversity_min": ss.get("diversity_min")}

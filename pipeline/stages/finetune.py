@@ -8,9 +8,12 @@ Inputs:  preferences (train/test pairs, sft targets); in a later round either `i
 Output:  DatasetDict
            log:  step, epoch, loss, learning_rate, grad_norm, rewards_chosen, rewards_rejected,
                  rewards_margins, rewards_accuracies, logps_chosen, logps_rejected
+           eval_log: step, epoch, eval_loss, eval_rewards_* (the test pairs as TRL's eval_dataset, every
+                 finetune.eval_steps optimiser steps)
            test: chosen_id, rejected_id, base/tuned log-probabilities of chosen and rejected, reward_margin
          adapter/ (adapter, tokenizer, model card README.md), merged/ when finetune.merge=true,
-         summary.json (held-out preference accuracy of the base and the tuned policy)
+         summary.json (held-out preference accuracy of the base and the tuned policy, per pair and per
+         distinct text; whether the base already ranked every held-out pair right)
 Resume:  Trainer checkpoints every `save_steps` optimiser steps in _state/; a killed run resumes
          from the last one (optimizer, scheduler, RNG and data order included).
 Several processes: data-parallel training (DDP) under accelerate launch / torchrun.
@@ -26,13 +29,16 @@ from pipeline import parallel, tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, publish
 from pipeline.config import Config
 from pipeline.models import answer_scores, load_tokenizer, pick_dtype, resolve_model_path, setup_device
+from pipeline.report import number
 
-NAME, VERSION = "finetune", 2
+NAME, VERSION = "finetune", 3
 SETTINGS = ("model", "sample_space", "finetune")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = True
 LOG_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/chosen", "rewards/rejected",
             "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+EVAL_KEYS = ("step", "epoch", "eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins",
+             "eval_rewards/accuracies")
 
 
 def precision_args(device: str) -> dict:
@@ -147,9 +153,12 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         model, peft_config = sft_warmup(cfg, model, tok, prefs["sft"], workdir, device), None
     out = workdir / STATE_DIR / "dpo"
     loss = list(fc.loss_type)
+    held_out = prefs["test"].select_columns(["prompt", "chosen", "rejected"]) if fc.eval_steps else None
+    evaluation = ({"eval_strategy": "steps", "eval_steps": fc.eval_steps, "per_device_eval_batch_size": fc.batch_size}
+                  if held_out is not None and held_out.num_rows else {})
     args = DPOConfig(**_common_args(cfg, out, device, fc.num_epochs), beta=fc.beta, loss_type=loss,
-                     loss_weights=[1.0] * len(loss) if len(loss) > 1 else None)
-    trainer = DPOTrainer(model, args=args, train_dataset=train,
+                     loss_weights=[1.0] * len(loss) if len(loss) > 1 else None, **evaluation)
+    trainer = DPOTrainer(model, args=args, train_dataset=train, eval_dataset=held_out if evaluation else None,
                          processing_class=tok, peft_config=peft_config, callbacks=_callbacks(workdir))
     _train(trainer, out)
     if not parallel.is_main():
@@ -223,27 +232,57 @@ def _finish(cfg: Config, trainer, tok, prefs, workdir: Path, data_fp: str):
     c = {k: np.array(v) for k, v in cols.items()}
     margin = (c["tuned_logp_chosen"] - c["base_logp_chosen"]) - (c["tuned_logp_rejected"] - c["base_logp_rejected"])
     log = [{k.replace("/", "_"): e.get(k) for k in LOG_KEYS} for e in trainer.state.log_history if "loss" in e]
+    evals = [{k.replace("/", "_"): e.get(k) for k in EVAL_KEYS} for e in trainer.state.log_history if "eval_loss" in e]
     summary = {"train_pairs": prefs["train"].num_rows, "test_pairs": test.num_rows,
                "optimizer_steps": trainer.state.global_step, "final_loss": log[-1]["loss"] if log else None,
-               "base_test_accuracy": _share(c["base_logp_chosen"] > c["base_logp_rejected"]),
-               "tuned_test_accuracy": _share(c["tuned_logp_chosen"] > c["tuned_logp_rejected"]),
-               "tuned_reward_accuracy": _share(margin > 0), "mean_reward_margin": _mean(cfg.finetune.beta * margin)}
+               "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+               "final_eval_reward_accuracy": evals[-1]["eval_rewards_accuracies"] if evals else None,
+               "tuned_reward_accuracy": _mean(margin > 0), "mean_reward_margin": _mean(cfg.finetune.beta * margin),
+               **held_out_accuracy(test, c)}
     _model_card(cfg, adapter, data_fp, summary)
     if cfg.finetune.merge:
         model.merge_and_unload().save_pretrained(str(workdir / "merged"))
         tok.save_pretrained(str(workdir / "merged"))
-    publish(workdir, NAME, summary, [f"{summary['optimizer_steps']} steps, final loss {summary['final_loss']}; held-out "
-                                     f"pairs: base accuracy {summary['base_test_accuracy']}, tuned accuracy "
-                                     f"{summary['tuned_test_accuracy']}, implicit-reward accuracy "
-                                     f"{summary['tuned_reward_accuracy']}"])
+    publish(workdir, NAME, summary, _lines(summary))
     test_rows = {"chosen_id": test["chosen_id"], "rejected_id": test["rejected_id"], **cols,
                  "reward_margin": (cfg.finetune.beta * margin).tolist()}
     return DatasetDict({"log": Dataset.from_list(log) if log else Dataset.from_dict({"step": []}),
+                        "eval_log": Dataset.from_list(evals) if evals else
+                        Dataset.from_dict({k.replace("/", "_"): [] for k in EVAL_KEYS}),
                         "test": Dataset.from_dict(test_rows)})
 
 
-def _share(x: np.ndarray) -> float | None:
-    return float(x.mean()) if x.size else None
+def held_out_accuracy(test, c: dict) -> dict:
+    """Held-out pairs the policy ranks right by log-probability (chosen above rejected), base and tuned: per pair,
+    and per distinct text (each distinct chosen, and each distinct rejected, text's pairs averaged, then the texts
+    averaged: many pairs reuse a few texts, so per pair over-counts them)."""
+    out = {}
+    for tag in ("base", "tuned"):
+        right = c[f"{tag}_logp_chosen"] > c[f"{tag}_logp_rejected"]
+        out[f"{tag}_test_accuracy"] = _mean(right)
+        for side in ("chosen", "rejected"):
+            by_text: dict = {}
+            for text_id, ok in zip(test[f"{side}_id"], right):
+                by_text.setdefault(text_id, []).append(ok)
+            out[f"{tag}_test_accuracy_per_{side}_text"] = _mean(np.array([np.mean(v) for v in by_text.values()]))
+    out["distinct_test_texts"] = {"chosen": len(set(test["chosen_id"])), "rejected": len(set(test["rejected_id"]))}
+    out["base_already_right"] = out["base_test_accuracy"] == 1.0
+    return out
+
+
+def _lines(s: dict) -> list[str]:
+    lines = [f"{s['optimizer_steps']} steps, final loss {number(s['final_loss'], '.4f')}; held-out DPO loss "
+             f"{number(s['final_eval_loss'], '.4f')}, reward accuracy {number(s['final_eval_reward_accuracy'], '.2f')}",
+             f"held-out pairs ranked right by log-probability: base {number(s['base_test_accuracy'], '.2f')} (per "
+             f"distinct chosen text {number(s['base_test_accuracy_per_chosen_text'], '.2f')}), tuned "
+             f"{number(s['tuned_test_accuracy'], '.2f')} (per distinct chosen text "
+             f"{number(s['tuned_test_accuracy_per_chosen_text'], '.2f')}); implicit-reward accuracy "
+             f"{number(s['tuned_reward_accuracy'], '.2f')}"]
+    if s["base_already_right"]:
+        lines.append("warning: the base model already ranks every held-out chosen answer above its rejected one by "
+                     "log-probability: at the pair level these pairs teach nothing it lacked, and held-out accuracy "
+                     "cannot show learning")
+    return lines
 
 
 def _mean(x: np.ndarray) -> float | None:

@@ -1,21 +1,25 @@
 """Stage 3 — preferences: spMCMC scores become DPO preference pairs and SFT targets, and each pair
 carries the evidence that the model really prefers its chosen answer.
 
-Inputs:  spmcmc (candidates: id, text, score, score_se and every estimate with its _se; pair cache files);
-         optional `judge` (a later round's judging policy: the finetune artifact whose adapter judges)
+Inputs:  spmcmc (candidates: id, text, score, controlled and every estimate, the confounds' sources; pairs:
+         every comparison, for the GLM that gives each pair's gap_z; pair cache files); optional `judge` (a later
+         round's judging policy: the finetune artifact whose adapter judges)
 Output:  DatasetDict
            train, test: prompt_id, prompt, chosen, rejected (TRL conversational messages), chosen_id, rejected_id,
                         chosen_score, rejected_score, margin (chosen_score - rejected_score),
                         confidence (the model's own order-averaged choice of chosen over rejected,
-                        W = 1/2 (P(chosen | shown first) + 1 - P(rejected | shown first))), gap_z (margin
-                        in units of its standard error)
+                        W = 1/2 (P(chosen | shown first) + 1 - P(rejected | shown first))), gap_z (the
+                        GLM strength gap in units of its standard error, pipeline/confounds.py: how far the gap
+                        stands above the disagreement between the judge's own readings)
            sft:         prompt, completion (messages), id, score, prompt_id
          Pairs never mix prompts. preferences.split=prompt (auto with several prompts) holds out whole
          prompts (listed as held_out_prompts in summary.json); candidate holds out candidates within each
          prompt. Either way no test candidate appears in a train pair or an SFT target.
+         Ranked by the score, or with preferences.control=true by the controlled score (confounds.control
+         held fixed; optionally only pairs matched within preferences.max_confound_gap SDs on them).
          Pairs below preferences.min_confidence or min_gap_z are dropped; summary.json says how many,
-         and how many of the unfiltered pairs the model's own direct choice (and the exact distribution,
-         when computed) inverts.
+         how many of the unfiltered pairs the model's own direct choice inverts, and what the kept pairs
+         teach besides the score (chosen shorter / likelier shares, distinct texts).
 Resume:  comparisons that confidence needs beyond the spmcmc cache are appended to this stage's pair
          cache as they are computed; the rest is recomputed in seconds.
 """
@@ -32,8 +36,8 @@ from pipeline.config import Config, PreferencesConfig
 from pipeline.estimates import COLUMN, order_averaged, shifted
 from pipeline.report import number
 
-NAME, VERSION = "preferences", 3
-SETTINGS = ("model", "sample_space", "judge", "preferences")
+NAME, VERSION = "preferences", 4
+SETTINGS = ("model", "sample_space", "judge", "confounds", "preferences")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = False
 SCORE_COLUMN = {"auto": "score", **COLUMN}  # preferences.score -> the spmcmc candidates column
@@ -105,11 +109,53 @@ def _pair_rows(pairs, text, score, prompt, evidence) -> dict:
             "confidence": [evidence[p][0] for p in pairs], "gap_z": [evidence[p][1] for p in pairs]}
 
 
+class Strengths:
+    """Per prompt, the judge's log-strengths from the GLM on spmcmc's comparisons (pipeline/confounds.py), raw or
+    with confounds.control held fixed, with their covariance: a pair's gap_z is its strength gap over the SE that
+    the judge's own disagreeing readings imply. Also the controlled confounds, z-scored, for matching."""
+
+    def __init__(self, cfg: Config, cands, pairs, prompts: list[dict], control: bool):
+        from pipeline import confounds
+        from pipeline.stages.spmcmc import candidate_features
+
+        self.values, self.cov, self.x, self.lo = {}, {}, {}, {}
+        ids_of, probs_of = {}, {}
+        for i, q in zip(cands["id"], cands["prompt_id"]):
+            ids_of.setdefault(q, []).append(i)
+        for f, s, v, q in zip(pairs["first_id"], pairs["second_id"], pairs["p_first"], pairs["prompt_id"]):
+            probs_of.setdefault(q, {})[f, s] = v
+        for p in prompts:
+            ids = ids_of[p["prompt_id"]]
+            lo, n = ids[0], len(ids)  # a prompt's candidates are ids lo .. lo+n-1 (spmcmc's groups)
+            rows = cands[lo:lo + n]
+            probs = {(f - lo, s - lo): v for (f, s), v in probs_of.get(p["prompt_id"], {}).items()}
+            x, names = confounds.standardised(candidate_features(rows, cfg.confounds.formats), list(cfg.confounds.control))
+            fit = confounds.fit_strengths(probs, n)
+            if fit is None:
+                continue
+            c = confounds.control(fit, x if control else x[:, :0], names if control else [])
+            self.values[p["prompt_id"]], self.cov[p["prompt_id"]], self.x[p["prompt_id"]] = c.q, c.cov, x
+            self.lo[p["prompt_id"]] = lo
+
+    def gap_z(self, prompt_id: str, a: int, b: int) -> float:
+        from pipeline.confounds import pair_z
+
+        if prompt_id not in self.values:
+            return math.inf  # too few comparisons for the GLM: the gap filter cannot judge, so it passes
+        lo = self.lo[prompt_id]
+        return pair_z(self.values[prompt_id], self.cov[prompt_id], a - lo, b - lo)
+
+    def confound_gap(self, prompt_id: str, a: int, b: int) -> float:
+        """The largest difference, in standard deviations, of the controlled confounds between a and b."""
+        x, lo = self.x.get(prompt_id), self.lo.get(prompt_id, 0)
+        return float(np.abs(x[a - lo] - x[b - lo]).max()) if x is not None and x.shape[1] else 0.0
+
+
 class Evidence:
     """Per pair: (confidence W, gap_z), the comparisons W needs asked of the model's judge (both orders;
     the spmcmc stage's cache first, then the model, within preferences.budget new comparisons)."""
 
-    def __init__(self, cfg: Config, spmcmc, cands, prompts: list[dict], workdir: Path, se: dict, score: dict,
+    def __init__(self, cfg: Config, spmcmc, cands, prompts: list[dict], workdir: Path, strengths: Strengths,
                  judge: tuple = (None, None)):
         from pipeline.judge import cached_model_judge
         from pipeline.models import load_model
@@ -121,7 +167,8 @@ class Evidence:
                                             [p["prompt"] for p in prompts], self.prompt_of, adapter_key=adapter_key,
                                             extra_cache_files=sorted(spmcmc.path.glob("pair_cache.rank*.jsonl")))
         self.shifts = [p["calibration_shift"] or 0.0 for p in prompts]  # the spmcmc stage's, per prompt
-        self.budget, self.se, self.score, self.known = cfg.preferences.budget, se, score, {}
+        self.budget, self.strengths, self.known = cfg.preferences.budget, strengths, {}
+        self.prompt_ids = [p["prompt_id"] for p in prompts]
 
     def __call__(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Measures the pairs (as many as the budget allows); returns those measured."""
@@ -138,8 +185,7 @@ class Evidence:
             if (a, b) not in self.known and (a, b) in self.cached.probs and (b, a) in self.cached.probs:
                 probs = shifted({(a, b): self.cached.probs[a, b], (b, a): self.cached.probs[b, a]},
                                 self.shifts[self.prompt_of[a]])
-                gap_se = math.hypot(self.se[a], self.se[b])
-                z = (self.score[a] - self.score[b]) / gap_se if gap_se > 0 else math.inf
+                z = self.strengths.gap_z(self.prompt_ids[self.prompt_of[a]], a, b)
                 self.known[a, b] = (order_averaged(probs, a, b), z)
         return [p for p in pairs if p in self.known]
 
@@ -183,14 +229,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     pc = cfg.preferences
     spmcmc = inputs["spmcmc"].load()
     cands, prompts = spmcmc["candidates"], [p for p in spmcmc["prompts"] if p["n_candidates"] >= 2]
-    column = SCORE_COLUMN[pc.score]
-    measured = {p["prompt_id"] for p in prompts}
-    if any(v is None for v, pid in zip(cands[column], cands["prompt_id"]) if pid in measured):
-        raise StageError(f"preferences.score={pc.score} needs the {column} estimate, which this spmcmc run did not "
-                         "compute (stationary: spmcmc.mode=exact; sparse: mode=sparse; frequency/rao_blackwell: chains); "
-                         "use preferences.score=auto")
+    column = "controlled" if pc.control else SCORE_COLUMN[pc.score]
+    prompts, uncontrolled = _with_column(prompts, cands, column, pc)
     score = dict(zip(cands["id"], cands[column]))
-    se = {i: (v if v is not None else 0.0) for i, v in zip(cands["id"], cands[column + "_se"])}
     text = dict(zip(cands["id"], cands["text"]))
     exact = dict(zip(cands["id"], cands["stationary"])) if None not in cands["stationary"] else None
     ids_of = {p["prompt_id"]: [i for i, pid in zip(cands["id"], cands["prompt_id"]) if pid == p["prompt_id"]]
@@ -200,10 +241,12 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                for p in prompts}
     rng = np.random.default_rng(pc.seed)
     train, test, split = split_prompts(prompts, ids_of, pc)
-    evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, se, score, adapter_of(inputs, "judge"))
+    strengths = Strengths(cfg, cands, spmcmc["pairs"], prompts, pc.control)
+    evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, strengths, adapter_of(inputs, "judge"))
     splits, picked = {}, {}
     for name, part in (("train", train), ("test", test)):
-        per = {pid: select_pairs(candidate_pairs(ids, score, pc, rng), evidence, pc) for pid, ids in part.items()}
+        per = {pid: select_pairs(_matched(candidate_pairs(ids, score, pc, rng), strengths, pid, pc), evidence, pc)
+               for pid, ids in part.items()}
         picked[name] = {k: [p for r in per.values() for p in r[k]] for k in ("unfiltered", "kept", "measured")}
         rows = [_pair_rows(r["kept"], text, score, message[pid], evidence.known) | {"prompt_id": [pid] * len(r["kept"])}
                 for pid, r in per.items()]
@@ -217,12 +260,61 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                                        "id": [i for _, i in sft], "score": [score[i] for _, i in sft],
                                        "prompt_id": [pid for pid, _ in sft]})
     summary = _summary(splits, train_ids, [i for ids in test.values() for i in ids], column, picked["train"],
-                       evidence.known, exact)
-    summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train),
+                       evidence.known, exact, exact is not None and any(score[i] != exact[i] for i in exact))
+    summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train), "control": pc.control,
+                    "control_features": list(cfg.confounds.control) if pc.control else [],
+                    "prompts_without_controlled_score": uncontrolled, "kept_pairs": composition(splits["train"], cands),
                     "held_out_prompts": [{"prompt_id": p["prompt_id"], "prompt": p["prompt"]} for p in prompts
                                          if split == "prompt" and p["prompt_id"] in test]})
     publish(workdir, NAME, summary, _lines(summary))
     return DatasetDict(splits)
+
+
+def _with_column(prompts: list[dict], cands, column: str, pc: PreferencesConfig) -> tuple[list[dict], list[str]]:
+    """The prompts whose candidates all have the ranking column; with control, a prompt too small for the
+    controlled fit is left out (and listed), without it a missing estimate is an error."""
+    missing = {pid for v, pid in zip(cands[column], cands["prompt_id"]) if v is None}
+    if not pc.control:
+        if missing & {p["prompt_id"] for p in prompts}:
+            raise StageError(f"preferences.score={pc.score} needs the {column} estimate, which this spmcmc run did not "
+                             "compute (stationary: spmcmc.mode=exact; sparse: mode=sparse; frequency/rao_blackwell: "
+                             "chains); use preferences.score=auto")
+        return prompts, []
+    if pc.score != "auto":
+        raise StageError(f"preferences.control=true ranks by the controlled score; preferences.score={pc.score} "
+                         "would be ignored: keep preferences.score=auto")
+    kept = [p for p in prompts if p["prompt_id"] not in missing]
+    if not kept:
+        raise StageError("preferences.control=true needs spmcmc's controlled score, which no prompt has: "
+                         "confounds.control is empty, or every prompt has too few candidates for the controlled "
+                         "fit (at least 3 more than the controlled confounds)")
+    return kept, [p["prompt_id"] for p in prompts if p["prompt_id"] in missing]
+
+
+def _matched(ranked: list[tuple[int, int]], strengths: Strengths, prompt_id: str, pc: PreferencesConfig) -> list:
+    """With control and preferences.max_confound_gap > 0: only pairs matched on the controlled confounds."""
+    if not (pc.control and pc.max_confound_gap > 0):
+        return ranked
+    return [p for p in ranked if strengths.confound_gap(prompt_id, *p) <= pc.max_confound_gap]
+
+
+def composition(train, cands) -> dict:
+    """What the kept pairs teach besides the score: how often the chosen answer is the shorter or the likelier
+    (summed log-probability under the policy), the means of both sides, and how many distinct texts they use."""
+    if train.num_rows == 0:
+        return {}
+    length = {i: len(t) for i, t in zip(cands["id"], cands["text"])}
+    logp = dict(zip(cands["id"], cands["sum_logprob"])) if "sum_logprob" in cands.column_names else {}
+    c, r = train["chosen_id"], train["rejected_id"]
+    out = {"chosen_shorter": float(np.mean([length[a] < length[b] for a, b in zip(c, r)])),
+           "chosen_chars_mean": float(np.mean([length[a] for a in c])),
+           "rejected_chars_mean": float(np.mean([length[b] for b in r])),
+           "distinct_chosen": len(set(c)), "distinct_rejected": len(set(r))}
+    if logp and None not in logp.values():
+        out.update({"chosen_likelier": float(np.mean([logp[a] > logp[b] for a, b in zip(c, r)])),
+                    "chosen_logprob_mean": float(np.mean([logp[a] for a in c])),
+                    "rejected_logprob_mean": float(np.mean([logp[b] for b in r]))})
+    return out
 
 
 _PAIR_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
@@ -244,11 +336,11 @@ def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score
         return f"no train pairs from {len(train_ids)} candidates with strategy={pc.strategy}; add candidates"
     best_w = max(evidence.known[p][0] for p in picked["measured"])
     best_z = max(evidence.known[p][1] for p in picked["measured"])
-    rel = [p["reliability"] for p in spmcmc["prompts"] if p["reliability"] is not None]
+    rel = [p["consistency"] for p in spmcmc["prompts"] if p["consistency"] is not None]
     return (f"no train pair passes the evidence filters: the best confidence seen was {best_w:.3f} "
             f"(preferences.min_confidence={pc.min_confidence}) and the largest gap {best_z:.2f} standard errors "
             f"(preferences.min_gap_z={pc.min_gap_z}) over {len(picked['measured'])} pairs; the model's preference "
-            f"reliability is {np.mean(rel) if rel else float('nan'):.2f}. Lower the thresholds, or measure more "
+            f"consistency is {np.mean(rel) if rel else float('nan'):.2f}. Lower the thresholds, or measure more "
             "reliably (spmcmc.budget, more candidates, a stronger judge)")
 
 
@@ -261,7 +353,7 @@ def _inverted(pairs, known=None, exact=None) -> float | None:
 
 
 def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: str, picked: dict, known: dict,
-             exact: dict | None) -> dict:
+             exact: dict | None, ranked_by_other: bool) -> dict:
     train, unfiltered = splits["train"], picked["unfiltered"]
     margins = np.array(train["margin"])
     uses = np.bincount(np.concatenate([train["chosen_id"], train["rejected_id"]]).astype(int))
@@ -272,25 +364,33 @@ def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: st
             "sft_targets": splits["sft"].num_rows, "train_candidates": len(train_ids), "test_candidates": len(test_ids),
             "unfiltered_pairs": len(unfiltered), "pairs_measured": len(picked["measured"]),
             "pairs_dropped": len(picked["measured"]) - train.num_rows,
+            # kept pairs need W > 0.5, so the direct choice never inverts one: only the unfiltered share is a finding;
+            # the exact distribution inverts kept pairs only when they were ranked by something else (controlled)
             "inverted_direct_unfiltered": _inverted(measured_unfiltered, known=known),
-            "inverted_direct_kept": _inverted(kept, known=known),
-            "inverted_exact_unfiltered": _inverted(unfiltered, exact=exact) if exact else None,
-            "inverted_exact_kept": _inverted(kept, exact=exact) if exact else None,
+            "inverted_exact_unfiltered": _inverted(unfiltered, exact=exact) if exact and ranked_by_other else None,
+            "inverted_exact_kept": _inverted(kept, exact=exact) if exact and ranked_by_other else None,
             "confidence_unfiltered_mean": float(np.mean([known[p][0] for p in measured_unfiltered]))
             if measured_unfiltered else None,
             "confidence_mean": float(conf.mean()), "confidence_min": float(conf.min()), "confidence_max": float(conf.max()),
-            "gap_z_median": float(np.median(train["gap_z"])),
+            "gap_z_median": float(np.median(train["gap_z"])), "gap_z_min": float(np.min(train["gap_z"])),
             "margin_min": float(margins.min()), "margin_median": float(np.median(margins)),
             "margin_max": float(margins.max()), "candidates_used": int((uses > 0).sum()), "max_uses": int(uses.max())}
 
 
 def _lines(s: dict) -> list[str]:
-    return [f"{s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
-            f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
-            f"{s['score_column']}",
-            f"the model's own direct choice inverts {number(s['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs and "
-            f"{number(s['inverted_direct_kept'], '.2f')} of the kept; the exact distribution inverts "
-            f"{number(s['inverted_exact_unfiltered'], '.2f')} / {number(s['inverted_exact_kept'], '.2f')}; "
-            "confidence of kept pairs "
-            f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
-            f"{number(s['confidence_unfiltered_mean'], '.2f')})"]
+    k = s["kept_pairs"]
+    lines = [f"{s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
+             f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
+             f"{s['score_column']}" + (f" (holding {', '.join(s['control_features'])} fixed)" if s["control"] else ""),
+             f"the model's own order-averaged choice inverts {number(s['inverted_direct_unfiltered'], '.2f')} of the "
+             "unfiltered pairs (kept pairs need W > 0.5); confidence of kept pairs "
+             f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
+             f"{number(s['confidence_unfiltered_mean'], '.3f')}); gap_z median {s['gap_z_median']:.1f}, min "
+             f"{s['gap_z_min']:.1f}"]
+    if s["inverted_exact_kept"] is not None:
+        lines.append(f"the raw (exact) score orders {s['inverted_exact_kept']:.2f} of the kept pairs the other way")
+    return lines + [f"kept pairs: chosen shorter in {k['chosen_shorter']:.0%} ({k['chosen_chars_mean']:.0f} vs "
+                    f"{k['rejected_chars_mean']:.0f} chars), likelier in {number(k.get('chosen_likelier'), '.0%')} "
+                    f"(summed log-prob {number(k.get('chosen_logprob_mean'), '.1f')} vs "
+                    f"{number(k.get('rejected_logprob_mean'), '.1f')}); {k['distinct_chosen']} distinct chosen and "
+                    f"{k['distinct_rejected']} distinct rejected texts"]

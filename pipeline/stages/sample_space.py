@@ -4,8 +4,8 @@ query, or `sample_space.prompts`), normalised and deduplicated within each promp
 Inputs:  optional `policy` (round r > 1: the previous round's finetune artifact, whose adapter generates)
          besides the model, the prompts and an optional external pool `extra_path`
 Output:  id (global, 0..M-1, grouped by prompt), prompt_id, prompt, text, count (random samples before
-         dedup), sum_logprob, mean_logprob (of the text as an answer to its prompt, end-of-turn
-         included), is_greedy, source (sampled | greedy | external), text_sha
+         dedup), n_tokens (of the text alone), sum_logprob, mean_logprob (of the text as an answer to its
+         prompt, end-of-turn included), is_greedy, source (sampled | greedy | external), text_sha
 Resume:  `num_samples` answers per prompt are generated sample-major (one answer to every prompt, then
          the next), so that batches mix prompts, in chunks of `chunk_size`, each seeded from
          (seed, chunk index) and saved to _state/chunks/ when finished; a restarted run generates only
@@ -27,7 +27,7 @@ from pipeline.prompts import Prompt, load_prompts
 from pipeline.ratings import JESTER_DIR
 from pipeline.tables import TableError, read_table
 
-NAME, VERSION = "sample_space", 3
+NAME, VERSION = "sample_space", 4
 SETTINGS = ("model", "sample_space")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = False
@@ -155,8 +155,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if not sc.only_extra:
         sampled = _chunks(model, tok, templated, sc, workdir)
         greedy = _greedy(model, tok, templated, sc, workdir)
-    columns = {c: [] for c in ("prompt_id", "prompt", "text", "count", "sum_logprob", "mean_logprob", "is_greedy",
-                               "source", "text_sha")}
+    columns = {c: [] for c in ("prompt_id", "prompt", "text", "count", "n_tokens", "sum_logprob", "mean_logprob",
+                               "is_greedy", "source", "text_sha")}
     per_prompt = []
     for k, p in enumerate(prompts):
         candidates, stats = build_candidates(sampled[k], greedy[k], extra[k], sc)
@@ -170,6 +170,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         scores = answer_scores(model, tok, templated[k], texts, desc="[sample_space] scoring")
         for c, text, score in zip(candidates, texts, scores):
             for key, value in (("prompt_id", p.id), ("prompt", p.text), ("text", text), ("count", c["count"]),
+                               ("n_tokens", len(tok(text, add_special_tokens=False).input_ids)),
                                ("sum_logprob", score[0]), ("mean_logprob", score[1]), ("is_greedy", c["is_greedy"]),
                                ("source", c["source"]), ("text_sha", text_sha(text))):
                 columns[key].append(value)

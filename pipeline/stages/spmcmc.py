@@ -13,10 +13,12 @@ Design:  `spmcmc.mode` (auto picks by `spmcmc.budget`): exact (all N(N-1) compar
 Output:  candidates: id, text, count, is_greedy, source, text_sha, visits, and for each estimate its value
                      and standard error: frequency(_se), rao_blackwell(_se), bt_score(_se),
                      stationary(_se) (exact design), sparse(_se) (sparse design); score, score_se (the
-                     stage's best estimate: summary.json says which and why)
+                     stage's best estimate: summary.json says which and why); controlled, controlled_se (the
+                     preference left with confounds.control held fixed, pipeline/confounds.py); n_tokens,
+                     sum_logprob, mean_logprob (the confounds' sources, from the sample space)
          trace (chain, step, current, proposal, first_shown, p_accept, accepted),
          pairs (first_id, second_id, p_first, label_mass), diagnostics (id, rhat, ess_bulk);
-         summary.json (reliability, position bias, label mass, agreement between estimates, warnings),
+         summary.json (consistency, position bias, label mass, agreement between estimates, warnings),
          estimates.png, running_frequency.png
 Resume:  every computed comparison is appended to pair_cache.rank*.jsonl at once (the design in chunks);
          chain states, generators and traces are checkpointed every `checkpoint_every` steps in _state/
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import parallel
+from pipeline import confounds, parallel
 from pipeline.artifacts import STATE_DIR, StageError, adapter_of, failpoint, publish, write_json
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
@@ -58,8 +60,8 @@ from pipeline.plots import estimate_plots, prompt_plots
 from pipeline.report import number
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 
-NAME, VERSION = "spmcmc", 4
-SETTINGS = ("model", "sample_space", "judge", "spmcmc")
+NAME, VERSION = "spmcmc", 5
+SETTINGS = ("model", "sample_space", "judge", "confounds", "spmcmc")
 OPTIONAL_INPUTS = ("earlier",)
 DISTRIBUTED = True
 NEAR_FLAT = 1.5  # warn when no candidate gets 1.5x the uniform share
@@ -222,19 +224,20 @@ def chain_cache_stats(trace: dict, order: str, design_pairs: set) -> dict:
 
 
 def summarise(cfg: Config, space, trace: dict | None, raw_probs: dict, mass: dict, workdir: Path):
-    """Per prompt: estimates with standard errors, reliability, diagnostics; then the run's summary,
+    """Per prompt: estimates with standard errors, consistency, diagnostics; then the run's summary,
     plots and the artifact."""
     from datasets import Dataset, DatasetDict
 
     sc, groups = cfg.spmcmc, prompt_groups(space)
-    results = [_prompt_result(cfg, g, trace, raw_probs, mass) for g in groups]
-    rows = [_prompt_row(g, r) for g, r in zip(groups, results)]
+    results = [_prompt_result(cfg, g, trace, raw_probs, mass, space[g.lo:g.lo + g.n]) for g in groups]
+    names = [*confounds.FEATURES, *(k for k, _ in confounds.parse_formats(cfg.confounds.formats))]
+    rows = [_prompt_row(g, r, names) for g, r in zip(groups, results)]
     if len(groups) == 1:
         summary = {**results[0]["summary"], "n_prompts": 1, "per_prompt": rows}
         r = results[0]
         plots = estimate_plots(workdir, space["text"], r["est"], r["score"], r["states"])
     else:
-        summary = _run_summary(groups, results, rows, sc)
+        summary = _run_summary(groups, results, rows, cfg)
         plots = prompt_plots(workdir, rows)
     publish(workdir, NAME, summary, _lines(summary), plots)
     keys = sorted(raw_probs)
@@ -269,8 +272,9 @@ def _local_trace(trace: dict | None, g: Group, num_chains: int) -> dict | None:
     return out
 
 
-def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, mass: dict) -> dict | None:
-    """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare)."""
+def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, mass: dict, rows: dict) -> dict | None:
+    """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare); `rows` are its
+    sample-space columns."""
     sc, n = cfg.spmcmc, g.n
     if n < 2:
         return None
@@ -280,31 +284,53 @@ def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, m
     probs = shifted(raw, shift)
     local = _local_trace(trace, g, sc.num_chains)
     est, rel = all_estimates(probs, n, sc.order, mode, edges, local, sc.burn_in, sc.thin, sc.bt_alpha, sc.bootstrap,
-                             sc.reliability_splits, sc.seed)
+                             sc.consistency_splits, sc.seed)
     score = SCORE_OF_MODE[mode]
     summary = {"n_candidates": n, "mode": mode, "mode_reason": why, "design_edges": len(edges),
                "design_comparisons": 2 * len(edges), "judge_calls": len(raw), "score_estimate": score,
-               "score_reason": SCORE_REASON[mode], "reliability": rel.get("score"),
-               "reliability_frequency": rel.get("frequency"), **_judge_figures(raw, local_mass, probs, n, shift, cfg),
+               "score_reason": SCORE_REASON[mode], "consistency": rel.get("score"),
+               "consistency_frequency": rel.get("frequency"), **_judge_figures(raw, local_mass, probs, n, shift, cfg),
                "strength": _strength(probs, est[score][0]), "estimates": _agreement(est, score, mode),
                **_chain_figures(local, n, sc, set(ordered(edges)))}
-    summary["warnings"] = _warnings(summary, sc)
+    cc = cfg.confounds
+    summary["confounds"], controlled, pool = confounds.analyse(
+        raw, n, candidate_features(rows, cc.formats), est[score][0], rows.get("is_greedy"), list(cc.control),
+        sc.consistency_splits, sc.seed)  # raw choices: the GLM fits the position bias itself
+    summary["warnings"] = _warnings(summary, sc) + [w for w in [confounds.warning(summary["confounds"], cc.warn_r2)] if w]
     per_candidate = summary.pop("_per_candidate", [])
     states = states_after(local)[:, sc.burn_in::sc.thin] if local is not None else None
     return {"summary": summary, "est": est, "score": score, "trace": local, "states": states,
-            "per_candidate": per_candidate}
+            "per_candidate": per_candidate, "controlled": controlled, "pool": pool}
 
 
-def _prompt_row(g: Group, r: dict | None) -> dict:
+def candidate_features(rows: dict, formats: list[str]) -> dict:
+    """The confounds of a prompt's candidates from their sample-space (or spmcmc candidates) columns."""
+    return confounds.candidate_features(rows["text"], rows.get("n_tokens"), rows.get("sum_logprob"),
+                                        rows.get("mean_logprob"), rows.get("count"), formats)
+
+
+def _prompt_row(g: Group, r: dict | None, names: list[str]) -> dict:
     s = r["summary"] if r else {}
-    rel, strength = s.get("reliability") or {}, s.get("strength") or {}
+    rel, strength = s.get("consistency") or {}, s.get("strength") or {}
     return {"prompt_id": g.prompt_id, "prompt": g.prompt, "n_candidates": g.n, "mode": s.get("mode"),
-            "judge_calls": s.get("judge_calls", 0), "reliability": rel.get("reliability"),
+            "judge_calls": s.get("judge_calls", 0), "consistency": rel.get("consistency"),
             "position_bias": s.get("position_bias"), "label_mass_mean": s.get("label_mass_mean"),
             "top_over_uniform": strength.get("top_over_uniform"), "entropy": strength.get("entropy"),
             "calibration_shift": s.get("calibration_shift"),
             "mean_abs_w_minus_half": strength.get("mean_abs_w_minus_half"),
-            "warnings": len(s.get("warnings", [])) if r else 1}
+            **_confound_row(s.get("confounds") or {}, names), "warnings": len(s.get("warnings", [])) if r else 1}
+
+
+def _confound_row(c: dict, names: list[str]) -> dict:
+    """The `prompts` split's confound columns: each confound's Spearman with the score, R^2, the greedy answer's
+    rank, and the raw vs controlled strength and the controlled score's consistency."""
+    ctrl, explained = c.get("controlled") or {}, c.get("explained") or {}
+    return {**{f"spearman_{k}": ((c.get("features") or {}).get(k) or {}).get("spearman") for k in names},
+            "confound_r2": explained.get("r2"), "confound_r2_adjusted": explained.get("r2_adjusted"),
+            "greedy_rank": c.get("greedy_rank"), "raw_glm_strength": (c.get("raw_strength") or {}).get("mean_abs_w_minus_half"),
+            "controlled_strength": (ctrl.get("strength") or {}).get("mean_abs_w_minus_half"),
+            "controlled_consistency": (ctrl.get("consistency") or {}).get("consistency"),
+            "controlled_greedy_rank": ctrl.get("greedy_rank")}
 
 
 def _mean(values) -> float | None:
@@ -312,10 +338,11 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _run_summary(groups: list[Group], results: list, rows: list[dict], sc) -> dict:
+def _run_summary(groups: list[Group], results: list, rows: list[dict], cfg: Config) -> dict:
     """Means and worst cases over the prompts, and the prompts that need attention."""
+    sc = cfg.spmcmc
     done = [r["summary"] for r in results if r]
-    rel = [(row["reliability"], row["prompt_id"]) for row in rows if row["reliability"] is not None]
+    rel = [(row["consistency"], row["prompt_id"]) for row in rows if row["consistency"] is not None]
     worst = min(rel) if rel else (None, None)
     names = {name for s in done for name in s["estimates"] if name != "reference"}
     summary = {
@@ -324,8 +351,8 @@ def _run_summary(groups: list[Group], results: list, rows: list[dict], sc) -> di
         "mode": "/".join(sorted({s["mode"] for s in done})), "mode_reason": "per prompt, by spmcmc.budget (see per_prompt)",
         "score_estimate": "/".join(sorted({s["score_estimate"] for s in done})),
         "score_reason": " | ".join(sorted({s["score_reason"] for s in done})),
-        "reliability": {"reliability": _mean(r for r, _ in rel), "min": worst[0], "worst_prompt": worst[1],
-                        "evidence": "compared pairs, per prompt", "splits": sc.reliability_splits},
+        "consistency": {"consistency": _mean(r for r, _ in rel), "min": worst[0], "worst_prompt": worst[1],
+                        "evidence": "compared pairs, per prompt", "splits": sc.consistency_splits},
         "position_bias": _mean(s["position_bias"] for s in done), "calibration": done[0]["calibration"],
         "label_mass_mean": _mean(s["label_mass_mean"] for s in done),
         "label_mass_min": min((s["label_mass_min"] for s in done if s["label_mass_min"] is not None), default=None),
@@ -335,24 +362,50 @@ def _run_summary(groups: list[Group], results: list, rows: list[dict], sc) -> di
                       **{n: {k: _mean(s["estimates"][n][k] for s in done if n in s["estimates"])
                              for k in ("tv_vs_reference", "spearman_vs_reference", "mean_se", "min", "max")}
                          for n in sorted(names)}},
-        "chains_run": any(s["chains_run"] for s in done), "per_prompt": rows}
-    summary["warnings"] = _run_warnings(groups, results, sc)
+        "chains_run": any(s["chains_run"] for s in done), "per_prompt": rows,
+        "confounds": _run_confounds([r for r in results if r])}
+    pooled = confounds.warning(summary["confounds"], cfg.confounds.warn_r2, pooled=True)
+    summary["warnings"] = _run_warnings(groups, results, sc) + ([pooled] if pooled else [])
     return summary
+
+
+def _run_confounds(done: list[dict]) -> dict:
+    """Over prompts: each confound's mean within-prompt Spearman with the score (t interval over prompts), R^2
+    within prompts, the greedy answer's mean rank, and the raw and controlled strengths and consistency."""
+    conf = [r["summary"]["confounds"] for r in done]
+    t = confounds.mean_ci_t
+
+    def spearman(k):
+        m = t(c["features"][k]["spearman"] for c in conf)
+        return {"spearman": m["mean"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "prompts": m["n"]}
+    ctrl = [c["controlled"] for c in conf if c["controlled"]]
+    out = {"features": {k: spearman(k) for k in conf[0]["features"]},
+           "explained": confounds.pooled_explained([r["pool"] for r in done]),
+           "greedy_rank_mean": _mean(c["greedy_rank"] for c in conf),
+           "raw_strength": t((c["raw_strength"] or {}).get("mean_abs_w_minus_half") for c in conf), "controlled": None}
+    if ctrl:
+        out["controlled"] = {
+            "control": ctrl[0]["control"], "prompts": len(ctrl),
+            "strength": t(c["strength"]["mean_abs_w_minus_half"] for c in ctrl),
+            "consistency": t((c["consistency"] or {}).get("consistency") for c in ctrl),
+            "wald_p_below_05": float(np.mean([(c["strength"]["p"] or 1.0) < 0.05 for c in ctrl])),
+            "greedy_rank_mean": _mean(c["greedy_rank"] for c in ctrl)}
+    return out
 
 
 def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
     out = [f"prompt {g.prompt_id} ({g.prompt[:50]!r}) has {g.n} candidate(s): left out" for g, r in zip(groups, results)
            if r is None]
-    unreliable = [(r["summary"]["reliability"]["reliability"], g) for g, r in zip(groups, results)
-                  if r and r["summary"]["reliability"] and r["summary"]["reliability"]["reliability"] < sc.min_reliability]
-    out += [f"prompt {g.prompt_id} ({g.prompt[:50]!r}): preference reliability {v:.2f} < spmcmc.min_reliability="
-            f"{sc.min_reliability}; its pairs are close to coin flips" for v, g in sorted(unreliable, key=lambda t: t[0])[:10]]
-    if len(unreliable) > 10:
-        out.append(f"... and {len(unreliable) - 10} more prompts below spmcmc.min_reliability")
+    inconsistent = [(r["summary"]["consistency"]["consistency"], g) for g, r in zip(groups, results)
+                  if r and r["summary"]["consistency"] and r["summary"]["consistency"]["consistency"] < sc.min_consistency]
+    out += [f"prompt {g.prompt_id} ({g.prompt[:50]!r}): preference consistency {v:.2f} < spmcmc.min_consistency="
+            f"{sc.min_consistency}; its pairs are close to coin flips" for v, g in sorted(inconsistent, key=lambda t: t[0])[:10]]
+    if len(inconsistent) > 10:
+        out.append(f"... and {len(inconsistent) - 10} more prompts below spmcmc.min_consistency")
     others = {}
     for r in results:
         for w in (r["summary"]["warnings"] if r else []):
-            if "preference reliability" not in w:  # one line per kind of warning, numbers aside
+            if "preference consistency" not in w:  # one line per kind of warning, numbers aside
                 others.setdefault(re.sub(r"[0-9.]+", "#", w.split(":")[0]), []).append(w)
     out += [f"{len(ws)} of {len(groups)} prompts, e.g. {ws[0]}" for ws in others.values()]
     return out
@@ -378,7 +431,7 @@ def _judge_figures(raw: dict, mass: dict, probs: dict, n: int, shift: float, cfg
 
 
 def _strength(probs: dict, score: np.ndarray) -> dict:
-    """How strong the preferences are (reliability says only how consistently they were measured):
+    """How strong the preferences are (consistency says only how reliably they were measured):
     the mean order-averaged |W - 1/2| over pairs compared in both orders, and the score's extremes as
     multiples of the uniform share."""
     w = [order_averaged(probs, a, b) for a, b in compared_edges(probs)]
@@ -418,11 +471,11 @@ def _chain_figures(trace: dict | None, n: int, sc, design_pairs: set) -> dict:
 
 def _warnings(s: dict, sc) -> list[str]:
     out = list(s.get("mixing_warnings", []))
-    rel = s["reliability"]
+    rel = s["consistency"]
     if rel is None:
-        out.append("the preference reliability could not be computed (fewer than 4 compared pairs)")
-    elif rel["reliability"] < sc.min_reliability:
-        out.append(f"preference reliability {rel['reliability']:.2f} < spmcmc.min_reliability={sc.min_reliability}: "
+        out.append("the preference consistency could not be computed (fewer than 4 compared pairs)")
+    elif rel["consistency"] < sc.min_consistency:
+        out.append(f"preference consistency {rel['consistency']:.2f} < spmcmc.min_consistency={sc.min_consistency}: "
                    "the model's preferences were not measured reliably (two halves of the evidence disagree); "
                    "more comparisons (spmcmc.budget, spmcmc.degree), more candidates (sample_space.num_samples), "
                    "or a stronger judge model would change that; pairs built from it are close to coin flips")
@@ -444,11 +497,11 @@ def _warnings(s: dict, sc) -> list[str]:
 
 def _candidates(space, groups: list[Group], results: list):
     """The sample space's columns, visits, and every estimate with its standard error, per prompt."""
-    keep = [c for c in ("id", "prompt_id", "prompt", "text", "count", "is_greedy", "source", "text_sha")
-            if c in space.column_names]
+    keep = [c for c in ("id", "prompt_id", "prompt", "text", "count", "n_tokens", "sum_logprob", "mean_logprob",
+                        "is_greedy", "source", "text_sha") if c in space.column_names]  # the confounds' sources too
     cands = space.select_columns(keep)
     columns = {c: [] for c in ("visits", *[COLUMN[e] + suffix for e in ESTIMATES for suffix in ("", "_se")],
-                               "score", "score_se")}
+                               "score", "score_se", "controlled", "controlled_se")}
     for g, r in zip(groups, results):
         none = [None] * g.n
         chained = r is not None and r["states"] is not None  # visits after burn-in and thinning
@@ -460,6 +513,9 @@ def _candidates(space, groups: list[Group], results: list):
         score = r["est"][r["score"]] if r else (none, none)
         columns["score"] += list(map(_num, score[0]))
         columns["score_se"] += list(map(_num, score[1]))
+        controlled = r["controlled"] if r and r["controlled"] is not None else (none, none)
+        columns["controlled"] += list(map(_num, controlled[0]))
+        columns["controlled_se"] += list(map(_num, controlled[1]))
     for name, values in columns.items():
         cands = cands.add_column(name, values)
     return cands
@@ -474,23 +530,44 @@ def _lines(s: dict) -> list[str]:
 
 
 def _run_lines(s: dict) -> list[str]:
-    rel, strength = s["reliability"], s["strength"]
+    rel, strength = s["consistency"], s["strength"]
     lines = [f"{s['n_prompts']} prompts, {s['n_candidates']} candidates, judge calls={s['judge_calls']}, mode={s['mode']}, "
              f"score={s['score_estimate']}",
-             f"preference reliability: mean {number(rel['reliability'])}, worst {number(rel['min'])} "
+             f"preference consistency: mean {number(rel['consistency'])}, worst {number(rel['min'])} "
              f"({rel['worst_prompt']}); position bias {number(s['position_bias'])}; label mass "
              f"{number(s['label_mass_mean'])}; preference strength: mean |W - 1/2| "
              f"{number(strength['mean_abs_w_minus_half'])}, top {number(strength['top_over_uniform'], '.2f')}x uniform"]
-    lines += [f"  {r['prompt'][:40]:40s} N={r['n_candidates']:<3d} reliability {number(r['reliability'], '.2f')}  top "
+    lines += [f"  {r['prompt'][:40]:40s} N={r['n_candidates']:<3d} consistency {number(r['consistency'], '.2f')}  top "
               f"{number(r['top_over_uniform'], '.2f')}x" for r in s["per_prompt"][:30]]
-    return lines + [f"warning: {w}" for w in s["warnings"]]
+    return lines + _run_confound_lines(s["confounds"]) + [f"warning: {w}" for w in s["warnings"]]
+
+
+def _tracks(features: dict) -> str:
+    """'length -0.61 [-0.77, -0.39]  logprob ...': each confound's Spearman with the score and its interval."""
+    signed = lambda v: number(v, "+.2f")  # noqa: E731
+    return "  ".join(f"{k} {signed(f['spearman'])} [{signed(f['ci_low'])}, {signed(f['ci_high'])}]"
+                     for k, f in features.items() if f["spearman"] is not None)
+
+
+def _run_confound_lines(c: dict) -> list[str]:
+    tracks = _tracks(c["features"])
+    ex, ctrl = c["explained"], c["controlled"]
+    lines = [f"the score tracks (mean within-prompt Spearman, 95% t interval over prompts): {tracks or 'n/a'}",
+             f"confounds explain R² = {number(ex['r2'], '.2f')} (adjusted {number(ex['r2_adjusted'], '.2f')}) of the "
+             f"judge's strengths within prompts; the greedy answer's mean rank {number(c['greedy_rank_mean'], '.1f')}"]
+    if ctrl:
+        lines.append(f"controlled for {', '.join(ctrl['control'])}: strength {number(ctrl['strength']['mean'], '.4f')} "
+                     f"(raw {number(c['raw_strength']['mean'], '.4f')}), consistency "
+                     f"{number(ctrl['consistency']['mean'], '.2f')}; a preference is left (Wald p < 0.05) in "
+                     f"{ctrl['wald_p_below_05']:.0%} of {ctrl['prompts']} prompts")
+    return lines
 
 
 def _prompt_lines(s: dict) -> list[str]:
-    rel = s["reliability"]
+    rel = s["consistency"]
     lines = [f"N={s['n_candidates']}  mode={s['mode']} ({s['mode_reason']})  judge calls={s['judge_calls']}  "
              f"score={s['score_estimate']}",
-             f"preference reliability (split-half, Spearman-Brown) = {number(rel and rel['reliability'])}  "
+             f"preference consistency (split-half, Spearman-Brown) = {number(rel and rel['consistency'])}  "
              f"position bias P(first chosen)={s['position_bias']:.3f}  label mass mean={number(s['label_mass_mean'])}"
              f"  intransitive triads={number(s['intransitive_share'])}",
              f"preference strength: mean |W - 1/2| = {number(s['strength']['mean_abs_w_minus_half'])}  score "
@@ -502,4 +579,22 @@ def _prompt_lines(s: dict) -> list[str]:
         lines.append(f"chains: steps={s['steps']}  acceptance={s['acceptance_rate']:.3f}  new comparisons="
                      f"{s['chain_new_comparisons']}  max R-hat={number(s['max_rhat'])}  min ESS="
                      f"{number(s['min_ess_bulk'], '.0f')}")
-    return lines + [f"warning: {w}" for w in s["warnings"]]
+    return lines + _confound_lines(s["confounds"]) + [f"warning: {w}" for w in s["warnings"]]
+
+
+def _confound_lines(c: dict) -> list[str]:
+    """What the preference tracks (each confound's Spearman with the score) and what is left when it is held fixed."""
+    tracks = _tracks(c["features"])
+    ex, raw = c["explained"] or {}, (c["raw_strength"] or {}).get("mean_abs_w_minus_half")
+    lines = [f"the score tracks (Spearman, 95% CI): {tracks or 'n/a'}",
+             f"confounds explain R² = {number(ex.get('r2'), '.2f')} (adjusted {number(ex.get('r2_adjusted'), '.2f')}) of "
+             f"the judge's strengths; the greedy answer ranks {number(c['greedy_rank'], 'd')}"]
+    ctrl = c["controlled"]
+    if ctrl:
+        st = ctrl["strength"]
+        lines.append(f"controlled for {', '.join(ctrl['control'])}: strength mean |W - 1/2| = "
+                     f"{number(st['mean_abs_w_minus_half'], '.4f')} [{number(st['ci_low'], '.4f')}, "
+                     f"{number(st['ci_high'], '.4f')}] (raw {number(raw, '.4f')}), consistency "
+                     f"{number((ctrl['consistency'] or {}).get('consistency'), '.2f')}"
+                     + (f", greedy answer ranks {number(ctrl['greedy_rank'], 'd')}" if "greedy_rank" in ctrl else ""))
+    return lines

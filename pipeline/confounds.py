@@ -1,0 +1,352 @@
+"""What a judge's preference tracks, and the preference left when that is held fixed.
+
+A judge that prefers shorter answers, or answers likely under itself, ranks them first whatever their
+quality; pairs built from that ranking teach "shorter and likelier". This module measures it and takes
+it out, per prompt:
+
+Confounds   per candidate: length (log characters), tokens (log tokens), logprob (summed token
+            log-probability under the policy), mean_logprob, count (log(1 + generation count)), and
+            format features named in `confounds.formats` ("name=regex": 1 where the text matches).
+Strengths   a GLM on the comparisons already made (statsmodels, binomial with the quasi-likelihood
+            scale): logit P(first shown chosen) = c + s_first - s_second, c the position bias. Its
+            dispersion (Pearson chi2 / df) is what actually varies between readings of the judge:
+            the two presentation orders disagreeing, intransitive triads. So s has a covariance from
+            the comparisons themselves, whatever the design.
+Control     s split into what the controlled confounds X predict and the rest: s = X beta + q with
+            q orthogonal to [1, X] (an ordinary least-squares split; the same fit as the GLM
+            logit = c + (q_f - q_s) + beta (x_f - x_s) with that constraint, the AlpacaEval
+            length-controlled construction). q is the preference at zero confound difference; its
+            covariance is the GLM's, projected. A true quality that correlates with a confound in this
+            sample is partly removed with it: control is for what you did not ask the judge to reward.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURES = ("length", "tokens", "logprob", "mean_logprob", "count")
+FEATURE_MEANING = {"length": "log characters", "tokens": "log tokens", "logprob": "summed log-probability under "
+                   "the policy", "mean_logprob": "mean token log-probability", "count": "log(1 + times generated)"}
+
+
+# ------------------------------------------------------------------------------------ features
+def parse_formats(formats: list[str]) -> list[tuple[str, str]]:
+    """'name=regex' items -> [(name, regex)] (validated in pipeline/config.py)."""
+    return [tuple(item.split("=", 1)) for item in formats]
+
+
+def candidate_features(texts: list[str], n_tokens=None, sum_logprob=None, mean_logprob=None, count=None,
+                       formats: list[str] = ()) -> dict[str, np.ndarray]:
+    """{feature: value per candidate}; a feature without its column (e.g. count for rated items) is left out."""
+    out = {"length": np.log([max(len(t), 1) for t in texts])}
+    given = {"tokens": (n_tokens, lambda v: np.log(np.maximum(v, 1))), "logprob": (sum_logprob, None),
+             "mean_logprob": (mean_logprob, None), "count": (count, np.log1p)}
+    for name, (values, transform) in given.items():
+        if values is not None and None not in list(values):
+            v = np.asarray(values, dtype=float)
+            out[name] = transform(v) if transform else v
+    for name, pattern in parse_formats(formats):
+        rx = re.compile(pattern)
+        out[name] = np.array([1.0 if rx.search(t) else 0.0 for t in texts])
+    return out
+
+
+def spearman_ci(x, y) -> dict:
+    """Spearman rho, a 95% interval (Fisher z with the Bonett–Wright variance (1 + rho^2/2)/(n - 3)) and
+    its p-value; None where a side is constant or n < 4."""
+    from scipy.stats import spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"spearman": None, "ci_low": None, "ci_high": None, "p": None, "n": len(x)}
+    res = spearmanr(x, y)
+    r = float(np.clip(res.statistic, -0.9999, 0.9999))
+    half = 1.959964 * math.sqrt((1 + r * r / 2) / (len(x) - 3))
+    return {"spearman": float(res.statistic), "ci_low": math.tanh(math.atanh(r) - half),
+            "ci_high": math.tanh(math.atanh(r) + half), "p": float(res.pvalue), "n": len(x)}
+
+
+def standardised(feats: dict[str, np.ndarray], names) -> tuple[np.ndarray, list[str]]:
+    """The named features as z-scored columns (constant ones dropped: they explain nothing)."""
+    cols, kept = [], []
+    for name in names:
+        v = feats.get(name)
+        if v is not None and np.ptp(v) > 0:
+            cols.append((v - v.mean()) / v.std())
+            kept.append(name)
+    n = len(next(iter(feats.values())))
+    return (np.column_stack(cols) if cols else np.zeros((n, 0))), kept
+
+
+# ------------------------------------------------------------------------------------ the GLM
+@dataclass
+class StrengthFit:
+    """The judge's log-strengths (mean 0) with their covariance, from the GLM on the comparisons."""
+    s: np.ndarray
+    cov: np.ndarray
+    position: float  # c: log-odds of choosing the first shown answer between equal ones
+    dispersion: float  # Pearson chi2 / residual df (quasi-binomial scale)
+    comparisons: int
+
+
+def fit_strengths(probs: dict, n: int) -> StrengthFit | None:
+    """logit P(first chosen) = c + s_first - s_second over every comparison in `probs` ({(first, second): p});
+    s lives in the sum-zero subspace. None with fewer comparisons than parameters + 1."""
+    import statsmodels.api as sm
+    from scipy.linalg import null_space
+
+    keys = list(probs)
+    if n < 2 or len(keys) < n + 1:
+        return None
+    basis = null_space(np.ones((1, n)))  # N x (N-1): s = basis @ gamma sums to 0
+    k = np.array(keys)
+    design = basis[k[:, 0]] - basis[k[:, 1]]
+    y = np.clip(np.array([probs[key] for key in keys], dtype=float), 0.0, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # soft targets near 0/1 warn of separation; the fit stands
+        res = sm.GLM(y, np.column_stack([np.ones(len(keys)), design]), family=sm.families.Binomial()).fit(scale="X2")
+    gamma_cov = np.asarray(res.cov_params())[1:, 1:]
+    dispersion = float(res.scale) if np.isfinite(res.scale) else 0.0
+    return StrengthFit(s=basis @ res.params[1:], cov=basis @ gamma_cov @ basis.T, position=float(res.params[0]),
+                       dispersion=dispersion, comparisons=len(keys))
+
+
+def residual_maker(x: np.ndarray) -> np.ndarray:
+    """M = I - H for the columns [1, x]: M s is what the columns do not predict."""
+    n = x.shape[0]
+    a = np.column_stack([np.ones(n), x])
+    return np.eye(n) - a @ np.linalg.pinv(a)
+
+
+@dataclass
+class Controlled:
+    """The preference at zero difference of the controlled confounds."""
+    q: np.ndarray
+    cov: np.ndarray
+    names: list[str]
+    beta: np.ndarray  # per SD of each confound, on the log-strength scale
+    beta_se: np.ndarray  # over candidates (statsmodels OLS of s on the confounds)
+    beta_p: np.ndarray
+    r2: float | None
+
+
+def control(fit: StrengthFit, x: np.ndarray, names: list[str]) -> Controlled:
+    """q = M s and its covariance M cov M'; beta, its SE and p from the candidate-level regression."""
+    import statsmodels.api as sm
+
+    m = residual_maker(x)
+    n, k = x.shape
+    beta = se = p = np.zeros(0)
+    r2 = None
+    if k and n > k + 1:
+        ols = sm.OLS(fit.s, np.column_stack([np.ones(n), x])).fit()
+        beta, se, p = ols.params[1:], ols.bse[1:], ols.pvalues[1:]
+        r2 = float(ols.rsquared)
+    return Controlled(q=m @ fit.s, cov=m @ fit.cov @ m.T, names=names, beta=np.asarray(beta), beta_se=np.asarray(se),
+                      beta_p=np.asarray(p), r2=r2)
+
+
+def explained(s: np.ndarray, x: np.ndarray) -> dict:
+    """R^2 (and adjusted) of the log-strengths on the confound columns, ordinary least squares."""
+    n, k = x.shape
+    if k == 0 or n <= k + 1 or np.ptp(s) == 0:
+        return {"r2": None, "r2_adjusted": None, "features": k}
+    resid = residual_maker(x) @ s
+    r2 = 1.0 - float(resid @ resid) / float(((s - s.mean()) ** 2).sum())
+    return {"r2": r2, "r2_adjusted": 1.0 - (1.0 - r2) * (n - 1) / (n - k - 1), "features": k}
+
+
+# ------------------------------------------------------------------------------------ what is left
+def order_averaged_w(delta, position: float):
+    """W = 1/2 (P(a chosen | a first) + 1 - P(b chosen | b first)) under the GLM, for strength gap delta = s_a - s_b."""
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    return 0.5 * (sig(position + delta) + 1.0 - sig(position - delta))
+
+
+def pair_z(values: np.ndarray, cov: np.ndarray, a: int, b: int) -> float:
+    """(v_a - v_b) / SE, the SE from the covariance (inf when the judge never disagreed with the model)."""
+    var = cov[a, a] + cov[b, b] - 2 * cov[a, b]
+    gap = float(values[a] - values[b])
+    if var <= 1e-18:
+        return math.copysign(math.inf, gap) if gap else 0.0
+    return gap / math.sqrt(var)
+
+
+def strength(values: np.ndarray, cov: np.ndarray, position: float, pairs: list[tuple[int, int]]) -> dict:
+    """How much preference the strengths carry: mean |W - 1/2| over `pairs`, on the judge's order-averaged scale (as
+    the model would choose between the two), corrected for measurement noise, with a 95% interval.
+
+    Noise makes any estimate look like a preference (|.| of noise is positive), so the figure is computed for
+    the estimate shrunk to its noise-free size: lambda = v' cov^+ v is noncentral chi^2(df, lambda_true); the
+    unbiased lambda_true = max(lambda - df, 0) and its 95% interval (inverting the noncentral chi^2) rescale v by
+    sqrt(lambda_true / lambda). The interval reaches 0 exactly when the Wald test of "no preference" does not
+    reject at 5%; `naive` is mean |W - 1/2| of the estimate as it stands."""
+    if not pairs:
+        return {"mean_abs_w_minus_half": None, "naive": None, "ci_low": None, "ci_high": None, **wald_test(values, cov)}
+    a, b = np.array(pairs).T
+
+    def stat(scale):
+        return float(np.mean(np.abs(order_averaged_w(scale * (values[a] - values[b]), position) - 0.5)))
+    test = wald_test(values, cov)
+    if test["chi2"] is None or test["chi2"] <= 0:  # no measurement noise at all: the estimate is the preference
+        return {"mean_abs_w_minus_half": stat(1.0), "naive": stat(1.0), "ci_low": stat(1.0), "ci_high": stat(1.0),
+                **test}
+    lam, df = test["chi2"], test["df"]
+    low, high = noncentrality_interval(lam, df)
+    scale = lambda size: math.sqrt(size / lam)  # noqa: E731
+    return {"mean_abs_w_minus_half": stat(scale(max(lam - df, 0.0))), "naive": stat(1.0), "ci_low": stat(scale(low)),
+            "ci_high": stat(scale(high)), **test}
+
+
+def noncentrality_interval(observed: float, df: int) -> tuple[float, float]:
+    """95% interval for the noncentrality of a chi^2(df) variable observed at `observed` (test inversion with
+    scipy's ncx2; beyond where it is accurate, the normal approximation mean df + lam, variance 2(df + 2 lam))."""
+    from scipy.optimize import brentq
+    from scipy.stats import chi2, ncx2
+
+    if observed > 1e4:
+        z = 1.959964
+
+        def bound(sign):  # observed = df + lam + sign z sqrt(2 (df + 2 lam)), solved for lam
+            lam = max(observed - df, 0.0)
+            for _ in range(50):
+                lam = max(observed - df - sign * z * math.sqrt(2 * (df + 2 * lam)), 0.0)
+            return lam
+        return bound(1), bound(-1)
+    low = 0.0 if chi2.sf(observed, df) >= 0.025 else brentq(lambda nc: ncx2.sf(observed, df, nc) - 0.025, 1e-9,
+                                                                                observed * 2 + 100)
+    high = 0.0 if chi2.cdf(observed, df) <= 0.025 else brentq(lambda nc: ncx2.cdf(observed, df, nc) - 0.025, 1e-9,
+                                                                                  observed * 4 + 200)
+    return float(low), float(high)
+
+
+def wald_test(q: np.ndarray, cov: np.ndarray) -> dict:
+    """Is any preference left? chi2 = q' cov^+ q on rank(cov) degrees of freedom."""
+    from scipy.stats import chi2
+
+    eig = np.linalg.eigvalsh(cov)
+    df = int((eig > eig.max() * 1e-9).sum()) if eig.size and eig.max() > 0 else 0
+    if df == 0:
+        return {"chi2": None, "df": 0, "p": None}
+    stat = float(q @ np.linalg.pinv(cov, hermitian=True, rcond=1e-9) @ q)
+    return {"chi2": stat, "df": df, "p": float(chi2.sf(stat, df))}
+
+
+def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int) -> dict | None:
+    """Split-half consistency of q: the compared pairs (both orders together) split at random, the GLM and the
+    control fitted on each half, Spearman between the halves' q, Spearman–Brown corrected, averaged over splits."""
+    from pipeline.estimates import split_half
+
+    edges = sorted({(min(f, s), max(f, s)) for f, s in probs})
+    if len(edges) < 4:
+        return None
+    m = residual_maker(x)
+
+    def estimate(mask):
+        chosen = {e for e, keep in zip(edges, mask) if keep}
+        fit = fit_strengths({k: v for k, v in probs.items() if (min(k), max(k)) in chosen}, n)
+        return m @ fit.s if fit is not None else np.zeros(n)
+    out = split_half(estimate, len(edges), splits, seed)
+    return out and {**out, "evidence": "compared pairs"}
+
+
+def softmax_se(q: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """p = softmax(q) (a preference distribution, like the other scores) and its delta-method SE."""
+    p = np.exp(q - q.max())
+    p /= p.sum()
+    jac = np.diag(p) - np.outer(p, p)
+    return p, np.sqrt(np.clip(np.diag(jac @ cov @ jac.T), 0.0, None))
+
+
+# ------------------------------------------------------------------------------------ one prompt
+def greedy_rank(values, greedy) -> int | None:
+    """1 = the greedy answer is the most preferred; None without a greedy answer."""
+    hits = [i for i, g in enumerate(greedy or []) if g]
+    if not hits:
+        return None
+    ranks = (-np.asarray(values, float)).argsort(kind="stable").argsort() + 1
+    return int(ranks[hits[0]])
+
+
+def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray, greedy, control_names: list[str],
+            splits: int, seed: int) -> tuple[dict, tuple | None, dict]:
+    """One prompt: (summary, (controlled score, its SE) or None, arrays for pooling over prompts).
+
+    Summary: each confound's Spearman with the score (95% CI, p); R^2 of the GLM strengths on all confounds and on
+    the controlled ones; the GLM's position bias and dispersion; the raw and the controlled strength (mean |W - 1/2|
+    on the judge's order-averaged scale, corrected for noise, 95% interval, with the Wald test of "no preference");
+    the controlled score's consistency and the greedy answer's rank under both."""
+    fit = fit_strengths(probs, n)
+    x_all, all_names = standardised(feats, list(feats))
+    pairs = sorted({(min(f, s), max(f, s)) for f, s in probs if f != s})
+    summary = {"features": {name: spearman_ci(score, v) for name, v in feats.items()},
+               "greedy_rank": greedy_rank(score, greedy), "controlled": None,
+               "explained": {**explained(fit.s, x_all), "names": all_names} if fit else None,
+               "glm": {"position": fit.position, "dispersion": fit.dispersion, "comparisons": fit.comparisons}
+               if fit else None,
+               "raw_strength": strength(fit.s, fit.cov, fit.position, pairs) if fit else None}
+    pool = {"s": fit.s if fit else None, "x": x_all, "names": all_names}
+    x, names = standardised(feats, control_names)
+    if fit is None or not control_names or n - 1 - len(names) < 2:
+        return summary, None, pool
+    c = control(fit, x, names)
+    p, se = softmax_se(c.q, c.cov)
+    summary["controlled"] = {
+        "control": names, "constant": [k for k in control_names if k not in names],
+        "beta": {k: {"per_sd": float(b), "se": float(e), "p": float(pv)} for k, b, e, pv in
+                 zip(names, c.beta, c.beta_se, c.beta_p)},
+        "r2": c.r2, "strength": strength(c.q, c.cov, fit.position, pairs),
+        "consistency": consistency(probs, n, x, splits, seed),
+        "greedy_rank": greedy_rank(p, greedy), "score_spearman_with_raw": spearman_ci(p, score)["spearman"]}
+    return summary, (p, se), pool
+
+
+def pooled_explained(pools: list[dict]) -> dict:
+    """R^2 of the strengths on the confounds within prompts: each prompt's strengths centred and its confounds
+    z-scored, stacked, one regression (the confounds measured in every prompt)."""
+    usable = [p for p in pools if p["s"] is not None]
+    if not usable:
+        return {"r2": None, "r2_adjusted": None, "features": 0, "names": []}
+    names = [k for k in usable[0]["names"] if all(k in p["names"] for p in usable)]
+    s = np.concatenate([p["s"] - p["s"].mean() for p in usable])
+    x = np.vstack([p["x"][:, [p["names"].index(k) for k in names]] for p in usable])
+    n, k = x.shape
+    if k == 0 or n <= k + len(usable) or not s.any():
+        return {"r2": None, "r2_adjusted": None, "features": k, "names": names}
+    beta, *_ = np.linalg.lstsq(x, s, rcond=None)
+    resid = s - x @ beta
+    r2 = 1.0 - float(resid @ resid) / float(s @ s)
+    return {"r2": r2, "r2_adjusted": 1.0 - (1.0 - r2) * (n - len(usable)) / (n - len(usable) - k), "features": k,
+            "names": names}
+
+
+def mean_ci_t(values) -> dict:
+    """Mean over prompts with a t interval (few prompts: a percentile bootstrap would be too narrow)."""
+    from scipy import stats
+
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    if v.size == 1 or np.ptp(v) == 0:
+        return {"mean": float(v.mean()), "ci_low": None, "ci_high": None, "n": int(v.size)}
+    low, high = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return {"mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(v.size)}
+
+
+def warning(summary: dict, warn_r2: float, pooled: bool = False) -> str | None:
+    """When the confounds explain most of the judge's strengths (adjusted R^2, so that many confounds over few
+    candidates do not trip it by chance), a line naming those that track the score."""
+    r2 = (summary.get("explained") or {}).get("r2_adjusted")
+    if r2 is None or r2 < warn_r2:
+        return None
+    named = sorted(((k, f) for k, f in summary["features"].items() if f.get("spearman") is not None
+                    and (f["ci_low"] > 0 or f["ci_high"] < 0)), key=lambda t: -abs(t[1]["spearman"]))
+    what = ", ".join(f"{k} ρ = {f['spearman']:+.2f}" for k, f in named) or "no single confound on its own"
+    return (f"the confounds explain R² = {r2:.2f} (adjusted{', within prompts' if pooled else ''}) of the judge's "
+            f"preference strengths ({what}): pairs from the raw score mostly teach these; preferences.control=true "
+            f"builds them from the controlled score (holding confounds.control fixed)")
