@@ -246,7 +246,8 @@ CONFOUND_FEATURES = ("length", "tokens", "logprob", "mean_logprob", "count")  # 
 class ConfoundsConfig(Section):
     SECTION = "confounds"
     formats: list[str] = setting(None, "format features as name=regex (1 where an answer matches), measured next to "
-                                       "length, tokens, logprob, mean_logprob and count, e.g. [question=[?]$]",
+                                       "length, tokens, logprob, mean_logprob and count, e.g. "
+                                       "confounds.formats='[\"question=[?]$\"]'",
                                  factory=list)
     control: list[str] = setting(None, "confounds the controlled score holds fixed (spmcmc's `controlled` column; "
                                        "preferences.control=true builds pairs from it); [] = no controlled score",
@@ -309,6 +310,11 @@ class PreferencesConfig(Section):
         _require(0 <= self.test_fraction < 1, "preferences.test_fraction", "must be in [0, 1)")
         _require(0.5 <= self.min_confidence < 1, "preferences.min_confidence",
                  "must be in [0.5, 1): below 0.5 the model itself prefers the rejected answer")
+        _require(not self.control or self.score == "auto", "preferences.control",
+                 f"ranks pairs by the controlled score, so preferences.score={self.score} would be ignored; keep "
+                 "preferences.score=auto")
+        _require(self.control or self.max_confound_gap == 0, "preferences.max_confound_gap",
+                 "matches pairs on the controlled confounds: it needs preferences.control=true")
 
 
 @dataclass

@@ -81,6 +81,42 @@ def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
     return [_save(fig, workdir / "prompts.png")]
 
 
+def confound_plot(workdir: Path, feats: dict, score: np.ndarray, controlled: np.ndarray | None) -> Path:
+    """confounds.png: the score against log length and against the summed log-probability, and the controlled
+    score against the raw one (what control changed)."""
+    plt = _pyplot()
+    panels = [(k, label) for k, label in (("length", "log characters"), ("logprob", "summed log-prob under the policy"))
+              if k in feats]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.4 * (len(panels) + 1), 3.2), squeeze=False)
+    for ax, (k, label) in zip(axes[0], panels):
+        ax.scatter(feats[k], score, s=10)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("score", fontsize=8)
+    ax = axes[0][-1]
+    if controlled is not None:
+        ax.scatter(score, controlled, s=10, c=feats["length"], cmap="viridis")
+        ax.set_xlabel("score (raw)", fontsize=8)
+        ax.set_ylabel("controlled score (colour: log length)", fontsize=8)
+    fig.suptitle("what the judge's preference tracks besides quality", fontsize=9)
+    return _save(fig, workdir / "confounds.png")
+
+
+def prompt_confound_plot(workdir: Path, features: dict) -> Path:
+    """confounds.png for a prompt set: each confound's mean within-prompt Spearman with the score, 95% t interval."""
+    plt = _pyplot()
+    names = [k for k, f in features.items() if f["spearman"] is not None]
+    rows = [features[k] for k in names]
+    y = _column(rows, "spearman")
+    lo, hi = _column(rows, "ci_low"), _column(rows, "ci_high")
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names)), 3.2))
+    ax.bar(np.arange(len(names)), y, color="tab:purple", alpha=0.7)
+    ax.errorbar(np.arange(len(names)), y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], fmt="none", color="k")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_ylabel("Spearman with the score (mean over prompts)", fontsize=8)
+    return _save(fig, workdir / "confounds.png")
+
+
 def rounds_plot(workdir: Path, rounds: list[dict]) -> Path:
     """rounds.png: per round, the policy's answer diversity, the preference entropy and consistency, and
     the tuned policy's win rates (base judge) with their 95% intervals."""

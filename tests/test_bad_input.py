@@ -68,6 +68,13 @@ CONFIG_CASES = [
     ("infinite temperature", lambda t: TINY + ["judge.temperature=inf"], "judge.temperature: must be a finite"),
     ("empty prompt", lambda t: TINY + ["sample_space.query= "], "sample_space.query: a value is required"),
     ("unwritable output_dir", lambda t: TINY + ["output_dir=/proc/spmcmc-out"], "is not writable"),
+    ("unknown confound", lambda t: TINY + ["confounds.control=[lenght]"], "unknown confound 'lenght' (did you mean"),
+    ("format without name", lambda t: TINY + ['confounds.formats=["[?]$"]'], "must be name=regex"),
+    ("format bad regex", lambda t: TINY + ['confounds.formats=["q=("]'], "'(' is not a valid regex"),
+    ("format shadows a confound", lambda t: TINY + ['confounds.formats=["length=x"]'], "is a built-in feature"),
+    ("control with another score", lambda t: TINY + ["preferences.control=true", "preferences.score=bt"],
+     "keep preferences.score=auto"),
+    ("matching without control", lambda t: TINY + ["preferences.max_confound_gap=1"], "needs preferences.control=true"),
 ]
 
 

@@ -129,3 +129,23 @@ def test_format_features_and_spearman_intervals():
     r = confounds.spearman_ci(np.arange(20), np.arange(20) + np.random.default_rng(0).normal(0, 3, 20))
     assert r["ci_low"] < r["spearman"] < r["ci_high"] and 0 < r["p"] < 0.05
     assert confounds.spearman_ci([1, 1, 1, 1, 1], [1, 2, 3, 4, 5])["spearman"] is None
+
+
+def test_the_glm_equals_statsmodels():
+    """fit_strengths is statsmodels' GLM(Binomial).fit(scale="X2") on the dense design, fitted faster."""
+    import statsmodels.api as sm
+    from scipy.linalg import null_space
+
+    n = 12
+    s = np.random.default_rng(6).normal(0, 0.7, size=n)
+    probs = simulated(n, s - s.mean(), 0.8, 0.2, 7)
+    del probs[0, 1], probs[3, 2]  # some pairs in one order only
+    keys = np.array(list(probs))
+    basis = null_space(np.ones((1, n)))
+    design = np.column_stack([np.ones(len(keys)), basis[keys[:, 0]] - basis[keys[:, 1]]])
+    ref = sm.GLM(np.array(list(probs.values())), design, family=sm.families.Binomial()).fit(scale="X2")
+    fit = confounds.fit_strengths(probs, n)
+    assert fit.position == pytest.approx(ref.params[0], abs=1e-8)
+    assert np.allclose(fit.s, basis @ ref.params[1:], atol=1e-8)
+    assert fit.dispersion == pytest.approx(ref.scale, rel=1e-8)
+    assert np.allclose(fit.cov, basis @ np.asarray(ref.cov_params())[1:, 1:] @ basis.T, atol=1e-10)

@@ -179,3 +179,38 @@ def test_prompt_set_pairs_stay_within_prompts_and_held_out_prompts_stay_out(tmp_
             assert all(row["prompt"][-1]["content"] == topics[k] for row, k in zip(ds, owner))
     assert not held & (set(out["train"]["prompt_id"]) | set(out["sft"]["prompt_id"]))
     assert set(out["test"]["prompt_id"]) == held
+
+
+def length_biased_judge(n: int, seed: int = 0):
+    """Answers of varied length; a judge with a planted quality and a stronger preference for short answers."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(20, 300, size=n)
+    texts = [("ha" * 200)[:L - 3] + f"{i:03d}" for i, L in enumerate(lengths)]
+    quality = rng.normal(0, 0.6, size=n)
+    z = np.log(lengths)
+    bias = -1.5 * (z - z.mean()) / z.std()
+    eps = rng.normal(0, 0.1, size=(n, n))
+    judge = lambda a, b: 1 / (1 + np.exp(-(0.5 + quality[a] - quality[b] + bias[a] - bias[b] + eps[a, b])))  # noqa: E731
+    return texts, judge, {"n_tokens": [int(L // 4) for L in lengths], "sum_logprob": list(-0.9 * lengths.astype(float)),
+                          "mean_logprob": [-0.9] * n}
+
+
+def test_control_takes_length_out_of_the_pairs_and_keeps_the_judges_choice(tmp_path):
+    import json
+
+    texts, judge, columns = length_biased_judge(40)
+    fake = {"n": 40, "judge": judge, "texts": texts, "columns": columns}
+    common = ("confounds.control=[length]", "preferences.min_confidence=0.5", "preferences.max_pairs=64")
+    run_stage(tmp_path / "raw", *common, **fake)
+    raw = json.loads((tmp_path / "raw" / "work" / "summary.json").read_text())["kept_pairs"]
+    out = run_stage(tmp_path / "ctl", *common, "preferences.control=true", **fake)
+    summary = json.loads((tmp_path / "ctl" / "work" / "summary.json").read_text())
+    assert raw["chosen_shorter"] > 0.9 and summary["kept_pairs"]["chosen_shorter"] <= 0.65
+    assert summary["score_column"] == "controlled" and out["train"].num_rows >= 20
+    for a, b in zip(out["train"]["chosen_id"], out["train"]["rejected_id"]):  # still the judge's own choice
+        assert 0.5 * (judge(a, b) + 1 - judge(b, a)) > 0.5
+    matched = run_stage(tmp_path / "m", *common, "preferences.control=true", "preferences.max_confound_gap=0.5", **fake)
+    z = np.log([len(t) for t in texts])
+    z = (z - z.mean()) / z.std()
+    assert matched["train"].num_rows > 0
+    assert all(abs(z[a] - z[b]) <= 0.5 for a, b in zip(matched["train"]["chosen_id"], matched["train"]["rejected_id"]))

@@ -48,7 +48,8 @@ OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
 
-def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adapter_key, extra_cache) -> dict:
+def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adapter_key, extra_cache,
+                  answers: list[tuple]) -> dict:
     """spMCMC over the rated items with the spmcmc stage's design, judge code and pair cache: `spmcmc` is
     the stage's score estimate; `spmcmc_frequency` the paper's chain visit frequency, when chains run."""
     sc, n = cfg.spmcmc, len(texts)
@@ -68,23 +69,22 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
     out = {"spmcmc": est[SCORE_OF_MODE[mode]][0]}
     if "frequency" in est:
         out["spmcmc_frequency"] = est["frequency"][0]
-    controlled = controlled_scores(cfg, model, tok, texts, cached.probs)
+    controlled = controlled_scores(cfg, tok, texts, cached.probs, answers)
     if controlled is not None:
         out["spmcmc_controlled"] = controlled
     return out
 
 
-def controlled_scores(cfg: Config, model, tok, texts: list[str], raw_probs: dict):
+def controlled_scores(cfg: Config, tok, texts: list[str], raw_probs: dict, answers: list[tuple]):
     """The controlled score of the rated items (pipeline/confounds.py), their confounds measured as for generated
-    answers (log-probabilities as answers to the rated query; no generation count); None without control."""
+    answers (`answers`: log-probabilities as answers to the rated query; no generation count); None without
+    control."""
     from pipeline import confounds
 
     if not cfg.confounds.control:
         return None
-    scores = answer_scores(model, tok, chat_prompt(tok, rated_query(cfg), cfg.sample_space.system_prompt), texts,
-                           cfg.evaluate.batch_size, "[evaluate] confounds")
     feats = confounds.candidate_features(texts, [len(tok(t, add_special_tokens=False).input_ids) for t in texts],
-                                         [x[0] for x in scores], [x[1] for x in scores], None, cfg.confounds.formats)
+                                         [x[0] for x in answers], [x[1] for x in answers], None, cfg.confounds.formats)
     fit = confounds.fit_strengths(raw_probs, len(texts))
     x, names = confounds.standardised(feats, list(cfg.confounds.control))
     if fit is None or len(texts) - 1 - len(names) < 2:
@@ -104,8 +104,12 @@ def item_prompts(tok, cfg: Config, texts: list[str], question: str, instruction:
 
 def score_items(cfg: Config, model, tok, texts: list[str], workdir: Path, adapter_key, extra_cache) -> dict:
     ec, out = cfg.evaluate, {}
+    answers = None  # log-probabilities and self-certainty as answers to the rated query: three evaluators use them
+    if {"spmcmc", "logprob", "self_certainty"} & set(ec.evaluators):
+        answers = answer_scores(model, tok, chat_prompt(tok, rated_query(cfg), cfg.sample_space.system_prompt),
+                                texts, ec.batch_size, "[evaluate] log-probabilities")
     if "spmcmc" in ec.evaluators:
-        out.update(spmcmc_scores(cfg, model, tok, texts, workdir, adapter_key, extra_cache))
+        out.update(spmcmc_scores(cfg, model, tok, texts, workdir, adapter_key, extra_cache, answers))
     if "direct_rating" in ec.evaluators:
         digits = [single_token_id(tok, str(d), "rating digit") for d in range(1, 8)]
         prompts = item_prompts(tok, cfg, texts, ec.rating_question, "Answer with a single digit from 1 to 7.")
@@ -116,13 +120,10 @@ def score_items(cfg: Config, model, tok, texts: list[str], workdir: Path, adapte
         yes_no = [single_token_id(tok, w, "answer word") for w in ("Yes", "No")]
         prompts = item_prompts(tok, cfg, texts, ec.binary_question, "Answer Yes or No.")
         out["p_true"] = next_token_probs(model, tok, prompts, yes_no, ec.batch_size, "[evaluate] p_true")[0][:, 0]
-    if {"logprob", "self_certainty"} & set(ec.evaluators):
-        scores = answer_scores(model, tok, chat_prompt(tok, rated_query(cfg), cfg.sample_space.system_prompt),
-                               texts, ec.batch_size, "[evaluate] log-probabilities")
-        if "logprob" in ec.evaluators:
-            out["logprob"] = np.array([s[1] for s in scores])
-        if "self_certainty" in ec.evaluators:
-            out["self_certainty"] = np.array([s[2] for s in scores])
+    if "logprob" in ec.evaluators:
+        out["logprob"] = np.array([s[1] for s in answers])
+    if "self_certainty" in ec.evaluators:
+        out["self_certainty"] = np.array([s[2] for s in answers])
     if "random" in ec.evaluators:
         out["random"] = np.random.default_rng(ec.seed).random(len(texts))
     return out

@@ -280,9 +280,6 @@ def _with_column(prompts: list[dict], cands, column: str, pc: PreferencesConfig)
                              "compute (stationary: spmcmc.mode=exact; sparse: mode=sparse; frequency/rao_blackwell: "
                              "chains); use preferences.score=auto")
         return prompts, []
-    if pc.score != "auto":
-        raise StageError(f"preferences.control=true ranks by the controlled score; preferences.score={pc.score} "
-                         "would be ignored: keep preferences.score=auto")
     kept = [p for p in prompts if p["prompt_id"] not in missing]
     if not kept:
         raise StageError("preferences.control=true needs spmcmc's controlled score, which no prompt has: "

@@ -56,7 +56,7 @@ from pipeline.estimates import (
     wants_chains,
 )
 from pipeline.judge import cached_model_judge, fill_pairs
-from pipeline.plots import estimate_plots, prompt_plots
+from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, prompt_plots
 from pipeline.report import number
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 
@@ -236,9 +236,11 @@ def summarise(cfg: Config, space, trace: dict | None, raw_probs: dict, mass: dic
         summary = {**results[0]["summary"], "n_prompts": 1, "per_prompt": rows}
         r = results[0]
         plots = estimate_plots(workdir, space["text"], r["est"], r["score"], r["states"])
+        plots.append(confound_plot(workdir, candidate_features(space[:], cfg.confounds.formats), r["est"][r["score"]][0],
+                                   r["controlled"][0] if r["controlled"] is not None else None))
     else:
         summary = _run_summary(groups, results, rows, cfg)
-        plots = prompt_plots(workdir, rows)
+        plots = prompt_plots(workdir, rows) + [prompt_confound_plot(workdir, summary["confounds"]["features"])]
     publish(workdir, NAME, summary, _lines(summary), plots)
     keys = sorted(raw_probs)
     group_of = np.repeat([g.index for g in groups], [g.n for g in groups])
