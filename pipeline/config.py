@@ -288,6 +288,8 @@ class PreferencesConfig(Section):
                                    "with confounds.control held fixed) instead of the raw score")
     max_confound_gap: float = setting(0.0, "with control: keep only pairs whose controlled confounds differ by at most "
                                            "this many standard deviations (0 = no matching)")
+    warn_share: float = setting(0.8, "warn when the chosen answer is the shorter, or the likelier, in at least this "
+                                     "share of the kept pairs (or at most 1 - it)")
     budget: int = setting(2000, "judge comparisons allowed for pair confidence beyond those spmcmc computed")
     strategy: Literal["top_vs_bottom", "margin", "sampled"] = setting("top_vs_bottom", "how pairs are built")
     top_fraction: float = setting(0.25, "top_vs_bottom: share of candidates on each side")
@@ -313,6 +315,7 @@ class PreferencesConfig(Section):
         _require(not self.control or self.score == "auto", "preferences.control",
                  f"ranks pairs by the controlled score, so preferences.score={self.score} would be ignored; keep "
                  "preferences.score=auto")
+        _require(0.5 < self.warn_share <= 1, "preferences.warn_share", "must be in (0.5, 1]")
         _require(self.control or self.max_confound_gap == 0, "preferences.max_confound_gap",
                  "matches pairs on the controlled confounds: it needs preferences.control=true")
 
@@ -338,7 +341,7 @@ class FinetuneConfig(Section):
     quantization: Literal["none", "4bit"] = setting("none", "4bit = QLoRA (bitsandbytes NF4, CUDA only)")
     merge: bool = setting(False, "also export the base model with the adapter merged in")
     save_steps: int = setting(10, "checkpoint every this many optimiser steps", semantic=False)
-    eval_steps: int = setting(4, "DPO loss and reward accuracy on the held-out pairs every this many optimiser steps "
+    eval_steps: int = setting(8, "DPO loss and reward accuracy on the held-out pairs every this many optimiser steps "
                                  "(TRL eval_dataset; 0 = off)")
     seed: int = setting(0, "training seed")
 

@@ -319,6 +319,7 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
     if fit is None or not control_names or n - 1 - len(names) < 2:
         return summary, None, pool
     c = control(fit, x, names)
+    pool["q"] = c.q
     p, se = softmax_se(c.q, c.cov)
     summary["controlled"] = {
         "control": names, "constant": [k for k in control_names if k not in names],
@@ -334,13 +335,16 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
 
 def pooled_explained(pools: list[dict]) -> dict:
     """R^2 of the strengths on the confounds within prompts: each prompt's strengths centred and its confounds
-    z-scored, stacked, one regression (the confounds measured in every prompt)."""
+    z-scored (0 where one is constant in a prompt), stacked, one regression."""
     usable = [p for p in pools if p["s"] is not None]
     if not usable:
         return {"r2": None, "r2_adjusted": None, "features": 0, "names": []}
-    names = [k for k in usable[0]["names"] if all(k in p["names"] for p in usable)]
+    names = list(dict.fromkeys(k for p in usable for k in p["names"]))  # constant within a prompt: a column of 0
+
+    def column(p, k):
+        return p["x"][:, p["names"].index(k)] if k in p["names"] else np.zeros(len(p["s"]))
     s = np.concatenate([p["s"] - p["s"].mean() for p in usable])
-    x = np.vstack([p["x"][:, [p["names"].index(k) for k in names]] for p in usable])
+    x = np.vstack([np.column_stack([column(p, k) for k in names]) for p in usable])
     n, k = x.shape
     if k == 0 or n <= k + len(usable) or not s.any():
         return {"r2": None, "r2_adjusted": None, "features": k, "names": names}

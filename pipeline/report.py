@@ -228,10 +228,12 @@ def confound_section(c: dict | None, pooled: bool) -> list[str]:
               f"{number(cons.get('mean') if pooled else cons.get('consistency'), '.3f')}"
               + (f"; a preference is left (Wald p < 0.05) in {ctrl['wald_p_below_05']:.0%} of {ctrl['prompts']} prompts"
                  if pooled else f"; Wald test of no preference left: p = {number(ctrl['strength']['p'], '.3g')}; "
-                 f"greedy answer's rank by it: {number(ctrl['greedy_rank'], 'd')}")]
+                 f"greedy answer's rank by it: {number(ctrl['greedy_rank'], 'd')}")
+              + f"; all confounds together still explain R² = {number((ctrl.get('explained_by_all') or {}).get('r2'), '.2f')} "
+              "of it (0 for the controlled ones by construction)"]
     if not pooled:
-        lines += [f"- per SD of {k}, the judge's log-strength moves {b['per_sd']:+.3f} (SE {b['se']:.3f} over candidates, "
-                  f"p = {b['p']:.3g}) at equal controlled preference" for k, b in ctrl["beta"].items()]
+        lines += [f"- per SD of {k} (the other controlled confounds held fixed), the judge's log-strength moves "
+                  f"{b['per_sd']:+.3f} (SE {b['se']:.3f} over candidates, p = {b['p']:.3g})" for k, b in ctrl["beta"].items()]
     return lines
 
 
@@ -254,7 +256,7 @@ def pairs_section(pr: dict) -> list[str]:
                      f"under the policy in {number(k.get('chosen_likelier'), '.0%')} (summed log-prob "
                      f"{number(k.get('chosen_logprob_mean'), '.1f')} vs {number(k.get('rejected_logprob_mean'), '.1f')}); "
                      f"{k['distinct_chosen']} distinct chosen and {k['distinct_rejected']} distinct rejected texts")
-    return lines
+    return lines + [f"- warning: {w}" for w in pr.get("warnings", [])]
 
 
 def stop_reason(r: int, nothing: Exception, space, chains, cfg: Config) -> str:

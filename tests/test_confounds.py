@@ -149,3 +149,17 @@ def test_the_glm_equals_statsmodels():
     assert np.allclose(fit.s, basis @ ref.params[1:], atol=1e-8)
     assert fit.dispersion == pytest.approx(ref.scale, rel=1e-8)
     assert np.allclose(fit.cov, basis @ np.asarray(ref.cov_params())[1:, 1:] @ basis.T, atol=1e-10)
+
+
+def test_pooled_r2_within_prompts_keeps_a_confound_constant_in_some_prompts():
+    rng = np.random.default_rng(8)
+    pools = []
+    for k in range(6):
+        n = 8
+        length, question = rng.normal(size=n), (rng.random(n) < 0.5).astype(float) if k % 2 else np.zeros(n)
+        feats = {"length": length, "question": question}
+        x, names = confounds.standardised(feats, list(feats))
+        s = x @ np.full(len(names), 0.5) + 5.0 * k  # prompts differ by a constant: centred away
+        pools.append({"s": s, "x": x, "names": names})
+    out = confounds.pooled_explained(pools)
+    assert out["names"] == ["length", "question"] and out["r2"] > 0.99

@@ -202,7 +202,9 @@ def test_control_takes_length_out_of_the_pairs_and_keeps_the_judges_choice(tmp_p
     fake = {"n": 40, "judge": judge, "texts": texts, "columns": columns}
     common = ("confounds.control=[length]", "preferences.min_confidence=0.5", "preferences.max_pairs=64")
     run_stage(tmp_path / "raw", *common, **fake)
-    raw = json.loads((tmp_path / "raw" / "work" / "summary.json").read_text())["kept_pairs"]
+    raw_summary = json.loads((tmp_path / "raw" / "work" / "summary.json").read_text())
+    raw = raw_summary["kept_pairs"]
+    assert any("the shorter one in" in w and "preferences.control=true" in w for w in raw_summary["warnings"])
     out = run_stage(tmp_path / "ctl", *common, "preferences.control=true", **fake)
     summary = json.loads((tmp_path / "ctl" / "work" / "summary.json").read_text())
     assert raw["chosen_shorter"] > 0.9 and summary["kept_pairs"]["chosen_shorter"] <= 0.65

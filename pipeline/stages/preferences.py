@@ -264,6 +264,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train), "control": pc.control,
                     "control_features": list(cfg.confounds.control) if pc.control else [],
                     "prompts_without_controlled_score": uncontrolled, "kept_pairs": composition(splits["train"], cands),
+                    "warnings": composition_warnings(composition(splits["train"], cands), pc),
                     "held_out_prompts": [{"prompt_id": p["prompt_id"], "prompt": p["prompt"]} for p in prompts
                                          if split == "prompt" and p["prompt_id"] in test]})
     publish(workdir, NAME, summary, _lines(summary))
@@ -311,6 +312,18 @@ def composition(train, cands) -> dict:
         out.update({"chosen_likelier": float(np.mean([logp[a] > logp[b] for a, b in zip(c, r)])),
                     "chosen_logprob_mean": float(np.mean([logp[a] for a in c])),
                     "rejected_logprob_mean": float(np.mean([logp[b] for b in r]))})
+    return out
+
+
+def composition_warnings(kept: dict, pc: PreferencesConfig) -> list[str]:
+    """The pairs teach length or likelihood when the chosen side is nearly always the shorter or the likelier one."""
+    out = []
+    for key, what in (("chosen_shorter", "shorter"), ("chosen_likelier", "likelier under the policy")):
+        share = kept.get(key)
+        if share is not None and (share >= pc.warn_share or share <= 1 - pc.warn_share):
+            out.append(f"the chosen answer is the {what} one in {share:.0%} of the kept pairs: they teach that as much "
+                       "as the score" + ("" if pc.control else "; preferences.control=true ranks by the controlled "
+                                         "score (confounds.control held fixed)"))
     return out
 
 
@@ -390,4 +403,4 @@ def _lines(s: dict) -> list[str]:
                     f"{k['rejected_chars_mean']:.0f} chars), likelier in {number(k.get('chosen_likelier'), '.0%')} "
                     f"(summed log-prob {number(k.get('chosen_logprob_mean'), '.1f')} vs "
                     f"{number(k.get('rejected_logprob_mean'), '.1f')}); {k['distinct_chosen']} distinct chosen and "
-                    f"{k['distinct_rejected']} distinct rejected texts"]
+                    f"{k['distinct_rejected']} distinct rejected texts"] + [f"warning: {w}" for w in s["warnings"]]

@@ -1,6 +1,6 @@
 """Stage 2 — spMCMC: the model's own preference distribution over the sample space, from its
-binary choices ("which is funnier, A or B?"), every estimate with a standard error, and how reliably
-the preferences were measured at all.
+binary choices ("which is funnier, A or B?"), every estimate with a standard error, how consistently
+the preferences were measured, and what they track besides quality (pipeline/confounds.py).
 
 Inputs:  sample_space (id, prompt_id, prompt, text, ...); optional `judge` (round r > 1 with rounds.judge=policy:
          the previous round's finetune artifact, whose adapter judges) and `earlier` (the previous round's
@@ -18,8 +18,11 @@ Output:  candidates: id, text, count, is_greedy, source, text_sha, visits, and f
                      sum_logprob, mean_logprob (the confounds' sources, from the sample space)
          trace (chain, step, current, proposal, first_shown, p_accept, accepted),
          pairs (first_id, second_id, p_first, label_mass), diagnostics (id, rhat, ess_bulk);
-         summary.json (consistency, position bias, label mass, agreement between estimates, warnings),
-         estimates.png, running_frequency.png
+         prompts (one row per prompt: consistency, strength, each confound's Spearman with the score, R^2,
+                  the greedy answer's rank, raw and controlled strength);
+         summary.json (consistency, position bias, label mass, agreement between estimates, what the
+         preference tracks and the controlled preference (`confounds`), warnings), estimates.png,
+         running_frequency.png, confounds.png
 Resume:  every computed comparison is appended to pair_cache.rank*.jsonl at once (the design in chunks);
          chain states, generators and traces are checkpointed every `checkpoint_every` steps in _state/
          and checked against the cache on resume. A restarted run reuses both: same artifact as an
@@ -391,6 +394,8 @@ def _run_confounds(done: list[dict]) -> dict:
             "strength": t(c["strength"]["mean_abs_w_minus_half"] for c in ctrl),
             "consistency": t((c["consistency"] or {}).get("consistency") for c in ctrl),
             "wald_p_below_05": float(np.mean([(c["strength"]["p"] or 1.0) < 0.05 for c in ctrl])),
+            "explained_by_all": confounds.pooled_explained([{**r["pool"], "s": r["pool"]["q"]} for r in done
+                                                            if "q" in r["pool"]]),
             "greedy_rank_mean": _mean(c["greedy_rank"] for c in ctrl)}
     return out
 
@@ -407,7 +412,8 @@ def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
     others = {}
     for r in results:
         for w in (r["summary"]["warnings"] if r else []):
-            if "preference consistency" not in w:  # one line per kind of warning, numbers aside
+            # per-prompt consistency lines are listed above; the pooled confound warning speaks for all prompts
+            if "preference consistency" not in w and "the confounds explain" not in w:  # one line per kind
                 others.setdefault(re.sub(r"[0-9.]+", "#", w.split(":")[0]), []).append(w)
     out += [f"{len(ws)} of {len(groups)} prompts, e.g. {ws[0]}" for ws in others.values()]
     return out
