@@ -91,15 +91,19 @@ def publish(workdir: Path, stage: str, summary: dict, lines: list[str], plots=()
     write_json(workdir / "summary.json", summary)
     for line in lines:
         print(f"[{stage}] {line}", flush=True)
-    tracking.summary(metrics if metrics is not None else dict(_numbers(summary, stage)))
+    tracking.summary(metrics if metrics is not None else dict(flat_numbers(summary, stage)))
     for p in plots:
         tracking.image(f"{stage}/{Path(p).stem}", p)
 
 
-def _numbers(tree: dict, prefix: str):
+def flat_numbers(tree: dict, prefix: str):
+    """(`prefix/key/sub`, number) for every number of a nested summary (list items by index)."""
     for k, v in tree.items():
         if isinstance(v, dict):
-            yield from _numbers(v, f"{prefix}/{k}")
+            yield from flat_numbers(v, f"{prefix}/{k}")
+        elif isinstance(v, list):
+            yield from ((f"{prefix}/{k}/{i}", x) for i, x in enumerate(v)
+                        if isinstance(x, (int, float)) and not isinstance(x, bool))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             yield f"{prefix}/{k}", v
 

@@ -153,10 +153,10 @@ def winrate_export(output_dir: str, out: str, seed: int) -> None:
 
 
 def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> None:
-    """Filled sheets + key -> the human win rate of the tuned policy, with a bootstrap interval over prompts."""
+    """Filled sheets + key -> the human win rate of the tuned policy, with a Student t interval over prompts."""
     import pandas as pd
 
-    from pipeline.metrics import mean_ci
+    from pipeline.metrics import mean_ci_t
     from pipeline.tables import read_table
 
     target = _out_path(out, (".json",))
@@ -180,13 +180,16 @@ def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> Non
         raise UserError(f"item {joined['item'][joined['tuned'].isna()].iloc[0]!r} is not in the key {key_file}")
     joined["tuned_won"] = (joined["choice"] == joined["tuned"]).astype(float)
     per_prompt = joined.groupby("prompt_id")["tuned_won"].mean()
-    result = {**mean_ci(per_prompt.to_numpy(), 1000, seed), "choices": len(joined),
+    result = {**mean_ci_t(per_prompt.to_numpy()), "choices": len(joined),
               "raters": int(joined["rater"].nunique()), "per_prompt": per_prompt.round(4).to_dict()}
     import json
 
     target.write_text(json.dumps(result, indent=2))
-    print(f"human win rate of the tuned policy: {result['mean']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}] "
-          f"over {result['n']} prompts ({result['choices']} choices by {result['raters']} raters); written to {target}")
+    from pipeline.report import number
+
+    print(f"human win rate of the tuned policy: {result['mean']:.3f} [{number(result['ci_low'])}, "
+          f"{number(result['ci_high'])}] over {result['n']} prompt(s){' (one: no interval)' if result['n'] < 2 else ''} "
+          f"({result['choices']} choices by {result['raters']} raters); written to {target}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,8 @@ class ConfigError(UserError):
 
 def setting(default, help: str, semantic: bool = True, factory=None, reads: str | None = None):
     """A field with its help text. `semantic=False`: no effect on results (kept out of fingerprints).
-    `reads="file"|"model"`: the value names something on disk whose content enters the fingerprint."""
+    `reads="file"|"model"|"function"`: the value names something on disk (a file, model weights, the file
+    defining a reward function) whose content enters the fingerprint."""
     meta = {"help": help, "semantic": semantic, "reads": reads}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -166,6 +167,15 @@ DEFAULT_JUDGE_TEMPLATE = (
 @dataclass
 class JudgeConfig(Section):
     SECTION = "judge"
+    kind: Literal["model", "function"] = setting(
+        "model", "model: a language model's binary choice (judge.model, or the policy itself); function: a reward "
+        "function (judge.function), P(first chosen) = sigmoid((r_first - r_second) / judge.temperature)")
+    model: Optional[str] = setting(None, "with kind=model: another local model as a fixed judge (a folder, a cached hub "
+                                         "id or embedded:...; loaded with the model.* device settings); null = the "
+                                         "policy being measured", reads="model")
+    function: Optional[str] = setting(None, "with kind=function: FILE.py:NAME or module:NAME, a reward function in TRL's "
+                                            "convention NAME(prompts, completions, **kwargs) -> list[float] (examples: "
+                                            "pipeline.rewards)", reads="function")
     template: str = setting(DEFAULT_JUDGE_TEMPLATE,
                             "pairwise prompt; fields {query} {first} {second} {label_first} {label_second} {question}")
     question: str = setting("Which response is better?", "the question the judge answers")
@@ -179,6 +189,15 @@ class JudgeConfig(Section):
     prefix_cache: bool = setting(True, "reuse the key/value cache of shared prompt prefixes", semantic=False)
 
     def validate(self):
+        _require(self.kind != "function" or bool(self.function), "judge.function",
+                 "judge.kind=function needs judge.function=FILE.py:NAME or module:NAME")
+        _require(self.kind == "function" or not self.function, "judge.function",
+                 "is set but judge.kind=model; add judge.kind=function")
+        _require(self.kind == "model" or not self.model, "judge.model", "is set but judge.kind=function; pick one judge")
+        if self.function:
+            target, colon, name = self.function.rpartition(":")
+            _require(bool(colon) and bool(target) and name.isidentifier(), "judge.function",
+                     f"{self.function!r} must be FILE.py:NAME or module:NAME, e.g. pipeline.rewards:exclamations")
         _require(len(self.labels) == 2 and self.labels[0] != self.labels[1] and all(x.strip() for x in self.labels),
                  "judge.labels", "needs two different, non-empty labels, e.g. judge.labels=[A,B]")
         _require(self.temperature > 0, "judge.temperature", "must be > 0")
@@ -366,8 +385,8 @@ class EvaluateConfig(Section):
     SECTION = "evaluate"
     query: Optional[str] = setting(None, "the request the human-rated items answer (null = sample_space.query; "
                                          "needed when the run has a prompt set)")
-    winrate_samples: int = setting(4, "answers per policy per held-out prompt for the win rate of the tuned policy "
-                                      "(0 = off)")
+    winrate_samples: int = setting(8, "answers per policy per evaluation prompt (held out, or the one query) for the "
+                                      "tuned policy's win rate and its yardstick (0 = off)")
     human_ratings: str = setting("jester", "jester (bundled), or a CSV/JSONL/parquet of text+rating or item+rater+rating",
                                  reads="file")
     max_items: int = setting(30, f"rated items used (0 = all, else >= {MIN_RATED_ITEMS}); chosen deterministically")
@@ -593,11 +612,16 @@ def _beside(raw: dict[str, object], folder: Path) -> dict[str, object]:
     """A relative file name in a recipe names a file beside the recipe (recipes/prompts/x.csv is written
     `prompts/x.csv` in recipes/NAME.yaml), whatever the working directory."""
     files = {key for key, f in all_keys() if f.metadata.get("reads") == "file"}
+    functions = {key for key, f in all_keys() if f.metadata.get("reads") == "function"}
     out = dict(raw)
     for key, value in raw.items():
         if key in files and isinstance(value, str) and value and not value.startswith("[") and \
                 not Path(value).is_absolute() and (folder / value).is_file():
             out[key] = str((folder / value).resolve())
+        if key in functions and isinstance(value, str) and ".py:" in value:  # FILE.py:NAME beside the recipe
+            file, name = value.rsplit(":", 1)
+            if not Path(file).is_absolute() and (folder / file).is_file():
+                out[key] = f"{(folder / file).resolve()}:{name}"
     return out
 
 

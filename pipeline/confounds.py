@@ -355,19 +355,6 @@ def pooled_explained(pools: list[dict]) -> dict:
             "names": names}
 
 
-def mean_ci_t(values) -> dict:
-    """Mean over prompts with a t interval (few prompts: a percentile bootstrap would be too narrow)."""
-    from scipy import stats
-
-    v = np.array([x for x in values if x is not None], dtype=float)
-    if v.size == 0:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    if v.size == 1 or np.ptp(v) == 0:
-        return {"mean": float(v.mean()), "ci_low": None, "ci_high": None, "n": int(v.size)}
-    low, high = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
-    return {"mean": float(v.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(v.size)}
-
-
 def warning(summary: dict, warn_r2: float, pooled: bool = False) -> str | None:
     """When the confounds explain most of the judge's strengths (adjusted R^2, so that many confounds over few
     candidates do not trip it by chance), a line naming those that track the score."""

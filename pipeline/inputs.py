@@ -55,10 +55,14 @@ def content_sha256(path: Path, cache: dict) -> str:
 
 def setting_path(key: str, value: str, reads: str, cfg: Config) -> Path:
     """Where a file setting points, checked to exist (one clear line otherwise)."""
-    if reads == "model":
+    if reads == "model":  # the policy's weights, or another model's (judge.model)
         from pipeline.models import weights_source
 
-        return weights_source(cfg.model)
+        return weights_source(dataclasses.replace(cfg.model, name_or_path=value))
+    if reads == "function":  # the file that defines a reward function
+        from pipeline.reward_judge import function_file
+
+        return function_file(value)
     if value == "jester":
         return JESTER_DIR
     path = Path(value).expanduser()

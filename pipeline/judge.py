@@ -9,7 +9,8 @@ right-padded, which causal attention never looks at, and bucketed by length.
 
 `PairStore` persists every computed probability as it is computed (JSONL, keyed by the judge's key
 and the two texts' hashes), so a killed run, a later stage, or another process reuses them.
-`cached_model_judge` puts the two together (the model is loaded only when a comparison is missing),
+`cached_judge` puts the two together (the judge being the policy, another model or a reward function,
+pipeline/reward_judge.py) (the model is loaded only when a comparison is missing),
 and `fill_pairs` asks it for a whole design, split across processes.
 """
 
@@ -37,9 +38,29 @@ def text_sha(text: str) -> str:
 
 
 def judge_key(mcfg: ModelConfig, jcfg: JudgeConfig, query: str, adapter: str | None = None) -> str:
-    """What a cached probability depends on: model (and adapter), prompt, labels, temperature."""
-    payload = {"model": semantic_settings(mcfg), "adapter": adapter, "judge": semantic_settings(jcfg), "query": query}
+    """What a cached probability depends on: the judging model (and adapter) or the reward function's file
+    content, the prompt, labels, temperature."""
+    if jcfg.kind == "function":
+        from pipeline.reward_judge import function_sha
+
+        payload = {"function": jcfg.function, "sha": function_sha(jcfg.function), "temperature": jcfg.temperature,
+                   "query": query}
+    else:
+        payload = {"model": semantic_settings(judge_model(mcfg, jcfg)), "adapter": adapter,
+                   "judge": semantic_settings(jcfg), "query": query}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def judge_is_policy(jcfg: JudgeConfig) -> bool:
+    """The judge is the model being trained (its adapter judges in later rounds), not a fixed judge."""
+    return jcfg.kind == "model" and not jcfg.model
+
+
+def judge_model(mcfg: ModelConfig, jcfg: JudgeConfig) -> ModelConfig:
+    """The judging model's settings: judge.model with the policy's device settings, or the policy."""
+    import dataclasses
+
+    return mcfg if jcfg.model is None else dataclasses.replace(mcfg, name_or_path=jcfg.model)
 
 
 def prompt_segments(tok, jcfg: JudgeConfig, query: str) -> tuple[str, str, str]:
@@ -238,21 +259,23 @@ class PairStore:
             os.fsync(fh.fileno())
 
 
-def cached_model_judge(cfg: Config, texts: list[str], folder: Path, load, queries: str | list[str],
-                       prompt_of: list[int] | None = None, adapter_key: str | None = None,
-                       extra_cache_files: list[Path] = (), rank: int = 0) -> tuple[CachedJudge, PairStore]:
-    """A memoising judge over `texts` (answers to `queries`, see ModelJudge); `load()` -> (model,
-    tokenizer) runs only when a comparison is missing from the pair cache (the folder's, plus any
-    `extra_cache_files`)."""
+def cached_judge(cfg: Config, texts: list[str], folder: Path, load, queries: str | list[str],
+                 prompt_of: list[int] | None = None, adapter_key: str | None = None,
+                 extra_cache_files: list[Path] = (), rank: int = 0) -> tuple[CachedJudge, PairStore]:
+    """The run's judge over `texts` (answers to `queries`), memoised through the pair cache (the folder's, plus
+    any `extra_cache_files`): the policy, `load()` -> (model, tokenizer) with its adapter `adapter_key`; another
+    model (judge.model); or a reward function (judge.function). Nothing is loaded until a comparison is missing."""
     queries = [queries] if isinstance(queries, str) else list(queries)
+    prompt_of = list(prompt_of) if prompt_of is not None else [0] * len(texts)
+    if not judge_is_policy(cfg.judge):
+        adapter_key = None  # a fixed judge: the same whichever policy's answers it reads
     keys = [judge_key(cfg.model, cfg.judge, q, adapter_key) for q in queries]
     store = PairStore(folder, keys, [text_sha(t) for t in texts], prompt_of, rank=rank)
     holder = {}
 
     def judge(first, second):
         if "judge" not in holder:
-            model, tok = load()
-            holder["judge"] = ModelJudge(model, tok, cfg.judge, queries, texts, prompt_of)
+            holder["judge"] = _new_judge(cfg, load, queries, texts, prompt_of)
         return holder["judge"](first, second)
 
     def persist(pairs, probs):
@@ -260,6 +283,20 @@ def cached_model_judge(cfg: Config, texts: list[str], folder: Path, load, querie
         log_work(folder, "judge_comparisons", len(pairs))
 
     return CachedJudge(judge, store.load(extra_cache_files), on_new=persist), store
+
+
+def _new_judge(cfg: Config, load, queries: list[str], texts: list[str], prompt_of: list[int]):
+    if cfg.judge.kind == "function":
+        from pipeline.reward_judge import RewardJudge
+
+        return RewardJudge(cfg.judge.function, cfg.judge.temperature, queries, texts, prompt_of)
+    if cfg.judge.model is not None:
+        from pipeline.models import load_model
+
+        model, tok = load_model(judge_model(cfg.model, cfg.judge))
+    else:
+        model, tok = load()
+    return ModelJudge(model, tok, cfg.judge, queries, texts, prompt_of)
 
 
 def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], desc: str, distributed: bool = True,

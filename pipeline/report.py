@@ -70,16 +70,7 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
                   f"- greedy answer: {checks['greedy_text']!r}",
                   f"- Spearman(generation count, spMCMC score): {number(checks.get('count_vs_score_spearman'))} "
                   f"(p = {number(checks.get('count_vs_score_p'), '.3g')})"]
-    if summary.get("win_rate"):
-        lines += ["", "## Improvement on held-out prompts", "",
-                  "The tuned policy and its opponent each answer every prompt held out of training; the judge compares "
-                  "every tuned answer with every opponent answer of the same prompt, in both orders. Win rate = mean "
-                  "order-averaged choice of the tuned answer (0.5 = no difference), 95% bootstrap interval over prompts.",
-                  "", "| judge | opponent | tuned win rate [95% CI] | prompts | answers per policy | comparisons |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {judge} model | {opponent} policy | {w['mean']:.3f} [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | "
-                  f"{w['n']} | {w['answers_per_policy']} | {w['comparisons']} |"
-                  for judge, per in summary["win_rate"].items() for opponent, w in per.items()]
+    lines += yardstick_section(summary.get("yardstick"))
     lines += rounds_section(summary.get("rounds") or [], summary.get("round_warnings") or [],
                             summary.get("rounds_alignment") or [])
     if summary["sharpening"]:
@@ -95,6 +86,39 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def yardstick_section(y: dict | None) -> list[str]:
+    """The tuned policy's win rate with its ceiling, the null, the length-controlled rate and the drift."""
+    if not y:
+        return []
+    ci = lambda v, pair: _value_ci(v, *pair)  # noqa: E731
+    lc, fresh = y["length_controlled_win_rate"], y["base_fresh_win_rate"]
+    lines = ["", "## Did the policy improve? The win rate and its yardstick", "",
+             f"On {y['prompts']} evaluation prompt(s), {y['n_units']} {y['win_rate_units']} as the units of a Student t "
+             "interval: each tuned answer against the base's own answers (its sample space, weighted by how often it "
+             "generated each), both presentation orders, order-averaged W (0.5 = no better). The ceiling is what the "
+             "judge could award: its best of n base samples against one more.", "",
+             "| figure | value [95% CI] |", "| --- | --- |",
+             f"| **win rate** of the tuned policy | **{ci(y['win_rate'], y['win_rate_ci'])}** |",
+             f"| fresh base samples against the same pool (the null, ≈ 0.5) | "
+             f"{ci(fresh['mean'], (fresh['ci_low'], fresh['ci_high']))} |",
+             f"| length-controlled win rate (GLM at zero length and log-probability difference) | "
+             f"{ci(lc['mean'], (lc['ci_low'], lc['ci_high']))} |"]
+    lines += [f"| ceiling: best of {k[8:]} base samples | {v:.3f} |" for k, v in
+              sorted(y["ceilings"].items(), key=lambda t: int(t[0][8:]))]
+    lines += [f"| **headroom share** (win − ½) / (best-of-8 − ½) | **{ci(y['headroom_share'], y['headroom_share_ci'])}** |",
+              f"| answer length, tuned vs base (characters) | {y['tuned_chars']:.0f} vs {y['base_chars']:.0f} |",
+              f"| log-probability under the base, tuned vs base answers | {number(y['tuned_logp_base'], '.1f')} vs "
+              f"{number(y['base_logp'], '.1f')} |",
+              f"| KL(tuned ‖ base), nats per answer (mean log-ratio; k3) | {number(y['kl'], '.2f')}; "
+              f"{number(y['kl_k3'], '.2f')} ({y['samples']} samples) |"]
+    for key, label in (("win_vs_previous", "against the previous round's policy"),
+                       ("win_rate_tuned_judge", "judged by the tuned model itself")):
+        if y.get(key):
+            w = y[key]
+            lines.append(f"| {label} | {_value_ci(w['mean'], w['ci_low'], w['ci_high'])} |")
+    return lines + [f"- warning: {w}" for w in y["warnings"]]
 
 
 def _value_ci(value, low, high) -> str:
@@ -113,11 +137,14 @@ def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict
              "Consistency: the preference consistency of the round's judge; entropy: of its preference distribution "
              "(1 = uniform; falling = sharpening); diversity: distinct answers among the policy's samples per prompt "
              "(falling = collapse); win rates of the round's tuned policy on held-out prompts, base-model judge.", "",
-             "| round | consistency | pairs kept / dropped | entropy | diversity | win vs base [95% CI] | "
-             "win vs previous round [95% CI] | win vs base, tuned judge |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| round | consistency | pairs kept / dropped | entropy | diversity | win vs base [95% CI] | ceiling (BoN-8) | "
+             "headroom share [95% CI] | KL | length (base) | win vs previous round [95% CI] | win vs base, tuned judge |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['round']} | {number(r['consistency'])} | {r['pairs_kept']} / {r['pairs_dropped']} | "
-              f"{number(r['entropy'])} | {number(r['diversity'])} | {_ci3(r, 'win_vs_base')} | {_ci3(r, 'win_vs_previous')} | "
-              f"{_ci3(r, 'win_vs_base_tuned_judge')} |" for r in rounds]
+              f"{number(r['entropy'])} | {number(r['diversity'])} | {_ci3(r, 'win_vs_base')} | {number(r.get('ceiling'))} | "
+              f"{_ci3(r, 'headroom_share')} | {number(r.get('kl'), '.2f')} | {number(r.get('tuned_chars'), '.0f')} "
+              f"({number(r.get('base_chars'), '.0f')}) | {_ci3(r, 'win_vs_previous')} | {_ci3(r, 'win_vs_base_tuned_judge')} |"
+              for r in rounds]
     lines += [f"- warning: {w}" for w in warnings]
     tuned = {(a["round"], a["evaluator"]): a for a in alignment if a["model"] == "finetuned"}
     evaluators = list(dict.fromkeys(a["evaluator"] for a in alignment if a["model"] == "finetuned"))

@@ -19,14 +19,16 @@ from pipeline.config import UserError, help_text, load_config  # noqa: E402
 def pipeline(cfg) -> None:
     from pipeline import parallel
     from pipeline.artifacts import NoPairs, Run
+    from pipeline.judge import judge_is_policy
     from pipeline.report import publish_report, stop_reason
     from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
 
     with Run(cfg) as run:
-        report, previous, earlier = None, {}, []  # round r-1's finetune, spmcmc and evaluate; every round's pairs
+        report, previous, earlier, first = None, {}, [], {}  # round r-1's (and round 1's) artifacts; every round's pairs
         for r in range(1, cfg.rounds.count + 1):
             policy = {"policy": previous["finetune"]} if previous else {}  # round 1: the base model
-            judge = {"judge": previous["finetune"]} if previous and cfg.rounds.judge == "policy" else {}
+            self_play = previous and cfg.rounds.judge == "policy" and judge_is_policy(cfg.judge)  # else a fixed judge
+            judge = {"judge": previous["finetune"]} if self_play else {}
             space = run.stage(sample_space, r, **policy)
             chains = run.stage(spmcmc, r, sample_space=space, **judge, **({"earlier": previous["spmcmc"]} if previous else {}))
             try:
@@ -40,9 +42,11 @@ def pipeline(cfg) -> None:
                     else {f"earlier_{k}": p for k, p in enumerate(earlier, start=1)})
             tuned = run.stage(finetune, r, preferences=prefs, **init)
             report = run.stage(evaluate, r, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned,
-                               **({"previous": previous["finetune"], "history": previous["evaluate"]} if previous else {}))
+                               **({"previous": previous["finetune"], "history": previous["evaluate"],
+                                   "base_spmcmc": first["spmcmc"]} if previous else {}))  # the yardstick: round 1's pool
             earlier.append(prefs)
             previous = {"finetune": tuned, "spmcmc": chains, "evaluate": report}
+            first = first or previous
         if report is not None and report.complete and parallel.is_main():
             publish_report(report, cfg.output_dir)
             print(f"[pipeline] report: {cfg.output_dir}/report.md", flush=True)

@@ -34,6 +34,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, launcher:
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def assert_one_error_line(proc, message: str) -> str:
+    """The command failed with exit 2 and exactly one `error:` line, its last, holding `message`; no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
+    assert message in errors[0], errors[0]
+    return errors[0]
+
+
 def stage_paths(output_dir) -> dict[str, Path]:
     """Each stage's folder, from manifest.json (stored relative to output_dir)."""
     from pipeline.artifacts import read_manifest

@@ -10,20 +10,10 @@ import pandas as pd
 import pytest
 from datasets import load_from_disk
 
-from conftest import REPO, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import REPO, assert_one_error_line, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
 from pipeline.artifacts import MARKER
 
 TINY = ["recipe=tiny"]
-
-
-def assert_one_error_line(proc, message: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], lines[-5:]
-    assert message in errors[0], errors[0]
-    return errors[0]
 
 
 def write(path: Path, text: str) -> Path:

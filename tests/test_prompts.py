@@ -59,10 +59,12 @@ def test_three_prompts_run_end_to_end(three_prompts):
     train = load_from_disk(str(paths["preferences"] / "dataset"))["train"]
     assert not held & set(train["prompt_id"])  # no held-out prompt reaches training
     evaluate = load_from_disk(str(paths["evaluate"] / "dataset"))
-    assert set(evaluate["winrate"]["judge"]) == {"base", "finetuned"}
+    assert set(evaluate["winrate"]["prompt_id"]) == held  # the yardstick on the held-out prompts
     assert set(evaluate["heldout_answers"]["prompt_id"]) == held and evaluate["heldout_answers"].num_rows == 2 * 3
     report = (three_prompts / "report.md").read_text()
-    assert "## Improvement on held-out prompts" in report and "Per prompt (3 prompts" in report
+    assert "## Did the policy improve? The win rate and its yardstick" in report and "Per prompt (3 prompts" in report
+    summary = json.loads((paths["evaluate"] / "summary.json").read_text())
+    assert summary["win_rate"] is not None and summary["ceiling"] is not None and "headroom_share" in summary
 
 
 @pytest.mark.slow
@@ -80,33 +82,6 @@ def test_blind_winrate_sheets_round_trip(three_prompts, tmp_path):
                  "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["mean"] == 1.0 and result["choices"] == 3 and result["raters"] == 1
-
-
-def test_winrate_on_a_fake_judge_gives_the_known_answer(tmp_path, monkeypatch):
-    """Tuned answers win W = 0.55 + 0.1 * (prompt index % 3) against base answers: the per-prompt win rates
-    and their mean come back exactly, inside the bootstrap interval."""
-    from pipeline.chains import CachedJudge
-    from pipeline.metrics import mean_ci
-    from pipeline.stages import evaluate
-
-    prompts = [{"prompt_id": f"p{j}", "prompt": f"Tell me a joke about {j}."} for j in range(6)]
-    answers = {"base": [[f"base {j} {k}" for k in range(3)] for j in range(6)],
-               "finetuned": [[f"tuned {j} {k}" for k in range(3)] for j in range(6)]}
-    truth = [0.55 + 0.1 * (j % 3) for j in range(6)]
-
-    def fake_cached_judge(cfg, texts, folder, load, queries, prompt_of, adapter_key=None, **kw):
-        def judge(first, second):  # P(first chosen): tuned first 0.5 + d, base first 0.5 - d, so W = 0.5 + d
-            d = np.array([truth[prompt_of[f]] - 0.5 for f in first])
-            return np.where([texts[f].startswith("tuned") for f in first], 0.5 + d, 0.5 - d)
-        return CachedJudge(judge), None
-
-    monkeypatch.setattr(evaluate, "cached_model_judge", fake_cached_judge)
-    cfg = tiny_config(tmp_path)
-    rows = evaluate.winrates(cfg, prompts, answers, {"base": (None, None)}, ("base", None, None), tmp_path)
-    assert np.allclose([r["win_rate"] for r in rows], truth)
-    ci = mean_ci([r["win_rate"] for r in rows], 1000, 0)
-    assert ci["mean"] == pytest.approx(np.mean(truth)) and ci["ci_low"] < np.mean(truth) < ci["ci_high"]
-    assert all(r["comparisons"] == 2 * 9 for r in rows)
 
 
 def test_mixed_prompt_blocks_judge_as_separate_prompts(tiny_model):

@@ -9,13 +9,19 @@ to "is it good/funny?", the paper's importance sampling), logprob (mean token lo
 an answer to the query), self_certainty (Kang et al. 2025), random.
 
 Inputs:  all optional: sample_space + spmcmc (paper checks on the generated answers), preferences +
-         finetune (tuned model; sharpening on the held-out candidates)
+         finetune (tuned model; sharpening on the held-out candidates; the win rate and its yardstick,
+         pipeline/winrate.py); in a later round previous (round r-1's finetune: an opponent), history
+         (round r-1's evaluate: the rounds table) and base_spmcmc (round 1's spmcmc: the base pool)
 Output:  DatasetDict
            scores:       item_id, text, human, model, evaluator, score
            metrics:      evaluator, model, n_items, pearson_r/_p/_ci_low/_ci_high, spearman_r/_p/_ci_low/_ci_high,
                          kendall_tau, kendall_p, precision_at_k, k, top1_in_human_topk
            comparisons:  model, a, b, diff (spearman a - b), ci_low, ci_high, p
            before_after: evaluator, base_spearman, finetuned_spearman, diff, ci_low, ci_high, p
+           heldout_answers: prompt_id, prompt, policy (finetuned, base, previous), k, text
+           winrate:      prompt_id, prompt, win, base_fresh_win, pool_size, pool_chars, ceiling_4, ceiling_8,
+                         ceiling_<num_samples>, pool_logp (the yardstick per evaluation prompt)
+           rounds, rounds_alignment: every round so far (one row each; Jester alignment per evaluator)
          summary.json, scatter.png, correlations.png, report.md (also copied to OUTPUT_DIR/report.md)
 Resume:  judge comparisons are cached in pair_cache.rank0.jsonl as they are computed; the
          other evaluators are single forward passes, recomputed.
@@ -28,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking
-from pipeline.artifacts import adapter_of, publish
+from pipeline import tracking, winrate
+from pipeline.artifacts import flat_numbers, publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
 from pipeline.estimates import SCORE_OF_MODE, all_estimates, calibration_shift, ordered, plan_design, shifted, wants_chains
-from pipeline.generation import generate, normalise
-from pipeline.judge import cached_model_judge, fill_pairs
-from pipeline.metrics import agreement, mean_ci, paired_difference
+from pipeline.judge import cached_judge, fill_pairs
+from pipeline.metrics import agreement, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
 from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
@@ -44,7 +49,7 @@ from pipeline.report import signed, write_report
 NAME, VERSION = "evaluate", 6
 SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = False
-OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
+OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history", "base_spmcmc")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
 
@@ -53,7 +58,7 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
     """spMCMC over the rated items with the spmcmc stage's design, judge code and pair cache: `spmcmc` is
     the stage's score estimate; `spmcmc_frequency` the paper's chain visit frequency, when chains run."""
     sc, n = cfg.spmcmc, len(texts)
-    cached, _ = cached_model_judge(cfg, texts, workdir, lambda: (model, tok), rated_query(cfg),
+    cached, _ = cached_judge(cfg, texts, workdir, lambda: (model, tok), rated_query(cfg),
                                    adapter_key=adapter_key, extra_cache_files=extra_cache)
     mode, edges, _ = plan_design(sc, n)
     if edges:
@@ -141,21 +146,16 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if "finetune" in inputs:
         models["finetuned"] = (inputs["finetune"].path / "adapter", inputs["finetune"].fingerprint)
     held_out = _held_out(inputs) if "preferences" in inputs and "spmcmc" in inputs else None
-    prompts = held_out_prompts(inputs) if "finetuned" in models and ec.winrate_samples else []
-    scores, sharpening, answers, loaded = {}, {}, {}, None
+    yardstick = None
+    if "finetuned" in models and ec.winrate_samples and "preferences" in inputs and "spmcmc" in inputs:
+        yardstick = winrate.measure(cfg, inputs, workdir)  # loads the policies it needs itself
+    scores, sharpening = {}, {}
     for name, (adapter, adapter_key) in models.items():
-        loaded = (name, *load_model(cfg.model, adapter))
-        model, tok = loaded[1:]
+        model, tok = load_model(cfg.model, adapter)
         scores[name] = score_items(cfg, model, tok, texts, workdir, adapter_key, extra_cache)
         if held_out is not None:
             sharpening[name] = _sharpening(cfg, model, tok, *held_out)
-        if prompts:
-            answers[name] = policy_answers(cfg, model, tok, [p["prompt"] for p in prompts])
-    if prompts and "previous" in inputs:  # a later round: the previous round's policy is an opponent too
-        adapter, _ = adapter_of(inputs, "previous")
-        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, adapter), [p["prompt"] for p in prompts])
-    wins = winrates(cfg, prompts, answers, models, loaded, workdir) if prompts else []
-    return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir, prompts, answers, wins)
+    return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir, yardstick)
 
 
 def _held_out(inputs: dict) -> tuple[list[str], list[float], list[str]]:
@@ -187,53 +187,6 @@ def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float], 
             "spearman_p": float(results[0].pvalue) if len(results) == 1 else None}
 
 
-def held_out_prompts(inputs: dict) -> list[dict]:
-    """The prompts the preferences stage held out of training (split=prompt): [{prompt_id, prompt}]."""
-    return inputs["preferences"].summary().get("held_out_prompts", []) if "preferences" in inputs else []
-
-
-def policy_answers(cfg: Config, model, tok, prompts: list[str]) -> list[list[str]]:
-    """`evaluate.winrate_samples` sampled answers per prompt (the sample space's sampling settings and
-    normalisation; seeded by evaluate.seed, so base and tuned policies draw the same random numbers)."""
-    sc, k = cfg.sample_space, cfg.evaluate.winrate_samples
-    chats = [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)]
-    raw = generate(model, tok, chats, sc, True, cfg.evaluate.seed)
-    texts = [normalise(a["text"], sc.preamble_patterns) or a["text"].strip() or "(empty answer)" for a in raw]
-    return [texts[j * k:(j + 1) * k] for j in range(len(prompts))]
-
-
-def winrates(cfg: Config, prompts: list[dict], answers: dict, models: dict, loaded, workdir: Path) -> list[dict]:
-    """Per judge (base model, tuned model), opponent (the base policy; in a later round also the previous
-    round's) and held-out prompt: the tuned policy's order-averaged win rate W(tuned answer over the
-    opponent's), averaged over every tuned x opponent answer pair; both orders judged, through the pair cache."""
-    from pipeline.estimates import order_averaged
-
-    texts, prompt_of, index = [], [], {}
-    for j in range(len(prompts)):  # the distinct answers to each prompt
-        for text in (t for per in answers.values() for t in per[j]):
-            if (j, text) not in index:
-                index[j, text] = len(texts)
-                texts.append(text)
-                prompt_of.append(j)
-    opponents = [o for o in ("base", "previous") if o in answers]
-    pairs = {(o, j): [(index[j, t], index[j, b]) for t in answers["finetuned"][j] for b in answers[o][j]]
-             for o in opponents for j in range(len(prompts))}
-    rows = []
-    for judge, (adapter, adapter_key) in models.items():
-        reuse = loaded[0] == judge
-        load = (lambda: loaded[1:]) if reuse else (lambda a=adapter: load_model(cfg.model, a))
-        cached, _ = cached_model_judge(cfg, texts, workdir, load, [p["prompt"] for p in prompts], prompt_of,
-                                       adapter_key=adapter_key)
-        need = [q for ps in pairs.values() for t, b in ps if t != b for q in ((t, b), (b, t))]
-        fill_pairs(cached, need, f"[evaluate] win rate, {judge} judge", distributed=False)
-        for (opponent, j), ps in pairs.items():
-            w = [0.5 if t == b else order_averaged(cached.probs, t, b) for t, b in ps]
-            rows.append({"judge": judge, "opponent": opponent, "prompt_id": prompts[j]["prompt_id"],
-                         "prompt": prompts[j]["prompt"], "win_rate": float(np.mean(w)),
-                         "comparisons": 2 * sum(t != b for t, b in ps)})
-    return rows
-
-
 def paper_checks(inputs: dict) -> dict | None:
     """On the generated sample space: the greedy answer's rank under the spMCMC score (and the chains' visit
     frequency), and whether the model prefers what it generates most often (Spearman of count and score)."""
@@ -262,12 +215,12 @@ def upstream_summaries(inputs: dict) -> dict:
 
 
 ROUND_COLUMNS = ("round", "consistency", "pairs_kept", "pairs_dropped", "entropy", "diversity", "diversity_min",
-                 *(f"{w}{s}" for w in ("win_vs_base", "win_vs_previous", "win_vs_base_tuned_judge")
-                   for s in ("", "_low", "_high")))
+                 *(f"{w}{s}" for w in ("win_vs_base", "win_vs_previous", "win_vs_base_tuned_judge", "headroom_share")
+                   for s in ("", "_low", "_high")), "ceiling", "kl", "tuned_chars", "base_chars")
 ALIGNMENT_COLUMNS = ("round", "model", "evaluator", "spearman_r", "ci_low", "ci_high")
 
 
-def round_table(inputs: dict, up: dict, win: dict | None, metrics: list[dict]) -> tuple[list[dict], list[dict]]:
+def round_table(inputs: dict, up: dict, y: dict | None, metrics: list[dict]) -> tuple[list[dict], list[dict]]:
     """Every round so far (the previous round's evaluation carries the earlier ones) with this round's
     figures appended: preference consistency, pairs kept and dropped, entropy of the preference
     distribution (sharpening), the policy's answer diversity (collapse), the tuned policy's win rates
@@ -281,10 +234,16 @@ def round_table(inputs: dict, up: dict, win: dict | None, metrics: list[dict]) -
            "pairs_kept": pr.get("train_pairs"), "pairs_dropped": pr.get("pairs_dropped"),
            "entropy": (sp.get("strength") or {}).get("entropy"), "diversity": ss.get("diversity"),
            "diversity_min": ss.get("diversity_min")}
-    for name, judge, opponent in (("win_vs_base", "base", "base"), ("win_vs_previous", "base", "previous"),
-                                  ("win_vs_base_tuned_judge", "finetuned", "base")):
-        w = ((win or {}).get(judge) or {}).get(opponent) or {}
-        row.update({name: w.get("mean"), f"{name}_low": w.get("ci_low"), f"{name}_high": w.get("ci_high")})
+    y = y or {}
+    cis = {"win_vs_base": (y.get("win_rate"), *(y.get("win_rate_ci") or [None, None])),
+           "headroom_share": (y.get("headroom_share"), *(y.get("headroom_share_ci") or [None, None])),
+           **{name: (w.get("mean"), w.get("ci_low"), w.get("ci_high")) for name, w in
+              (("win_vs_previous", y.get("win_vs_previous") or {}), ("win_vs_base_tuned_judge",
+                                                                     y.get("win_rate_tuned_judge") or {}))}}
+    for name, (mean, low, high) in cis.items():
+        row.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    row.update({"ceiling": y.get("ceiling"), "kl": y.get("kl"), "tuned_chars": y.get("tuned_chars"),
+                "base_chars": y.get("base_chars")})
     alignment += [{"round": r, "model": m["model"], "evaluator": m["evaluator"], "spearman_r": m["spearman_r"],
                    "ci_low": m["spearman_ci_low"], "ci_high": m["spearman_ci_high"]}
                   for m in metrics if m["model"] == "finetuned" or r == 1]
@@ -303,7 +262,7 @@ def round_warnings(rounds: list[dict], rc) -> list[str]:
 
 
 def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path,
-              prompts: list[dict], answers: dict, wins: list[dict]):
+              yardstick: dict | None):
     from datasets import Dataset, DatasetDict
 
     ec = cfg.evaluate
@@ -320,14 +279,17 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                          "finetuned_spearman": m[e, "finetuned"]["spearman_r"],
                          **paired_difference(scores["finetuned"][e], base[e], human, "spearman", ec.bootstrap, ec.seed)}
                         for e in base if e in scores["finetuned"]]
-    win, up = _winrate_summary(wins, ec), upstream_summaries(inputs)
-    rounds, alignment = round_table(inputs, up, win, metrics)
+    y, up = (yardstick or {}).get("summary"), upstream_summaries(inputs)
+    rounds, alignment = round_table(inputs, up, y, metrics)
     summary = {"ratings": ratings.source, "citation": ratings.citation, "n_items": len(items),
                "item_ids": items["id"].tolist(), "max_items": ec.max_items, "max_chars": ec.max_chars,
                "noise_ceiling": noise_ceiling(ratings.long, items["id"].tolist(), ec.seed),
                "paper_checks": paper_checks(inputs), "sharpening": sharpening or None,
-               "upstream": up, "win_rate": win, "rounds": rounds, "rounds_alignment": alignment,
-               "round_warnings": round_warnings(rounds, cfg.rounds)}
+               "upstream": up, "yardstick": y, "rounds": rounds, "rounds_alignment": alignment,
+               "round_warnings": round_warnings(rounds, cfg.rounds),
+               # the yardstick's headline figures, at the top level for readers and W&B
+               **{k: (y or {}).get(k) for k in ("win_rate", "win_rate_ci", "ceiling", "headroom_share",
+                                                "headroom_share_ci")}}
     plots = evaluation_plots(workdir, human, scores, metrics, summary["noise_ceiling"])
     if len(rounds) > 1:
         plots.append(rounds_plot(workdir, rounds))
@@ -343,26 +305,16 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                         "before_after": _table(before_after, ("evaluator", "base_spearman", "finetuned_spearman",
                                                               *DIFF_COLUMNS)),
         "heldout_answers": _table([{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "policy": policy, "k": k,
-                                    "text": text} for policy, per in answers.items() for p, texts in zip(prompts, per)
-                                   for k, text in enumerate(texts)], ("prompt_id", "prompt", "policy", "k", "text")),
-        "winrate": _table(wins, ("judge", "opponent", "prompt_id", "prompt", "win_rate", "comparisons")),
+                                    "text": text} for policy, per in (yardstick or {}).get("answers", {}).items()
+                                   for p, texts in zip(yardstick["prompts"], per) for k, text in enumerate(texts)],
+                                  ("prompt_id", "prompt", "policy", "k", "text")),
+        "winrate": _table([{k: v for k, v in r.items() if k not in ("per_answer", "fresh_per_answer")}
+                           for r in (yardstick or {}).get("rows", [])], WINRATE_COLUMNS),
         "rounds": _table(rounds, ROUND_COLUMNS), "rounds_alignment": _table(alignment, ALIGNMENT_COLUMNS)})
 
 
-def _winrate_summary(wins: list[dict], ec) -> dict | None:
-    """{judge: {opponent: the tuned policy's win rate over held-out prompts with a bootstrap interval over
-    prompts}}; opponents: the base policy, and in a later round the previous round's policy."""
-    if not wins:
-        return None
-    out = {}
-    for w in wins:
-        out.setdefault(w["judge"], {}).setdefault(w["opponent"], [])
-    for judge, per in out.items():
-        for opponent in per:
-            mine = [w for w in wins if w["judge"] == judge and w["opponent"] == opponent]
-            per[opponent] = {**mean_ci([w["win_rate"] for w in mine], ec.bootstrap, ec.seed),
-                             "answers_per_policy": ec.winrate_samples, "comparisons": sum(w["comparisons"] for w in mine)}
-    return out
+WINRATE_COLUMNS = ("prompt_id", "prompt", "win", "base_fresh_win", "pool_size", "pool_chars", "ceiling_4", "ceiling_8",
+                   "pool_logp")
 
 
 DIFF_COLUMNS = ("diff", "ci_low", "ci_high", "p")
@@ -387,12 +339,10 @@ def _lines_and_metrics(metrics: list[dict], summary: dict) -> tuple[list[str], d
     if summary["noise_ceiling"]:
         flat["eval/noise_ceiling"] = summary["noise_ceiling"]["spearman_brown"]
         lines.append(f"human noise ceiling (split-half, Spearman-Brown): {summary['noise_ceiling']['spearman_brown']:.4f}")
-    for judge, per in (summary["win_rate"] or {}).items():
-        for opponent, w in per.items():
-            flat.update({f"eval/win_rate/{judge}_judge/vs_{opponent}/{k}": w[k] for k in ("mean", "ci_low", "ci_high")})
-            lines.append(f"held-out prompts: the tuned policy wins {w['mean']:.3f} [{w['ci_low']:.3f}, "
-                         f"{w['ci_high']:.3f}] against the {opponent} policy, judged by the {judge} model ({w['n']} "
-                         f"prompts, {w['answers_per_policy']} answers each)")
+    y = summary["yardstick"]
+    if y:
+        flat.update(flat_numbers(y, "eval/yardstick"))
+        lines += winrate.lines(y)
     if summary.get("rounds"):
         row = summary["rounds"][-1]
         flat.update({f"rounds/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and v is not None})

@@ -157,13 +157,13 @@ class Evidence:
 
     def __init__(self, cfg: Config, spmcmc, cands, prompts: list[dict], workdir: Path, strengths: Strengths,
                  judge: tuple = (None, None)):
-        from pipeline.judge import cached_model_judge
+        from pipeline.judge import cached_judge
         from pipeline.models import load_model
 
         order = {p["prompt_id"]: k for k, p in enumerate(prompts)}
         self.prompt_of = [order[pid] for pid in cands["prompt_id"]]
         adapter, adapter_key = judge
-        self.cached, _ = cached_model_judge(cfg, cands["text"], workdir, lambda: load_model(cfg.model, adapter),
+        self.cached, _ = cached_judge(cfg, cands["text"], workdir, lambda: load_model(cfg.model, adapter),
                                             [p["prompt"] for p in prompts], self.prompt_of, adapter_key=adapter_key,
                                             extra_cache_files=sorted(spmcmc.path.glob("pair_cache.rank*.jsonl")))
         self.shifts = [p["calibration_shift"] or 0.0 for p in prompts]  # the spmcmc stage's, per prompt

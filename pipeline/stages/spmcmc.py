@@ -58,7 +58,8 @@ from pipeline.estimates import (
     shifted,
     wants_chains,
 )
-from pipeline.judge import cached_model_judge, fill_pairs
+from pipeline.judge import cached_judge, fill_pairs
+from pipeline.metrics import mean_ci_t
 from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, prompt_plots
 from pipeline.report import number
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
@@ -175,7 +176,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     prompt_of = [g.index for g in groups for _ in range(g.n)]
     adapter, adapter_key = adapter_of(inputs, "judge")
     earlier = sorted(inputs["earlier"].path.glob("pair_cache.rank*.jsonl")) if "earlier" in inputs else []
-    cached, store = cached_model_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model, adapter),
+    cached, store = cached_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model, adapter),
                                        [g.prompt for g in groups], prompt_of, adapter_key=adapter_key,
                                        extra_cache_files=earlier, rank=parallel.rank())
     design = [(g.lo + a, g.lo + b) for g in usable for a, b in ordered(plans[g.index][1])]
@@ -378,7 +379,7 @@ def _run_confounds(done: list[dict]) -> dict:
     """Over prompts: each confound's mean within-prompt Spearman with the score (t interval over prompts), R^2
     within prompts, the greedy answer's mean rank, and the raw and controlled strengths and consistency."""
     conf = [r["summary"]["confounds"] for r in done]
-    t = confounds.mean_ci_t
+    t = mean_ci_t
 
     def spearman(k):
         m = t(c["features"][k]["spearman"] for c in conf)

@@ -1,0 +1,330 @@
+"""The tuned policy's win rate, and the yardstick that says how much of what the judge could award it got.
+
+On the evaluation prompts (the prompts held out of training; for one query, that query) the tuned
+policy writes `evaluate.winrate_samples` fresh answers. Each is compared, in both orders, with the
+base policy's own answers to that prompt: the candidates of the base sample space (round 1's), each
+weighted by how often the base generated it. So "a random base sample" is the base's empirical
+distribution, and the same judge over the same pool gives:
+
+- win rate: mean over prompts of the tuned answers' order-averaged W against the pool (0.5 = no better);
+- the ceiling: best-of-n of the base's own samples against a random base sample, in closed form over
+  the pool (a draw of n with replacement by weight, the judge's best by its score, against the pool),
+  for n = 4, 8 and the sample space's draws per prompt. `headroom_share` = (win - 1/2) / (BoN-8 - 1/2);
+- the same for fresh base samples (the null: it should be 1/2);
+- a length-controlled win rate (a GLM of W on the length and base-log-probability differences,
+  read at zero difference, the AlpacaEval construction with pipeline/confounds.py's confounds);
+- drift: the tuned answers' length and base log-probability against the pool's, and KL(tuned || base)
+  from the tuned samples (mean log-ratio, and Schulman's k3);
+- intervals: Student t over prompts (one query: over the tuned answers), which holds its coverage with
+  few units where a percentile bootstrap does not (tests/test_winrate.py); fewer than 10 prompts warn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.estimates import order_averaged
+from pipeline.metrics import mean_ci_t
+
+BEST_OF = (4, 8)
+MIN_PROMPTS = 10
+
+
+# ------------------------------------------------------------------------------------ closed forms
+def best_of_n(score: np.ndarray, weight: np.ndarray, w: np.ndarray, n: int) -> float:
+    """Expected W of the judge's best of n draws (with replacement, by `weight`) against one more draw.
+
+    Sorted by score ascending, the best of n is candidate j with probability F_j^n - F_{j-1}^n (F the
+    cumulative weight); its win against a draw is sum_b weight_b W[j, b] (W[j, j] = 1/2)."""
+    order = np.argsort(score, kind="stable")
+    cdf = np.cumsum(weight[order]) / weight.sum()
+    p_best = np.diff(np.concatenate([[0.0], cdf ** n]))
+    win_vs_pool = (w @ (weight / weight.sum()))[order]
+    return float(p_best @ win_vs_pool)
+
+
+def kl_estimates(logp_tuned: np.ndarray, logp_base: np.ndarray) -> dict:
+    """KL(tuned || base) from samples of the tuned policy with their sequence log-probabilities under both:
+    the mean log-ratio (unbiased, can go negative) and k3 = E[(r - 1) - log r], r = p_base / p_tuned (>= 0)."""
+    if not len(logp_tuned):
+        return {"kl": None, "kl_k3": None, "samples": 0}
+    log_r = np.asarray(logp_base, float) - np.asarray(logp_tuned, float)
+    return {"kl": float(np.mean(-log_r)), "kl_k3": float(np.mean(np.expm1(log_r) - log_r)), "samples": int(len(log_r))}
+
+
+def headroom(win: dict, ceiling: float | None) -> dict:
+    """(win - 1/2) / (ceiling - 1/2) with the win rate's interval carried through (the ceiling taken as known)."""
+    if ceiling is None or win.get("mean") is None or ceiling - 0.5 < 0.005:  # no headroom to share
+        return {"mean": None, "ci_low": None, "ci_high": None}
+    scale = ceiling - 0.5
+    share = lambda v: None if v is None else (v - 0.5) / scale  # noqa: E731
+    return {"mean": share(win["mean"]), "ci_low": share(win["ci_low"]), "ci_high": share(win["ci_high"])}
+
+
+# ------------------------------------------------------------------------------------ the pool
+def eval_prompts(inputs: dict) -> list[dict]:
+    """The prompts held out of training (preferences.split=prompt), else every prompt of the run (one query)."""
+    held = inputs["preferences"].summary().get("held_out_prompts", [])
+    if held:
+        return held
+    cands = inputs.get("base_spmcmc", inputs["spmcmc"]).load()["candidates"]
+    return [{"prompt_id": pid, "prompt": p} for pid, p in dict(zip(cands["prompt_id"], cands["prompt"])).items()]
+
+
+def base_pool(cands, prompt_id: str) -> dict:
+    """One prompt's base answers: texts, generation counts as weights (answers only ever added, greedy or
+    external, weigh 0), the judge's score, their summed log-probability under the base."""
+    rows = [i for i, p in enumerate(cands["prompt_id"]) if p == prompt_id]
+    pick = lambda col: [cands[col][i] for i in rows]  # noqa: E731
+    weight = np.array(pick("count"), dtype=float)
+    logp = pick("sum_logprob") if "sum_logprob" in cands.column_names else [None] * len(rows)
+    return {"text": pick("text"), "weight": weight, "score": np.array(pick("score"), float),
+            "logp": np.array([np.nan if v is None else v for v in logp], float)}
+
+
+def pool_matrix(probs: dict, ids: list[int]) -> np.ndarray:
+    """W[j, b] among the pool's candidates from the judge's cached comparisons (1/2 on the diagonal)."""
+    n = len(ids)
+    w = np.full((n, n), 0.5)
+    for a in range(n):
+        for b in range(n):
+            if a != b:
+                v = order_averaged(probs, ids[a], ids[b])
+                w[a, b] = 0.5 if v is None else v
+    return w
+
+
+# ------------------------------------------------------------------------------------ per prompt
+def prompt_figures(pool: dict, w_pool: np.ndarray, w_tuned: np.ndarray, w_fresh: np.ndarray, draws: int) -> dict:
+    """One prompt: the tuned and fresh-base answers' win against the pool, the best-of-n ceilings, the pool's
+    mean length and log-probability. w_tuned[t, b]: W of tuned answer t over pool candidate b."""
+    weight = pool["weight"] / pool["weight"].sum()
+    out = {"win": float((w_tuned @ weight).mean()), "per_answer": (w_tuned @ weight).tolist(),
+           "base_fresh_win": float((w_fresh @ weight).mean()) if len(w_fresh) else None,
+           "fresh_per_answer": (w_fresh @ weight).tolist() if len(w_fresh) else [],
+           "pool_size": len(weight), "pool_chars": float(weight @ np.array([len(t) for t in pool["text"]]))}
+    for n in sorted({*BEST_OF, draws}):
+        out[f"ceiling_{n}"] = best_of_n(pool["score"], pool["weight"], w_pool, n)
+    out["pool_logp"] = float(weight @ pool["logp"]) if np.isfinite(pool["logp"]).all() else None
+    return out
+
+
+def length_controlled(w: list[float], d_length: list[float], d_logp: list[float], weight: list[float]) -> dict:
+    """W of tuned over pool answers as a quasi-binomial GLM on the standardised length and base-log-probability
+    differences; the win rate read at zero difference, sigmoid(intercept), with its 95% interval."""
+    import warnings
+
+    import statsmodels.api as sm
+
+    cols = [np.asarray(v, float) for v in (d_length, d_logp) if np.isfinite(v).all() and np.std(v) > 0]
+    x = np.column_stack([np.ones(len(w)), *[c / c.std() for c in cols]])
+    if len(w) <= x.shape[1] + 1:
+        return {"mean": None, "ci_low": None, "ci_high": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = sm.GLM(np.clip(w, 0, 1), x, family=sm.families.Binomial(), freq_weights=np.asarray(weight)).fit(scale="X2")
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    theta, se = float(res.params[0]), float(res.bse[0])
+    return {"mean": sig(theta), "ci_low": sig(theta - 1.96 * se), "ci_high": sig(theta + 1.96 * se)}
+
+
+def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_logp: float | None,
+              single_query: bool) -> dict:
+    """The yardstick over the evaluation prompts (t intervals over prompts, or over tuned answers for one query)."""
+    units = rows[0]["per_answer"] if single_query else [r["win"] for r in rows]
+    win = mean_ci_t(units)
+    ceilings = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("ceiling_")}
+    fresh = [r["base_fresh_win"] for r in rows if r["base_fresh_win"] is not None]
+    out = {"win_rate": win["mean"], "win_rate_ci": [win["ci_low"], win["ci_high"]],
+           "win_rate_units": "tuned answers to the one query" if single_query else "prompts", "n_units": win["n"],
+           "ceiling": ceilings.get("ceiling_8"), "ceilings": ceilings, "headroom_share": None,
+           "headroom_share_ci": [None, None],
+           "base_fresh_win_rate": mean_ci_t(rows[0]["fresh_per_answer"] if single_query else fresh),
+           "length_controlled_win_rate": lc, **kl, "tuned_chars": tuned_chars,
+           "base_chars": float(np.mean([r["pool_chars"] for r in rows])), "tuned_logp_base": tuned_logp,
+           "base_logp": _mean([r["pool_logp"] for r in rows]), "prompts": len(rows)}
+    h = headroom(win, out["ceiling"])
+    out["headroom_share"], out["headroom_share_ci"] = h["mean"], [h["ci_low"], h["ci_high"]]
+    out["warnings"] = _warnings(out, single_query)
+    return out
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _warnings(s: dict, single_query: bool) -> list[str]:
+    out = []
+    if single_query:
+        out.append("one query: the win rate's interval is over the tuned answers to it and says nothing about other "
+                   "prompts; a prompt set with held-out prompts measures generalisation")
+    elif s["prompts"] < MIN_PROMPTS:
+        out.append(f"only {s['prompts']} evaluation prompts (< {MIN_PROMPTS}): the interval is wide and a few prompts "
+                   "decide the win rate; hold out more (preferences.test_fraction) or use a larger prompt set")
+    if s["ceiling"] is not None and s["ceiling"] - 0.5 < 0.02:
+        out.append(f"the judge's best-of-8 ceiling is {s['ceiling']:.3f}: it barely prefers any base answer over another, "
+                   "so no win rate can show much; a stronger judge (judge.model, judge.function) would")
+    return out
+
+
+# ------------------------------------------------------------------------------------ the measurement
+def policy_answers(cfg, model, tok, prompts: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """`evaluate.winrate_samples` sampled answers per prompt (the sample space's sampling settings, seeded by
+    evaluate.seed, so every policy draws the same random numbers): (normalised texts, raw texts)."""
+    from pipeline.generation import generate, normalise
+    from pipeline.models import chat_prompt
+
+    sc, k = cfg.sample_space, cfg.evaluate.winrate_samples
+    chats = [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)]
+    raw = [a["text"] for a in generate(model, tok, chats, sc, True, cfg.evaluate.seed)]
+    texts = [normalise(a, sc.preamble_patterns) or a.strip() or "(empty answer)" for a in raw]
+    return [texts[j * k:(j + 1) * k] for j in range(len(prompts))], [raw[j * k:(j + 1) * k] for j in range(len(prompts))]
+
+
+def sequence_logps(cfg, model, tok, prompts: list[str], answers: list[list[str]]) -> list[list[float]]:
+    """Summed log-probability of each answer as a reply to its prompt (end of turn included)."""
+    from pipeline.models import answer_scores, chat_prompt
+
+    return [[s[0] for s in answer_scores(model, tok, chat_prompt(tok, p, cfg.sample_space.system_prompt), a,
+                                         cfg.evaluate.batch_size)] for p, a in zip(prompts, answers)]
+
+
+class Texts:
+    """Every text the judge compares, per prompt (the pool, then the answers), each (prompt, text) once."""
+
+    def __init__(self):
+        self.texts, self.prompt_of, self.index = [], [], {}
+
+    def ids(self, j: int, texts: list[str]) -> list[int]:
+        out = []
+        for t in texts:
+            if (j, t) not in self.index:
+                self.index[j, t] = len(self.texts)
+                self.texts.append(t)
+                self.prompt_of.append(j)
+            out.append(self.index[j, t])
+        return out
+
+
+def w_matrix(probs: dict, rows: list[int], cols: list[int]) -> np.ndarray:
+    """W[r, c] = order-averaged choice of text rows[r] over cols[c]; 1/2 for the same text."""
+    return np.array([[0.5 if a == b else order_averaged(probs, a, b) for b in cols] for a in rows], dtype=float)
+
+
+def both_orders(rows: list[int], cols: list[int]) -> list[tuple[int, int]]:
+    return [q for a in rows for b in cols if a != b for q in ((a, b), (b, a))]
+
+
+def measure(cfg, inputs: dict, workdir) -> dict:
+    """The yardstick (see the module docstring): answers, judging, figures. Returns {"summary", "rows", "answers"}."""
+    from pipeline.judge import cached_judge, fill_pairs, judge_is_policy
+    from pipeline.models import load_model
+
+    prompts = eval_prompts(inputs)
+    queries = [p["prompt"] for p in prompts]
+    base_sp = inputs.get("base_spmcmc", inputs["spmcmc"])
+    cands = base_sp.load()["candidates"]
+    pools = [base_pool(cands, p["prompt_id"]) for p in prompts]
+    model, tok = load_model(cfg.model, inputs["finetune"].path / "adapter")
+    tuned, tuned_raw = policy_answers(cfg, model, tok, queries)
+    logp_tuned = sequence_logps(cfg, model, tok, queries, tuned_raw)
+    answers = {"finetuned": tuned}
+    if "previous" in inputs:
+        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, inputs["previous"].path / "adapter"), queries)[0]
+    model, tok = load_model(cfg.model)
+    answers["base"] = policy_answers(cfg, model, tok, queries)[0]
+    logp_base_raw = sequence_logps(cfg, model, tok, queries, tuned_raw)
+    logp_base = sequence_logps(cfg, model, tok, queries, tuned)
+    texts = Texts()
+    ids = [{"pool": texts.ids(j, pool["text"]), **{k: texts.ids(j, a[j]) for k, a in answers.items()}}
+           for j, pool in enumerate(pools)]
+    extra = sorted(base_sp.path.glob("pair_cache.rank*.jsonl"))
+    judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: (model, tok), queries, texts.prompt_of,
+                            extra_cache_files=extra)
+    need = [q for i in ids for k in ("finetuned", "base") for q in both_orders(i[k], i["pool"])]
+    need += [q for i in ids if "previous" in i for q in both_orders(i["finetuned"], i["previous"])]
+    need += [q for i in ids if len(i["pool"]) <= 64 for q in both_orders(i["pool"], i["pool"])]  # cached in exact mode
+    fill_pairs(judge, need, "[evaluate] win rate (base judge)", distributed=False)
+    rows = [_prompt_row(p, pool, i, judge.probs, cfg.sample_space.num_samples) for p, pool, i in zip(prompts, pools, ids)]
+    summary = summarise(rows, _lc(rows, pools, ids, judge.probs, answers, logp_base), kl_estimates(
+        np.concatenate(logp_tuned), np.concatenate(logp_base_raw)), float(np.mean([len(t) for a in tuned for t in a])),
+        float(np.mean(np.concatenate(logp_base))), len(prompts) == 1)
+    if "previous" in answers:
+        summary["win_vs_previous"] = mean_ci_t([w_matrix(judge.probs, i["finetuned"], i["previous"]).mean() for i in ids])
+    if judge_is_policy(cfg.judge):  # self-play: the tuned model judges its own answers against the same pool
+        summary["win_rate_tuned_judge"] = _tuned_judge(cfg, inputs, workdir, texts, queries, ids, pools, extra)
+    return {"summary": summary, "rows": rows, "answers": answers, "prompts": prompts}
+
+
+def _prompt_row(prompt: dict, pool: dict, ids: dict, probs: dict, draws: int) -> dict:
+    w_pool = w_matrix(probs, ids["pool"], ids["pool"])
+    if np.isnan(w_pool).any():  # a sparse design left pool pairs unjudged: the GLM's strengths fill them in
+        w_pool = _glm_filled(w_pool, probs, ids["pool"])
+    figures = prompt_figures(pool, w_pool, w_matrix(probs, ids["finetuned"], ids["pool"]),
+                             w_matrix(probs, ids["base"], ids["pool"]), draws)
+    return {"prompt_id": prompt["prompt_id"], "prompt": prompt["prompt"], **figures}
+
+
+def _glm_filled(w: np.ndarray, probs: dict, pool: list[int]) -> np.ndarray:
+    from pipeline.confounds import fit_strengths, order_averaged_w
+
+    local = {(pool.index(f), pool.index(s)): v for (f, s), v in probs.items() if f in pool and s in pool}
+    fit = fit_strengths(local, len(pool))
+    model = order_averaged_w(fit.s[:, None] - fit.s[None, :], fit.position) if fit else np.full(w.shape, 0.5)
+    return np.where(np.isnan(w), model, w)
+
+
+def _lc(rows, pools, ids, probs, answers, logp_base) -> dict:
+    """The length-controlled win rate over every (tuned answer, pool answer) comparison of every prompt."""
+    w, d_len, d_logp, weight = [], [], [], []
+    for j, (pool, i) in enumerate(zip(pools, ids)):
+        for t, text, lp in zip(i["finetuned"], answers["finetuned"][j], logp_base[j]):
+            for b, (btext, blp, bw) in enumerate(zip(pool["text"], pool["logp"], pool["weight"])):
+                if bw > 0:
+                    w.append(0.5 if t == i["pool"][b] else order_averaged(probs, t, i["pool"][b]))
+                    d_len.append(math.log(max(len(text), 1)) - math.log(max(len(btext), 1)))
+                    d_logp.append(lp - blp)
+                    weight.append(bw)
+    return length_controlled(w, d_len, d_logp, weight)
+
+
+def _tuned_judge(cfg, inputs, workdir, texts: Texts, queries, ids, pools, extra) -> dict:
+    from pipeline.judge import cached_judge, fill_pairs
+    from pipeline.models import load_model
+
+    tuned = inputs["finetune"]
+    judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: load_model(cfg.model, tuned.path / "adapter"), queries,
+                            texts.prompt_of, adapter_key=tuned.fingerprint)
+    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["pool"])], "[evaluate] win rate (tuned judge)",
+               distributed=False)
+    return mean_ci_t([float((w_matrix(judge.probs, i["finetuned"], i["pool"]) @ (p["weight"] / p["weight"].sum())).mean())
+                      for i, p in zip(ids, pools)])
+
+
+def lines(y: dict) -> list[str]:
+    """What evaluate prints about the yardstick."""
+    from pipeline.report import number
+
+    ci = lambda v, lo, hi: f"{number(v)} [{number(lo)}, {number(hi)}]"  # noqa: E731
+    c = y["ceilings"]
+    lc, fresh = y["length_controlled_win_rate"], y["base_fresh_win_rate"]
+    ceilings = ", ".join(f"n={k.split('_')[1]} {v:.3f}" for k, v in sorted(c.items(), key=lambda t: int(t[0][8:])))
+    out = [f"win rate of the tuned policy against the base's answers ({y['prompts']} prompt(s), t interval over "
+           f"{y['n_units']} {y['win_rate_units']}): {ci(y['win_rate'], *y['win_rate_ci'])}; length-controlled "
+           f"{ci(lc['mean'], lc['ci_low'], lc['ci_high'])}; fresh base samples (the null) "
+           f"{ci(fresh['mean'], fresh['ci_low'], fresh['ci_high'])}",
+           f"the judge's ceiling, best of n base samples against one: {ceilings}; headroom share (win - 1/2) / "
+           f"(best-of-8 - 1/2) = {ci(y['headroom_share'], *y['headroom_share_ci'])}",
+           f"drift: {y['tuned_chars']:.0f} vs {y['base_chars']:.0f} characters; base log-probability "
+           f"{number(y['tuned_logp_base'], '.1f')} vs {number(y['base_logp'], '.1f')}; KL(tuned || base) "
+           f"{number(y['kl'], '.2f')} nats (k3 {number(y['kl_k3'], '.2f')}, {y['samples']} samples)"]
+    if y.get("win_vs_previous"):
+        w = y["win_vs_previous"]
+        out.append(f"against the previous round's policy: {ci(w['mean'], w['ci_low'], w['ci_high'])}")
+    if y.get("win_rate_tuned_judge"):
+        w = y["win_rate_tuned_judge"]
+        out.append(f"judged by the tuned model itself: {ci(w['mean'], w['ci_low'], w['ci_high'])}")
+    return out + [f"warning: {w}" for w in y["warnings"]]

@@ -1,0 +1,121 @@
+"""Judges beyond the policy: a reward function (TRL's convention) and another local model, through the same
+design, pair cache, estimates and pairs; every mistake in a reward function is one clear line."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+
+from conftest import assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_a_reward_function_judges_end_to_end_on_tiny(tmp_path):
+    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "judge.kind=function", "judge.function=pipeline.rewards:length",
+                   "judge.temperature=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = stage_paths(tmp_path)
+    sp = load_from_disk(str(paths["spmcmc"] / "dataset"))
+    text = sp["candidates"]["text"]
+    pairs = sp["pairs"]
+    expected = [1 / (1 + np.exp(-(len(text[f]) - len(text[s])) / 100 / 0.5))
+                for f, s in zip(pairs["first_id"], pairs["second_id"])]
+    assert np.allclose(pairs["p_first"], expected, atol=1e-9)  # sigmoid((r_first - r_second) / T), no position bias
+    summary = json.loads((paths["spmcmc"] / "summary.json").read_text())
+    assert summary["position_bias"] == pytest.approx(0.5) and summary["confounds"]["features"]["length"]["spearman"] > 0.95
+    train = load_from_disk(str(paths["preferences"] / "dataset"))["train"]
+    assert train.num_rows > 0
+    assert all(len(c[0]["content"]) > len(r[0]["content"]) for c, r in zip(train["chosen"], train["rejected"]))
+    ev = json.loads((paths["evaluate"] / "summary.json").read_text())  # one query: the yardstick still runs
+    assert ev["ceiling"] > 0.5 and ev["win_rate"] is not None and len(ev["win_rate_ci"]) == 2
+    assert ev["yardstick"]["base_fresh_win_rate"]["mean"] is not None and "win_rate_tuned_judge" not in ev["yardstick"]
+    assert "headroom share" in (tmp_path / "report.md").read_text()
+
+
+def test_a_reward_function_file_enters_the_fingerprint(tmp_path):
+    fn = write(tmp_path / "my_reward.py", "def short(prompts, completions, **kw):\n    return [-len(c) for c in completions]\n")
+    args = ["stages=[sample_space,spmcmc]", "judge.kind=function", f"judge.function={fn}:short"]
+    run_pipeline(tiny_config(tmp_path / "out", *args))
+    first = stage_paths(tmp_path / "out")["spmcmc"]
+    fn.write_text("def short(prompts, completions, **kw):\n    return [-2 * len(c) for c in completions]\n")
+    run_pipeline(tiny_config(tmp_path / "out", *args))
+    second = stage_paths(tmp_path / "out")["spmcmc"]
+    assert first != second  # the edited function is a new judge: its comparisons are recomputed
+    p1 = load_from_disk(str(first / "dataset"))["pairs"]["p_first"]
+    p2 = load_from_disk(str(second / "dataset"))["pairs"]["p_first"]
+    assert not np.allclose(p1, p2)
+
+
+def test_another_model_judges(tmp_path, tiny_model_dir):
+    """Two tiny models: the policy writes, a second model (other random weights) judges."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.config import JudgeConfig
+    from pipeline.judge import ModelJudge
+
+    other = tmp_path / "other-judge"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
+
+    run_pipeline(tiny_config(tmp_path / "a", "stages=[sample_space,spmcmc]", f"judge.model={other}"))
+    run_pipeline(tiny_config(tmp_path / "b", "stages=[sample_space,spmcmc]"))
+    a = load_from_disk(str(stage_paths(tmp_path / "a")["spmcmc"] / "dataset"))
+    b = load_from_disk(str(stage_paths(tmp_path / "b")["spmcmc"] / "dataset"))
+    assert a["candidates"]["text"] == b["candidates"]["text"]  # the same policy wrote them
+    assert not np.allclose(a["pairs"]["p_first"], b["pairs"]["p_first"])
+    texts = a["candidates"]["text"]
+    direct = ModelJudge(AutoModelForCausalLM.from_pretrained(other), AutoTokenizer.from_pretrained(other), JudgeConfig(),
+                        "Tell me a joke.", texts)(np.array(a["pairs"]["first_id"][:6]), np.array(a["pairs"]["second_id"][:6]))
+    assert np.allclose(direct, a["pairs"]["p_first"][:6], atol=1e-5)
+
+
+BAD_FUNCTIONS = [
+    ("raises", "def f(prompts, completions, **kw):\n    raise ValueError('no jokes today')\n",
+     "raised ValueError: no jokes today"),
+    ("wrong length", "def f(prompts, completions, **kw):\n    return [1.0]\n", "returned 1 rewards for"),
+    ("nan", "def f(prompts, completions, **kw):\n    return [float('nan')] * len(completions)\n", "rewards must be finite"),
+    ("not numbers", "def f(prompts, completions, **kw):\n    return ['good'] * len(completions)\n",
+     "must return a list of numbers"),
+    ("import error", "import no_such_module_here\ndef f(prompts, completions, **kw):\n    return []\n",
+     "importing"),
+    ("missing name", "def g(prompts, completions, **kw):\n    return []\n", "has no 'f'; its callables are ['g']"),
+]
+
+
+@pytest.mark.parametrize("name, source, message", BAD_FUNCTIONS, ids=[c[0] for c in BAD_FUNCTIONS])
+def test_every_bad_reward_function_is_one_clear_line(tmp_path, name, source, message):
+    fn = write(tmp_path / "bad_reward.py", source)
+    proc = run_cli("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space,spmcmc]", "judge.kind=function",
+                   f"judge.function={fn}:f", timeout=300)
+    assert_one_error_line(proc, message)
+    assert not any((tmp_path / "out" / "spmcmc").glob("*/_COMPLETE"))
+
+
+CONFIG_CASES = [
+    (["judge.kind=function"], "judge.kind=function needs judge.function"),
+    (["judge.function=pipeline.rewards:length"], "add judge.kind=function"),
+    (["judge.kind=function", "judge.function=pipeline.rewards"], "must be FILE.py:NAME or module:NAME"),
+    (["judge.kind=function", "judge.function=/no/such/file.py:f"], "file '/no/such/file.py' does not exist"),
+    (["judge.kind=function", "judge.function=no_such_module_xyz:f"], "module 'no_such_module_xyz' cannot be found"),
+    (["judge.kind=function", "judge.function=pipeline.rewards:length", "judge.model=embedded:tiny-random"],
+     "pick one judge"),
+]
+
+
+@pytest.mark.parametrize("args, message", CONFIG_CASES, ids=[c[1][:30] for c in CONFIG_CASES])
+def test_judge_settings_mistakes(tmp_path, args, message):
+    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "stages=[sample_space,spmcmc]", *args, timeout=300)
+    assert_one_error_line(proc, message)

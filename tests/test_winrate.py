@@ -1,0 +1,80 @@
+"""The win-rate yardstick: the best-of-n ceiling in closed form, KL from samples, intervals that hold with few
+prompts, and the headroom share."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.metrics import mean_ci, mean_ci_t
+from pipeline.winrate import best_of_n, headroom, kl_estimates
+
+
+def bt_matrix(s):
+    return 1 / (1 + np.exp(-(s[:, None] - s[None, :])))
+
+
+def test_best_of_n_equals_enumeration_for_a_bradley_terry_judge():
+    rng = np.random.default_rng(0)
+    s, weight = rng.normal(0, 1, size=5), rng.integers(1, 5, size=5).astype(float)
+    w, p = bt_matrix(s), weight / weight.sum()
+    for n in (1, 2, 3):
+        exact = 0.0
+        for draw in itertools.product(range(5), repeat=n):  # every n-tuple, with replacement
+            best = max(draw, key=lambda i: s[i])
+            exact += np.prod(p[list(draw)]) * (w[best] @ p)
+        assert best_of_n(s, weight, w, n) == pytest.approx(exact, abs=1e-12)
+    assert best_of_n(s, weight, w, 1) == pytest.approx(0.5)  # one random sample against another
+    assert best_of_n(s, weight, w, 50) == pytest.approx(w[np.argmax(s)] @ p, abs=1e-3)  # -> the judge's best
+
+
+def test_kl_from_samples_matches_two_known_distributions():
+    p = np.array([0.5, 0.2, 0.15, 0.1, 0.05])  # tuned
+    q = np.array([0.2, 0.2, 0.2, 0.2, 0.2])  # base
+    true = float((p * np.log(p / q)).sum())
+    y = np.random.default_rng(1).choice(5, size=40000, p=p)
+    est = kl_estimates(np.log(p[y]), np.log(q[y]))
+    assert est["kl"] == pytest.approx(true, abs=0.01) and est["kl_k3"] == pytest.approx(true, abs=0.01)
+    same = kl_estimates(np.log(q[y]), np.log(q[y]))
+    assert same["kl"] == 0.0 and same["kl_k3"] == 0.0
+
+
+def test_t_intervals_hold_their_coverage_with_five_prompts_where_the_bootstrap_does_not():
+    rng = np.random.default_rng(2)
+    t_hits = boot_hits = 0
+    sims = 2000
+    for k in range(sims):
+        x = 0.55 + rng.normal(0, 0.03, size=5)
+        t = mean_ci_t(x)
+        b = mean_ci(x, 400, k)
+        t_hits += t["ci_low"] <= 0.55 <= t["ci_high"]
+        boot_hits += b["ci_low"] <= 0.55 <= b["ci_high"]
+    assert 0.93 <= t_hits / sims <= 0.97
+    assert boot_hits / sims < 0.9  # why the yardstick does not use it
+
+
+def test_headroom_share():
+    h = headroom({"mean": 0.55, "ci_low": 0.52, "ci_high": 0.58}, 0.6)
+    assert h["mean"] == pytest.approx(0.5) and h["ci_low"] == pytest.approx(0.2) and h["ci_high"] == pytest.approx(0.8)
+    assert headroom({"mean": 0.55, "ci_low": 0.5, "ci_high": 0.6}, 0.501)["mean"] is None  # no headroom to share
+
+
+def test_the_win_rate_of_known_choices_comes_back_exactly():
+    """Six prompts; tuned answers win W = 0.55 + 0.1 (j % 3) over every base answer of prompt j: the per-prompt win
+    rates and their mean come back exactly, inside the t interval; fresh base samples tie."""
+    from pipeline.winrate import prompt_figures, summarise
+
+    truth = [0.55 + 0.1 * (j % 3) for j in range(6)]
+    rows = []
+    for w in truth:
+        pool = {"text": ["a", "bb", "ccc"], "weight": np.array([3.0, 1.0, 1.0]), "score": np.array([0.5, 0.3, 0.2]),
+                "logp": np.array([-3.0, -4.0, -5.0])}
+        w_pool = bt_matrix(np.log(pool["score"]))
+        rows.append(prompt_figures(pool, w_pool, np.full((4, 3), w), np.full((4, 3), 0.5), draws=8))
+    s = summarise(rows, {"mean": None, "ci_low": None, "ci_high": None}, kl_estimates([], []), 10.0, -3.0, False)
+    assert np.allclose([r["win"] for r in rows], truth) and s["win_rate"] == pytest.approx(np.mean(truth))
+    assert s["win_rate_ci"][0] < np.mean(truth) < s["win_rate_ci"][1]
+    assert s["base_fresh_win_rate"]["mean"] == pytest.approx(0.5)
+    assert s["ceiling"] == pytest.approx(best_of_n(np.array([0.5, 0.3, 0.2]), np.array([3.0, 1, 1]), w_pool, 8))
+    assert s["headroom_share"] == pytest.approx((np.mean(truth) - 0.5) / (s["ceiling"] - 0.5))
+    assert any("only 6 evaluation prompts" in w for w in s["warnings"])
