@@ -237,6 +237,8 @@ def spearman_brown(r: float) -> float:
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
+    # equal answers (a reward function's ties) come out of a solve 1e-15 apart: rounded, they stay ties
+    a, b = np.round(a, 12), np.round(b, 12)
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0  # a half with no ranking agrees with nothing
     return float(spearmanr(a, b).statistic)

@@ -112,7 +112,9 @@ def yardstick_section(y: dict | None) -> list[str]:
               f"| log-probability under the base, tuned vs base answers | {number(y['tuned_logp_base'], '.1f')} vs "
               f"{number(y['base_logp'], '.1f')} |",
               f"| KL(tuned ‖ base), nats per answer (mean log-ratio; k3) | {number(y['kl'], '.2f')}; "
-              f"{number(y['kl_k3'], '.2f')} ({y['samples']} samples) |"]
+              f"{number(y['kl_k3'], '.2f')} ({y['samples']} samples) |",
+              f"| distinct answers per prompt, tuned vs base | {number(y.get('tuned_diversity'), '.2f')} vs "
+              f"{number(y.get('base_diversity'), '.2f')} |"]
     for key, label in (("win_vs_previous", "against the previous round's policy"),
                        ("win_rate_tuned_judge", "judged by the tuned model itself")):
         if y.get(key):

@@ -75,10 +75,13 @@ def eval_prompts(inputs: dict) -> list[dict]:
 
 def base_pool(cands, prompt_id: str) -> dict:
     """One prompt's base answers: texts, generation counts as weights (answers only ever added, greedy or
-    external, weigh 0), the judge's score, their summed log-probability under the base."""
+    external, weigh 0; an external pool alone weighs each once), the judge's score, their summed
+    log-probability under the base."""
     rows = [i for i, p in enumerate(cands["prompt_id"]) if p == prompt_id]
     pick = lambda col: [cands[col][i] for i in rows]  # noqa: E731
     weight = np.array(pick("count"), dtype=float)
+    if weight.sum() == 0:  # an external pool only (sample_space.only_extra): each answer once
+        weight = np.ones(len(rows))
     logp = pick("sum_logprob") if "sum_logprob" in cands.column_names else [None] * len(rows)
     return {"text": pick("text"), "weight": weight, "score": np.array(pick("score"), float),
             "logp": np.array([np.nan if v is None else v for v in logp], float)}
@@ -252,6 +255,8 @@ def measure(cfg, inputs: dict, workdir) -> dict:
     summary = summarise(rows, _lc(rows, pools, ids, judge.probs, answers, logp_base), kl_estimates(
         np.concatenate(logp_tuned), np.concatenate(logp_base_raw)), float(np.mean([len(t) for a in tuned for t in a])),
         float(np.mean(np.concatenate(logp_base))), len(prompts) == 1)
+    summary["tuned_diversity"] = float(np.mean([len(set(a)) / len(a) for a in tuned]))  # distinct answers per prompt
+    summary["base_diversity"] = float(np.mean([len(set(a)) / len(a) for a in answers["base"]]))
     if "previous" in answers:
         summary["win_vs_previous"] = mean_ci_t([w_matrix(judge.probs, i["finetuned"], i["previous"]).mean() for i in ids])
     if judge_is_policy(cfg.judge):  # self-play: the tuned model judges its own answers against the same pool
@@ -320,7 +325,8 @@ def lines(y: dict) -> list[str]:
            f"(best-of-8 - 1/2) = {ci(y['headroom_share'], *y['headroom_share_ci'])}",
            f"drift: {y['tuned_chars']:.0f} vs {y['base_chars']:.0f} characters; base log-probability "
            f"{number(y['tuned_logp_base'], '.1f')} vs {number(y['base_logp'], '.1f')}; KL(tuned || base) "
-           f"{number(y['kl'], '.2f')} nats (k3 {number(y['kl_k3'], '.2f')}, {y['samples']} samples)"]
+           f"{number(y['kl'], '.2f')} nats (k3 {number(y['kl_k3'], '.2f')}, {y['samples']} samples); distinct answers "
+           f"{number(y.get('tuned_diversity'), '.2f')} (base {number(y.get('base_diversity'), '.2f')})"]
     if y.get("win_vs_previous"):
         w = y["win_vs_previous"]
         out.append(f"against the previous round's policy: {ci(w['mean'], w['ci_low'], w['ci_high'])}")

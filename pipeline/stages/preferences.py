@@ -229,8 +229,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     pc = cfg.preferences
     spmcmc = inputs["spmcmc"].load()
     cands, prompts = spmcmc["candidates"], [p for p in spmcmc["prompts"] if p["n_candidates"] >= 2]
-    column = "controlled" if pc.control else SCORE_COLUMN[pc.score]
-    prompts, uncontrolled = _with_column(prompts, cands, column, pc)
+    control = uses_control(cfg)
+    column = "controlled" if control else SCORE_COLUMN[pc.score]
+    prompts, uncontrolled = _with_column(prompts, cands, column, pc, control)
     score = dict(zip(cands["id"], cands[column]))
     text = dict(zip(cands["id"], cands["text"]))
     exact = dict(zip(cands["id"], cands["stationary"])) if None not in cands["stationary"] else None
@@ -241,11 +242,11 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                for p in prompts}
     rng = np.random.default_rng(pc.seed)
     train, test, split = split_prompts(prompts, ids_of, pc)
-    strengths = Strengths(cfg, cands, spmcmc["pairs"], prompts, pc.control)
+    strengths = Strengths(cfg, cands, spmcmc["pairs"], prompts, control)
     evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, strengths, adapter_of(inputs, "judge"))
     splits, picked = {}, {}
     for name, part in (("train", train), ("test", test)):
-        per = {pid: select_pairs(_matched(candidate_pairs(ids, score, pc, rng), strengths, pid, pc), evidence, pc)
+        per = {pid: select_pairs(_matched(candidate_pairs(ids, score, pc, rng), strengths, pid, pc, control), evidence, pc)
                for pid, ids in part.items()}
         picked[name] = {k: [p for r in per.values() for p in r[k]] for k in ("unfiltered", "kept", "measured")}
         rows = [_pair_rows(r["kept"], text, score, message[pid], evidence.known) | {"prompt_id": [pid] * len(r["kept"])}
@@ -261,21 +262,33 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                                        "prompt_id": [pid for pid, _ in sft]})
     summary = _summary(splits, train_ids, [i for ids in test.values() for i in ids], column, picked["train"],
                        evidence.known, exact, exact is not None and any(score[i] != exact[i] for i in exact))
-    summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train), "control": pc.control,
-                    "control_features": list(cfg.confounds.control) if pc.control else [],
+    summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train), "control": control,
+                    "control_features": list(cfg.confounds.control) if control else [],
                     "prompts_without_controlled_score": uncontrolled, "kept_pairs": composition(splits["train"], cands),
-                    "warnings": composition_warnings(composition(splits["train"], cands), pc),
+                    "warnings": composition_warnings(composition(splits["train"], cands), pc, control)
+                    + ([CONTROL_OFF] if pc.control and not control else []),
                     "held_out_prompts": [{"prompt_id": p["prompt_id"], "prompt": p["prompt"]} for p in prompts
                                          if split == "prompt" and p["prompt_id"] in test]})
     publish(workdir, NAME, summary, _lines(summary))
     return DatasetDict(splits)
 
 
-def _with_column(prompts: list[dict], cands, column: str, pc: PreferencesConfig) -> tuple[list[dict], list[str]]:
+def uses_control(cfg: Config) -> bool:
+    """preferences.control, for a model judge: a reward function states the preference it rewards, so nothing
+    in it is unasked for and its pairs come from the raw score."""
+    return cfg.preferences.control and cfg.judge.kind == "model"
+
+
+CONTROL_OFF = ("preferences.control=true is not applied: the judge is a reward function (judge.kind=function), "
+               "whose preference is the one asked for; pairs come from the raw score")
+
+
+def _with_column(prompts: list[dict], cands, column: str, pc: PreferencesConfig,
+                 control: bool) -> tuple[list[dict], list[str]]:
     """The prompts whose candidates all have the ranking column; with control, a prompt too small for the
     controlled fit is left out (and listed), without it a missing estimate is an error."""
     missing = {pid for v, pid in zip(cands[column], cands["prompt_id"]) if v is None}
-    if not pc.control:
+    if not control:
         if missing & {p["prompt_id"] for p in prompts}:
             raise StageError(f"preferences.score={pc.score} needs the {column} estimate, which this spmcmc run did not "
                              "compute (stationary: spmcmc.mode=exact; sparse: mode=sparse; frequency/rao_blackwell: "
@@ -289,9 +302,10 @@ def _with_column(prompts: list[dict], cands, column: str, pc: PreferencesConfig)
     return kept, [p["prompt_id"] for p in prompts if p["prompt_id"] in missing]
 
 
-def _matched(ranked: list[tuple[int, int]], strengths: Strengths, prompt_id: str, pc: PreferencesConfig) -> list:
+def _matched(ranked: list[tuple[int, int]], strengths: Strengths, prompt_id: str, pc: PreferencesConfig,
+             control: bool) -> list:
     """With control and preferences.max_confound_gap > 0: only pairs matched on the controlled confounds."""
-    if not (pc.control and pc.max_confound_gap > 0):
+    if not (control and pc.max_confound_gap > 0):
         return ranked
     return [p for p in ranked if strengths.confound_gap(prompt_id, *p) <= pc.max_confound_gap]
 
@@ -315,14 +329,14 @@ def composition(train, cands) -> dict:
     return out
 
 
-def composition_warnings(kept: dict, pc: PreferencesConfig) -> list[str]:
+def composition_warnings(kept: dict, pc: PreferencesConfig, control: bool) -> list[str]:
     """The pairs teach length or likelihood when the chosen side is nearly always the shorter or the likelier one."""
     out = []
     for key, what in (("chosen_shorter", "shorter"), ("chosen_likelier", "likelier under the policy")):
         share = kept.get(key)
         if share is not None and (share >= pc.warn_share or share <= 1 - pc.warn_share):
             out.append(f"the chosen answer is the {what} one in {share:.0%} of the kept pairs: they teach that as much "
-                       "as the score" + ("" if pc.control else "; preferences.control=true ranks by the controlled "
+                       "as the score" + ("" if control else "; preferences.control=true ranks by the controlled "
                                          "score (confounds.control held fixed)"))
     return out
 

@@ -292,7 +292,7 @@ def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, m
     est, rel = all_estimates(probs, n, sc.order, mode, edges, local, sc.burn_in, sc.thin, sc.bt_alpha, sc.bootstrap,
                              sc.consistency_splits, sc.seed)
     score = SCORE_OF_MODE[mode]
-    summary = {"n_candidates": n, "mode": mode, "mode_reason": why, "design_edges": len(edges),
+    summary = {"n_candidates": n, "judge_kind": cfg.judge.kind, "mode": mode, "mode_reason": why, "design_edges": len(edges),
                "design_comparisons": 2 * len(edges), "judge_calls": len(raw), "score_estimate": score,
                "score_reason": SCORE_REASON[mode], "consistency": rel.get("score"),
                "consistency_frequency": rel.get("frequency"), **_judge_figures(raw, local_mass, probs, n, shift, cfg),
@@ -405,7 +405,8 @@ def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
     out = [f"prompt {g.prompt_id} ({g.prompt[:50]!r}) has {g.n} candidate(s): left out" for g, r in zip(groups, results)
            if r is None]
     inconsistent = [(r["summary"]["consistency"]["consistency"], g) for g, r in zip(groups, results)
-                  if r and r["summary"]["consistency"] and r["summary"]["consistency"]["consistency"] < sc.min_consistency]
+                  if r and r["summary"]["consistency"] and r["summary"]["consistency"]["consistency"] < sc.min_consistency
+                  and r["summary"]["judge_kind"] == "model"]  # a reward function's consistency only reflects its ties
     out += [f"prompt {g.prompt_id} ({g.prompt[:50]!r}): preference consistency {v:.2f} < spmcmc.min_consistency="
             f"{sc.min_consistency}; its pairs are close to coin flips" for v, g in sorted(inconsistent, key=lambda t: t[0])[:10]]
     if len(inconsistent) > 10:
@@ -483,7 +484,7 @@ def _warnings(s: dict, sc) -> list[str]:
     rel = s["consistency"]
     if rel is None:
         out.append("the preference consistency could not be computed (fewer than 4 compared pairs)")
-    elif rel["consistency"] < sc.min_consistency:
+    elif rel["consistency"] < sc.min_consistency and s["judge_kind"] == "model":  # a function's: only its ties
         out.append(f"preference consistency {rel['consistency']:.2f} < spmcmc.min_consistency={sc.min_consistency}: "
                    "the model's preferences were not measured reliably (two halves of the evidence disagree); "
                    "more comparisons (spmcmc.budget, spmcmc.degree), more candidates (sample_space.num_samples), "
