@@ -207,14 +207,21 @@ def read_manifest(output_dir: str | Path) -> dict:
     path = root / "manifest.json"
     if not path.is_file():
         raise UserError(f"{root} has no manifest.json: not a pipeline output_dir")
+    damaged = (f"{path} is damaged ({{}}); run the pipeline command for this output_dir again to rewrite it "
+               "(finished stages are not recomputed)")
     try:
         manifest = json.loads(path.read_text())
         stages = manifest["stages"]
-        for entry in stages.values():
+        for key, entry in stages.items():
+            if not (isinstance(entry.get("path"), str) and isinstance(entry.get("fingerprint"), str)
+                    and isinstance(entry.get("complete"), bool)):
+                raise UserError(damaged.format(f"entry {key!r} lacks a path, fingerprint or complete flag"))
+            folder = (root / entry["path"]).resolve()
+            if not folder.is_relative_to(root.resolve()):  # a manifest only ever points inside its output_dir
+                raise UserError(damaged.format(f"entry {key!r} points outside the output_dir: {entry['path']!r}"))
             entry["path"] = str(root / entry["path"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}); run the pipeline command for this output_dir "
-                        "again to rewrite it (finished stages are not recomputed)") from None
+        raise UserError(damaged.format(type(e).__name__)) from None
     return manifest
 
 
@@ -277,9 +284,11 @@ class Run:
         """What the manifest already lists: a run of some stages keeps the others' entries."""
         try:
             stages = json.loads(self.manifest_path.read_text())["stages"]
-            return stages if isinstance(stages, dict) else {}
         except (OSError, ValueError, KeyError, TypeError):
             return {}
+        well_formed = lambda e: (isinstance(e, dict) and isinstance(e.get("fingerprint"), str)  # noqa: E731
+                                 and isinstance(e.get("inputs", {}), dict))
+        return {k: e for k, e in stages.items() if well_formed(e)} if isinstance(stages, dict) else {}
 
     def __enter__(self) -> "Run":
         try:
@@ -322,17 +331,17 @@ class Run:
         if round > 1:  # round 1 is the single-round pipeline, fingerprint and all
             settings["round"] = round
         files = input_files(self.cfg, module.SETTINGS)
-        fp = fingerprint(module.NAME, module.VERSION, settings, {k: a.fingerprint for k, a in used.items()},
-                         {k: f["sha256"] for k, f in files.items()})
+        upstream = {k: a.fingerprint for k, a in used.items()}
+        fp = fingerprint(module.NAME, module.VERSION, settings, upstream, {k: f["sha256"] for k, f in files.items()})
         art = Artifact(module.NAME, fp, self.root / module.NAME / fp, round)
         if module.NAME not in self.cfg.stages:
             if art.complete:
-                self._record(art)
+                self._record(art, upstream)
             return art
-        missing = [k for k, a in used.items() if not a.complete]
+        missing = [a for a in used.values() if not a.complete]
         if missing:
-            raise StageError(f"stage {art.key!r} needs {missing[0]!r}, which is neither in stages= nor complete "
-                             f"on disk for these settings under {self.root}; add it to stages=")
+            raise StageError(f"stage {art.key!r} needs {missing[0].key!r}, which is neither in stages= nor complete "
+                             f"on disk for these settings under {self.root}; add {missing[0].name} to stages=")
         if art.complete:
             print(f"[{art.key}] up to date  {art.path}", flush=True)
         else:
@@ -342,7 +351,7 @@ class Run:
                 (art.path / MARKER).unlink()
             parallel.barrier()
             self._execute(module, art, used, settings, files)
-        self._record(art)
+        self._record(art, upstream)
         return art
 
     def _execute(self, module, art: Artifact, inputs: dict, settings: dict, files: dict) -> None:
@@ -352,7 +361,7 @@ class Run:
                 shutil.rmtree(art.partial, ignore_errors=True)
                 art.path.rename(art.partial)
             art.partial.mkdir(parents=True, exist_ok=True)
-            self._record(art)
+            self._record(art, {k: a.fingerprint for k, a in inputs.items()})
             tracking.start(self.cfg, module.NAME, art.fingerprint)
         parallel.barrier()
         started = time.time()
@@ -390,13 +399,28 @@ class Run:
         (art.path / MARKER).write_text(art.fingerprint)  # last: only now is the stage done
         shutil.rmtree(art.path / STATE_DIR, ignore_errors=True)
 
-    def _record(self, art: Artifact) -> None:
+    def _record(self, art: Artifact, inputs: dict[str, str]) -> None:
         if not parallel.is_main():
             return
         folder = art.path if art.complete else art.partial
-        entry = {"path": str(folder.relative_to(self.root)), "fingerprint": art.fingerprint, "complete": art.complete}
+        entry = {"path": str(folder.relative_to(self.root)), "fingerprint": art.fingerprint, "complete": art.complete,
+                 "inputs": inputs}
         if art.complete:
             entry["rows"] = art.meta()["rows"]
-        stages = {**self.manifest["stages"], art.key: entry}
+        stages = current({**self.manifest["stages"], art.key: entry}, self.cfg.rounds.count)
         self.manifest["stages"] = dict(sorted(stages.items(), key=lambda kv: _order(kv[0])))
         write_json(self.manifest_path, self.manifest, sort_keys=False)  # rounds, then stages in pipeline order
+
+
+def current(stages: dict, rounds: int) -> dict:
+    """The manifest's entries that belong to this run: none of a round beyond rounds.count, and none built from
+    an artifact the manifest no longer lists (an earlier run's stage whose inputs were since recomputed under other
+    settings), dropped until every listed input is listed itself."""
+    kept = {k: e for k, e in stages.items() if _order(k)[0] <= rounds}
+    while True:
+        listed = {e["fingerprint"] for e in kept.values()}
+        stale = [k for k, e in kept.items() if not set(e.get("inputs", {}).values()) <= listed]
+        if not stale:
+            return kept
+        for k in stale:
+            del kept[k]

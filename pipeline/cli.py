@@ -33,7 +33,7 @@ def _show(path: Path, rows: int, width: int = 100) -> None:
 
 
 def inspect_run(output_dir: str, stage: str | None, rows: int) -> None:
-    from pipeline.artifacts import read_manifest
+    from pipeline.artifacts import dataset_intact, read_manifest
 
     stages = read_manifest(output_dir)["stages"]
     if stage is not None and stage not in stages:
@@ -41,10 +41,13 @@ def inspect_run(output_dir: str, stage: str | None, rows: int) -> None:
     for name, entry in stages.items():
         if stage is not None and name != stage:
             continue
-        state = "complete" if entry["complete"] else "incomplete"
-        print(f"{name:13s} {state:10s} {entry['fingerprint']}  {entry['path']}")
         path = Path(entry["path"])
-        if entry["complete"]:
+        intact = entry["complete"] and dataset_intact(path / "dataset")
+        state = "complete" if intact else "damaged" if entry["complete"] else "incomplete"
+        print(f"{name:13s} {state:10s} {entry['fingerprint']}  {entry['path']}")
+        if entry["complete"] and not intact:
+            print("    its dataset files are missing or damaged: the pipeline command recomputes it")
+        if intact:
             _show(path, rows if stage else min(rows, 3))
             summary = path / "summary.json"
             if stage and summary.is_file():
@@ -52,11 +55,14 @@ def inspect_run(output_dir: str, stage: str | None, rows: int) -> None:
 
 
 def _stage_path(output_dir: str, stage: str) -> Path:
-    from pipeline.artifacts import read_manifest
+    from pipeline.artifacts import dataset_intact, read_manifest
 
     entry = read_manifest(output_dir)["stages"].get(stage)
     if not entry or not entry["complete"]:
         raise UserError(f"{output_dir} has no complete {stage} stage; run it first")
+    if not dataset_intact(Path(entry["path"]) / "dataset"):
+        raise UserError(f"{output_dir}'s {stage} stage has missing or damaged dataset files; run the pipeline command "
+                        "again to recompute it")
     return Path(entry["path"])
 
 
@@ -99,13 +105,15 @@ def annotate_import(sheets: list[str], out: str) -> None:
         raise UserError(f"sheet {twice[0]} is given twice: its ratings would count double")
     frames = []
     for path in sheets:
-        sheet = read_table(path, ["id", "text", "rating"], "rating sheet")
+        sheet = read_table(path, ["id", "text", "rating"], "rating sheet", text=("text", "rating"))
+        sheet["rating"] = sheet["rating"].where(sheet["rating"].astype(str).str.strip() != "")  # blank: not rated
         rater = sheet["rater"] if "rater" in sheet.columns else Path(path).stem
         frames.append(pd.DataFrame({"item": sheet["id"].astype(str), "text": sheet["text"], "rater": rater,
                                     "rating": pd.to_numeric(sheet["rating"], errors="coerce")}))
-        bad = sheet["rating"][frames[-1]["rating"].isna() & sheet["rating"].notna()]
+        value = frames[-1]["rating"]
+        bad = sheet["rating"][(value.isna() & sheet["rating"].notna()) | value.isin([float("inf"), float("-inf")])]
         if len(bad):
-            raise UserError(f"{path}: rating {bad.iloc[0]!r} is not a number")
+            raise UserError(f"{path}: rating {bad.iloc[0]!r} is not a finite number")
     long = pd.concat(frames).dropna(subset=["rating"])
     if long.empty:
         raise UserError("the sheets hold no ratings")
@@ -152,6 +160,28 @@ def winrate_export(output_dir: str, out: str, seed: int) -> None:
     print(f"wrote {len(rows)} blind pairs to {path} (raters write A or B in `choice`) and the key to {key_path}")
 
 
+def _winrate_key(key_file: str):
+    """The key written by export --winrate, checked: one row per item, a prompt id, and A or B as the tuned side."""
+    from pipeline.tables import read_table
+
+    key = read_table(key_file, ["item", "prompt_id", "tuned"], "win-rate key", text=("item", "prompt_id", "tuned"))
+    key = key.assign(**{c: key[c].fillna("").astype(str).str.strip() for c in ("item", "prompt_id", "tuned")})
+    key["tuned"] = key["tuned"].str.upper()  # as the choices are read
+    for column in ("item", "prompt_id"):
+        if (key[column] == "").any():
+            raise UserError(f"win-rate key {key_file}: row {int((key[column] == '').argmax()) + 1} has no {column}; "
+                            "use the key written by annotate export --winrate")
+    bad = key[~key["tuned"].isin(["A", "B"])]
+    if len(bad):
+        raise UserError(f"win-rate key {key_file}: item {bad['item'].iloc[0]!r} has tuned={bad['tuned'].iloc[0]!r}; "
+                        "it must be A or B (as written by annotate export --winrate)")
+    twice = key[key["item"].duplicated()]
+    if len(twice):
+        raise UserError(f"win-rate key {key_file}: item {twice['item'].iloc[0]!r} is listed twice; the key has one "
+                        "row per item")
+    return key
+
+
 def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> None:
     """Filled sheets + key -> the human win rate of the tuned policy, with a Student t interval over prompts."""
     import pandas as pd
@@ -160,15 +190,17 @@ def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> Non
     from pipeline.tables import read_table
 
     target = _out_path(out, (".json",))
-    key = read_table(key_file, ["item", "prompt_id", "tuned"], "win-rate key", text=("item", "prompt_id", "tuned"))
+    key = _winrate_key(key_file)
     frames = []
     for path in sheets:
         sheet = read_table(path, ["item", "choice"], "win-rate sheet", text=("item", "choice"))
         rater = sheet["rater"].astype(str) if "rater" in sheet.columns else Path(path).stem
-        frames.append(pd.DataFrame({"item": sheet["item"], "rater": rater,
+        frames.append(pd.DataFrame({"item": sheet["item"].fillna("").astype(str).str.strip(), "rater": rater,
                                     "choice": sheet["choice"].fillna("").str.strip().str.upper()}))
     choices = pd.concat(frames)
     choices = choices[choices["choice"] != ""]
+    if choices.empty:
+        raise UserError("the sheets hold no choices: raters write A or B in `choice`")
     bad = choices[~choices["choice"].isin(["A", "B"])]
     if len(bad):
         raise UserError(f"choice {bad['choice'].iloc[0]!r} for item {bad['item'].iloc[0]!r}: write A or B")

@@ -55,20 +55,18 @@ def _require(ok: bool, key: str, why: str) -> None:
 
 
 class Section:
-    """Checks shared by every settings section: the section's own `validate()` (the most specific
-    message), then no negative counts or seeds, no NaN or infinite numbers."""
+    """Checks shared by every settings section: no NaN or infinite numbers, the section's own `validate()` (the
+    most specific message), then no negative counts or seeds."""
     SECTION = ""
 
     def __post_init__(self):
+        numbers = [(f"{self.SECTION}.{f.name}", getattr(self, f.name)) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), (int, float)) and not isinstance(getattr(self, f.name), bool)]
+        for key, value in numbers:  # first: a NaN fails every comparison, and validate() would name the wrong one
+            _require(math.isfinite(value), key, f"must be a finite number, got {value}")
         self.validate()
-        for f in dataclasses.fields(self):
-            value, key = getattr(self, f.name), f"{self.SECTION}.{f.name}"
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int):
-                _require(value >= 0, key, f"must be >= 0, got {value}")
-            elif isinstance(value, float):
-                _require(math.isfinite(value) and value >= 0, key, f"must be a finite number >= 0, got {value}")
+        for key, value in numbers:
+            _require(value >= 0, key, f"must be >= 0, got {value}")
 
     def validate(self) -> None:
         pass
@@ -477,6 +475,10 @@ class Config:
         for s in self.stages:
             _require(s in STAGES, "stages", f"unknown stage {s!r}{_nearest(s, STAGES)}; stages are {list(STAGES)}")
         self.stages = [s for s in STAGES if s in self.stages]  # always pipeline order
+        loop = [s for s in STAGES[:4] if s not in self.stages]  # round r > 1 starts from round r-1's finetune
+        _require(self.rounds.count == 1 or not loop, "stages", f"rounds.count={self.rounds.count} runs "
+                 f"{', '.join(STAGES[:4])} in every round; add {', '.join(loop)}: "
+                 f"stages=[{','.join(s for s in STAGES if s in self.stages or s in loop)}]")
         if not self.output_dir and self.recipe != "???":
             self.output_dir = str(Path("runs") / Path(self.recipe).stem)
 
@@ -660,7 +662,13 @@ def _typed(raw: dict[str, object], kinds: dict, where: str) -> dict[str, object]
 
 
 def _escape(text: str) -> str:
-    return text.replace("${", "\\${")  # OmegaConf would read ${...} as an interpolation
+    """Text OmegaConf gives back exactly as typed: it reads ${...} as an interpolation (${oc.env:KEY} would copy an
+    environment variable into the config) and n backslashes before one as n/2 backslashes; written with 2n+1
+    backslashes, n backslashes and a literal ${ come back."""
+    return _INTERPOLATION.sub(lambda m: "\\" * (2 * len(m.group(1)) + 1) + "${", text)
+
+
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
 
 
 def _value(key: str, value, kind: str, where: str):

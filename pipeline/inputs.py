@@ -3,8 +3,9 @@ name files (an extra pool, a ratings file, a prompt file) or model weights, and 
 fingerprint hashes what they hold, not only their names, so an edited file re-runs the stages
 that read it and everything downstream.
 
-Hashes are cached by path, size and modification time (`<cache>/file_hashes.json`), so a large
-model folder is read once, not at every run.
+Hashes are cached by path, size, modification and status-change times and inode
+(`<cache>/file_hashes.json`), so a large model folder is read once, not at every run; an edit that sets
+the modification time back still changes the status-change time, which no writer can set.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _cache_file(cfg: Config) -> Path:
 def file_sha256(path: Path, cache: dict) -> str:
     st = path.stat()
     key = str(path.resolve())
-    stamp = [st.st_size, st.st_mtime_ns]
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]  # an edit can set mtime back, never ctime
     hit = cache.get(key)
     if hit and hit["stamp"] == stamp:
         return hit["sha256"]

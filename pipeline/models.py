@@ -116,7 +116,7 @@ def weights_source(mcfg: ModelConfig) -> Path:
         raise ConfigError(f"model.name_or_path: unknown embedded model {name!r}; choose from {sorted(EMBEDDED)}")
     path = Path(name).expanduser()
     if path.exists():
-        _check_config_json(path)
+        _check_custom_code(_check_config_json(path), mcfg)
         return path
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(f"model path {name!r} does not exist")
@@ -128,11 +128,11 @@ def weights_source(mcfg: ModelConfig) -> Path:
     except LocalEntryNotFoundError:
         raise ModelError(f"model {name!r} is not on this machine and the pipeline never downloads weights; "
                          "download it yourself (huggingface-cli download) or pass a local folder") from None
-    _check_config_json(path)
+    _check_custom_code(_check_config_json(path), mcfg)
     return path
 
 
-def _check_config_json(path: Path) -> None:
+def _check_config_json(path: Path) -> dict:
     """A readable transformers config, so a broken folder fails here in one line, not deep in from_pretrained."""
     config = path / "config.json"
     if not config.is_file():
@@ -143,6 +143,18 @@ def _check_config_json(path: Path) -> None:
         raise ModelError(f"{config} is not valid JSON ({e}); restore the model folder") from None
     if not isinstance(data, dict) or "model_type" not in data:
         raise ModelError(f"{config} has no model_type: not a transformers model config; restore the model folder")
+    return data
+
+
+def _check_custom_code(data: dict, mcfg: ModelConfig) -> None:
+    """Before any work: a model whose classes exist only as code in its folder needs model.trust_remote_code."""
+    if "auto_map" not in data or mcfg.trust_remote_code:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if data["model_type"] not in CONFIG_MAPPING_NAMES:
+        with custom_code_guard(mcfg):
+            raise ValueError("trust_remote_code")  # the same one line as when transformers refuses
 
 
 def resolve_model_path(mcfg: ModelConfig) -> Path:
@@ -150,6 +162,15 @@ def resolve_model_path(mcfg: ModelConfig) -> Path:
     if mcfg.name_or_path in EMBEDDED:
         return _embedded_dir(mcfg)
     return weights_source(mcfg)
+
+
+def context_length(path: Path, mcfg: ModelConfig) -> int | None:
+    """The model's context in tokens (max_position_embeddings), None when its config does not say."""
+    from transformers import AutoConfig
+
+    with custom_code_guard(mcfg):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def setup_device(mcfg: ModelConfig) -> str:
@@ -178,10 +199,25 @@ def pick_dtype(mcfg: ModelConfig, device: str):
     return torch.float32  # CPUs without native bf16 run fp32 far faster
 
 
+@contextlib.contextmanager
+def custom_code_guard(mcfg: ModelConfig):
+    """transformers refuses a model whose classes ship as code in its folder unless trust_remote_code is set, with
+    a ValueError: one line that says what the flag does and whose call it is."""
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" not in str(e) or mcfg.trust_remote_code:
+            raise
+        raise ModelError(f"model {mcfg.name_or_path!r} ships its own Python code, which runs only with "
+                         "model.trust_remote_code=true; nothing was executed. Set it only if you trust the model's "
+                         "authors (that code runs with your permissions)") from None
+
+
 def load_tokenizer(path: Path, mcfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
+    with custom_code_guard(mcfg):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
     if not tok.chat_template:
         raise ModelError(f"the tokenizer of {mcfg.name_or_path} has no chat template; use an instruct/chat model")
     if tok.pad_token is None:
@@ -198,8 +234,9 @@ def load_model(mcfg: ModelConfig, adapter: Path | None = None):
     path = resolve_model_path(mcfg)
     device = setup_device(mcfg)
     tok = load_tokenizer(path, mcfg)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(mcfg, device),
-                                                 trust_remote_code=mcfg.trust_remote_code)
+    with custom_code_guard(mcfg):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(mcfg, device),
+                                                     trust_remote_code=mcfg.trust_remote_code)
     if adapter is not None:
         from peft import PeftModel
 
@@ -222,9 +259,29 @@ def single_token_id(tok, label: str, what: str) -> int:
     return ids[0]
 
 
+SCORING_BYTES = 512 << 20  # float32 logits one scoring batch may hold: answer positions x vocabulary x 3 copies
+
+
+def scoring_batches(order: list[int], lengths: list[int], start: int, vocab: int, batch_size: int) -> list[list[int]]:
+    """Rows (sorted by length) in batches of at most batch_size whose logits over the answer positions (from
+    `start` to the longest row's end, times the vocabulary, about 3 float32 copies) fit in SCORING_BYTES;
+    a single row always runs, however long."""
+    batches, batch = [], []
+    for i in order:
+        width = max([lengths[j] for j in batch] + [lengths[i]]) - start
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * width * vocab * 12 > SCORING_BYTES):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
+
+
 def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int = 16, desc: str = "scoring"):
     """Per answer: sum and mean token log-probability as a reply to `prompt` (end-of-turn included),
-    and self-certainty (mean KL(uniform || p) over the answer's positions, Kang et al. 2025)."""
+    and self-certainty (mean KL(uniform || p) over the answer's positions, Kang et al. 2025).
+
+    Logits are computed for the answer positions only (`logits_to_keep`: the prompt is shared, so they are the
+    last positions of every row), in batches bounded by SCORING_BYTES: memory does not grow with the prompt."""
     import math
 
     import torch
@@ -234,10 +291,11 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
     end = tok.eos_token_id
     rows = [prompt_ids + tok(a, add_special_tokens=False).input_ids + [end] for a in answers]
     out = [None] * len(rows)
+    vocab = model.config.vocab_size
+    lo = len(prompt_ids) - 1  # the position predicting the answer's first token
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # bucket by length
-    log_v = math.log(model.config.vocab_size)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=len(order) <= batch_size):
-        idx = order[start:start + batch_size]
+    batches = scoring_batches(order, [len(r) for r in rows], lo, vocab, batch_size)
+    for idx in tqdm(batches, desc=desc, leave=False, disable=len(batches) <= 1):
         width = max(len(rows[i]) for i in idx)
         ids = torch.full((len(idx), width), tok.pad_token_id)
         mask = torch.zeros_like(ids)
@@ -245,14 +303,16 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
             ids[r, :len(rows[i])] = torch.tensor(rows[i])
             mask[r, :len(rows[i])] = 1
         with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           logits_to_keep=width - lo).logits  # positions lo .. width-1
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         for r, i in enumerate(idx):
-            lo, hi = len(prompt_ids) - 1, len(rows[i]) - 1  # positions predicting answer tokens
-            target = ids[r, lo + 1:hi + 1].to(logp.device)
-            lp = logp[r, lo:hi].gather(-1, target[:, None])[:, 0]
-            certainty = (-log_v - logp[r, lo:hi].mean(-1)).mean()  # KL(U||p) = -log V - mean log p
+            n = len(rows[i]) - 1 - lo  # answer tokens, end of turn included
+            target = ids[r, lo + 1:lo + 1 + n].to(logp.device)
+            lp = logp[r, :n].gather(-1, target[:, None])[:, 0]
+            certainty = (-math.log(vocab) - logp[r, :n].mean(-1)).mean()  # KL(U||p) = -log V - mean log p
             out[i] = (float(lp.sum()), float(lp.mean()), float(certainty))
+        del logits, logp
     return out
 
 

@@ -31,7 +31,7 @@ class Ratings:
 def load_ratings(spec: str) -> Ratings:
     if spec == "jester":
         return _jester()
-    frame = read_table(spec, [], "evaluate.human_ratings")
+    frame = read_table(spec, [], "evaluate.human_ratings", text=("text", "rating"))  # a bad rating is quoted as written
     if {"item", "rater", "rating"} <= set(frame.columns):
         return _from_long(frame, spec)
     missing = [c for c in ("text", "rating") if c not in frame.columns]
@@ -58,7 +58,11 @@ def _from_long(frame, spec: str) -> Ratings:
     import pandas as pd
 
     _numeric(frame["rating"], spec)
-    frame = frame.assign(item=frame["item"].astype(str))
+    frame = frame.assign(item=frame["item"].astype(str), rating=pd.to_numeric(frame["rating"]))
+    twice = frame[frame.duplicated(["item", "rater"])]
+    if len(twice):
+        raise TableError(f"ratings file {spec!r}: rater {twice['rater'].iloc[0]!r} rated item {twice['item'].iloc[0]!r} "
+                         "more than once; keep one rating per rater and item")
     texts = frame.groupby("item")["text"].first() if "text" in frame.columns else None
     grouped = frame.groupby("item")["rating"]
     items = pd.DataFrame({"id": grouped.mean().index, "rating": grouped.mean().values,
@@ -71,14 +75,16 @@ def _from_long(frame, spec: str) -> Ratings:
 def _numeric(column, spec: str) -> None:
     import pandas as pd
 
-    values = pd.to_numeric(column, errors="coerce")
-    bad = column[values.isna() & column.notna()]
-    if len(bad) or column.isna().any():
-        example = bad.iloc[0] if len(bad) else "an empty cell"
-        raise TableError(f"ratings file {spec!r}: `rating` must be numeric, found {example!r}")
+    blank = column.isna() | (column.astype(str).str.strip() == "")
+    values = pd.to_numeric(column.where(~blank), errors="coerce")
+    if blank.any():
+        raise TableError(f"ratings file {spec!r}: `rating` is empty in row {int(blank.to_numpy().argmax()) + 1}; "
+                         "every row needs a number")
+    if values.isna().any():
+        raise TableError(f"ratings file {spec!r}: `rating` must be numeric, found {column[values.isna()].iloc[0]!r}")
     if not np.isfinite(values.to_numpy(dtype=float)).all():
         raise TableError(f"ratings file {spec!r}: `rating` must be finite, found "
-                         f"{values[~np.isfinite(values.to_numpy(dtype=float))].iloc[0]!r}")
+                         f"{column[~np.isfinite(values.to_numpy(dtype=float))].iloc[0]!r}")
 
 
 def _spread(items, where: str):
@@ -92,8 +98,10 @@ def _spread(items, where: str):
 
 
 def _validate(items, spec: str):
+    import pandas as pd
+
     _numeric(items["rating"], spec)
-    items = items.assign(rating=items["rating"].astype(float), text=items["text"].astype(str))
+    items = items.assign(rating=pd.to_numeric(items["rating"]).astype(float), text=items["text"].astype(str))
     dup = items["text"][items["text"].duplicated()]
     if len(dup):
         raise TableError(f"ratings file {spec!r}: duplicate item {dup.iloc[0][:60]!r}; give one row per item "

@@ -20,9 +20,11 @@ def pipeline(cfg) -> None:
     from pipeline import parallel
     from pipeline.artifacts import NoPairs, Run
     from pipeline.judge import judge_is_policy
+    from pipeline.prompts import check_lengths
     from pipeline.report import publish_report, stop_reason
     from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
 
+    check_lengths(cfg)  # a prompt too long for the model or a setting stops here, before any work
     with Run(cfg) as run:
         report, previous, earlier, first = None, {}, [], {}  # round r-1's (and round 1's) artifacts; every round's pairs
         for r in range(1, cfg.rounds.count + 1):

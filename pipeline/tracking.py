@@ -40,7 +40,11 @@ def start(cfg: Config, stage: str, fingerprint: str) -> None:
     if mode == "disabled":
         return
     import dataclasses
+    import os
 
+    root = Path(cfg.output_dir).resolve() / "wandb"
+    for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):  # else ~/.cache, ~/.local/share
+        os.environ.setdefault(var, str(root / sub))
     import wandb
 
     kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(Path(cfg.output_dir).resolve()),

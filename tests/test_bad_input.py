@@ -436,3 +436,215 @@ def test_subset_run_keeps_the_other_stages_in_the_manifest(tmp_path):
     trace = load_from_disk(str(stage_paths(tmp_path)["spmcmc"] / "dataset"))["trace"]
     assert trace.num_rows == 2 * 50  # the entry is the latest run's
     assert np.array_equal(sorted(set(trace["chain"])), [0, 1])
+
+
+# ---------------------------------------------------------------- hostile input to the newer features (issue 20)
+def prompt_ids_of(out: Path) -> list[str]:
+    return sorted(set(load_from_disk(str(stage_paths(out)["sample_space"] / "dataset"))["prompt_id"]))
+
+
+PROMPTS = ["Tell me a joke about cats.", "Tell me a joke about dogs."]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_integer_prompt_ids_are_the_same_in_every_format(tmp_path, fmt):
+    csv = write(tmp_path / "p.csv", "id,prompt\n" + "".join(f"{k},{p}\n" for k, p in enumerate(PROMPTS, start=1)))
+    other = tmp_path / f"p.{fmt}"
+    frame = pd.DataFrame({"id": [1, 2], "prompt": PROMPTS})
+    frame.to_json(other, orient="records", lines=True) if fmt == "jsonl" else frame.to_parquet(other)
+    ids = []
+    for path in (csv, other):
+        out = tmp_path / path.suffix[1:]
+        proc = run_cli(*TINY, f"output_dir={out}", "stages=[sample_space]", "sample_space.query=null",
+                       f"sample_space.prompts={path}", "evaluate.query=x", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ids.append(prompt_ids_of(out))
+    assert ids[0] == ids[1] == ["1", "2"]
+
+
+def test_typed_text_is_never_resolved_by_omegaconf(tmp_path):
+    typed = r"Joke about \${oc.env:HOME} and ${oc.env:HOME} please"
+    rec = write(tmp_path / "r.yaml", f"sample_space:\n  query: 'x'\njudge:\n  question: '{typed}'\n")
+    proc = run_cli(f"recipe={rec}", f"sample_space.query={typed}", "model.name_or_path=embedded:tiny-random",
+                   "wandb.mode=disabled", "sample_space.num_samples=2", "sample_space.max_new_tokens=4",
+                   "sample_space.drop_truncated=false", "sample_space.min_chars=1", f"output_dir={tmp_path / 'out'}",
+                   "stages=[sample_space]", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((stage_paths(tmp_path / "out")["sample_space"] / "meta.json").read_text())
+    assert meta["config"]["sample_space"]["query"] == typed
+    from pipeline.config import load_config
+
+    assert load_config([f"recipe={rec}"]).judge.question == typed  # a recipe line keeps it too
+    assert str(Path.home()) not in json.dumps(meta["config"])
+
+
+def winrate_files(tmp_path, key_rows: str, choices: str = "item,choice\na-0,A\nb-0,A\n"):
+    key = write(tmp_path / "w.key.csv", "item,prompt_id,tuned\n" + key_rows)
+    sheet = write(tmp_path / "rater1.csv", choices)
+    return ["annotate", "import", "--winrate", "--key", str(key), str(sheet), "--out", str(tmp_path / "w.json")]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a-0,a,X\nb-0,b,A\n", "item 'a-0' has tuned='X'; it must be A or B"),
+    ("a-0,a,\nb-0,b,A\n", "item 'a-0' has tuned=''; it must be A or B"),
+    ("a-0,a,A\nb-0,b,A\na-0,a,A\n", "item 'a-0' is listed twice"),
+    ("a-0,a,A\nb-0,b,A\na-0,a,B\n", "item 'a-0' is listed twice"),
+    ("a-0,,A\nb-0,b,A\n", "row 1 has no prompt_id"),
+], ids=["unknown side", "blank side", "duplicate row", "contradicting rows", "blank prompt id"])
+def test_a_damaged_winrate_key_is_refused(tmp_path, rows, message):
+    assert_one_error_line(spmcmc_cli(*winrate_files(tmp_path, rows)), message)
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_a_lower_case_winrate_key_reads_as_upper_case(tmp_path):
+    proc = spmcmc_cli(*winrate_files(tmp_path, "a-0,a,a\nb-0,b,a\n"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "w.json").read_text())["mean"] == 1.0  # the tuned answer was picked every time
+
+
+def test_winrate_sheets_without_choices_are_one_line(tmp_path):
+    proc = spmcmc_cli(*winrate_files(tmp_path, "a-0,a,A\nb-0,b,A\n", "item,choice\na-0,\nb-0, \n"))
+    assert_one_error_line(proc, "the sheets hold no choices")
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_annotate_import_refuses_infinite_ratings(tmp_path):
+    sheet = write(tmp_path / "s.csv", "id,text,rating\n1,a,inf\n2,b,1e309\n")
+    assert_one_error_line(spmcmc_cli("annotate", "import", str(sheet), "--out", str(tmp_path / "r.csv")),
+                          "rating 'inf' is not a finite number")
+
+
+LOOP = ["stages=[sample_space,spmcmc,preferences,finetune]"]
+
+
+def test_the_manifest_lists_only_this_run(tmp_path):
+    run_pipeline(tiny_config(tmp_path, *LOOP, "rounds.count=2"))
+    assert "finetune@2" in json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    run_pipeline(tiny_config(tmp_path, *LOOP, "rounds.count=1", "preferences.max_pairs=8"))
+    stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert list(stages) == ["sample_space", "spmcmc", "preferences", "finetune"]  # no round 2 of other settings
+    run_pipeline(tiny_config(tmp_path, "stages=[sample_space]", "sample_space.seed=7"))
+    stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert list(stages) == ["sample_space"]  # spmcmc onwards were built from the old sample space
+    proc = spmcmc_cli("inspect", str(tmp_path))
+    assert proc.returncode == 0 and "spmcmc" not in proc.stdout
+
+
+def test_an_edit_that_sets_the_time_back_is_seen(tmp_path):
+    import os
+
+    prompts = write(tmp_path / "p.csv", "prompt\nTell me a joke about cats.\nTell me a joke about dogs.\n")
+    args = ["stages=[sample_space]", "sample_space.query=null", f"sample_space.prompts={prompts}", "evaluate.query=x"]
+    run_pipeline(tiny_config(tmp_path / "out", *args))
+    before, stat = prompt_ids_of(tmp_path / "out"), prompts.stat()
+    write(prompts, "prompt\nTell me a joke about bats.\nTell me a joke about dogs.\n")  # same size
+    os.utime(prompts, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert prompts.stat().st_size == stat.st_size and prompts.stat().st_mtime_ns == stat.st_mtime_ns
+    run_pipeline(tiny_config(tmp_path / "out", *args))
+    assert prompt_ids_of(tmp_path / "out") != before
+
+
+def test_inspect_and_export_of_a_stage_without_its_dataset(space_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(space_dir, copy)
+    shutil.rmtree(stage_paths(copy)["sample_space"] / "dataset")
+    proc = spmcmc_cli("inspect", str(copy))
+    assert proc.returncode == 0 and "sample_space  damaged" in proc.stdout and "Traceback" not in proc.stderr
+    assert_one_error_line(spmcmc_cli("annotate", "export", str(copy), "--out", str(tmp_path / "s.csv")),
+                          "stage has missing or damaged dataset files")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.pop("complete"), "entry 'sample_space' lacks a path, fingerprint or complete flag"),
+    (lambda e: e.update(path="/etc"), "entry 'sample_space' points outside the output_dir"),
+    (lambda e: e.update(path="../../.."), "entry 'sample_space' points outside the output_dir"),
+], ids=["no complete flag", "absolute path", "path upwards"])
+def test_inspect_a_manifest_entry_that_is_damaged(space_dir, tmp_path, change, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(space_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest["stages"]["sample_space"])
+    write(copy / "manifest.json", json.dumps(manifest))
+    assert_one_error_line(spmcmc_cli("inspect", str(copy)), message)
+
+
+def custom_code_model(tmp_path, tiny_model_dir) -> Path:
+    """A model folder whose classes exist only as code in it; that code would leave a marker file if it ran."""
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="spmcmc_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                          "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    write(folder / "config.json", json.dumps(config))
+    for name in ("configuration_custom.py", "modeling_custom.py"):
+        write(folder / name, f"open({str(tmp_path / 'code_ran')!r}, 'w').write('ran')\n")
+    return folder
+
+
+def test_a_model_that_needs_its_own_code_is_one_line(tmp_path, tiny_model_dir):
+    folder = custom_code_model(tmp_path, tiny_model_dir)
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", f"model.name_or_path={folder}", timeout=300)
+    assert_one_error_line(proc, "ships its own Python code, which runs only with model.trust_remote_code=true")
+    assert not (tmp_path / "code_ran").exists() and not (tmp_path / "out" / "sample_space").exists()
+
+
+PROMPT_FILE_CASES = [
+    ('{"prompt": 42}\n{"prompt": "Tell me a joke."}\n', "prompt 1 is int 42, not text"),
+    ('{"prompt": ""}\n{"prompt": "Tell me a joke."}\n', "prompt 1 is empty"),
+    ('{"id": 1.5, "prompt": "a"}\n{"prompt": "b"}\n', "prompt 1 has id 1.5 (float)"),
+    ('{"id": 1, "prompt": "a"}\n{"id": "1", "prompt": "b"}\n', "id '1' is used by prompts 1 and 2"),
+]
+
+
+@pytest.mark.parametrize("text, message", PROMPT_FILE_CASES, ids=[c[1][:24] for c in PROMPT_FILE_CASES])
+def test_prompt_file_mistakes(tmp_path, text, message):
+    path = write(tmp_path / "p.jsonl", text)
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
+                   "evaluate.query=x", timeout=300)
+    assert_one_error_line(proc, message)
+
+
+def test_a_prompt_beyond_the_model_context_stops_before_any_work(tmp_path):
+    long = "Tell me a joke about " + " ".join(["cats and dogs and birds"] * 700) + "."  # ~16 KB, ~3.5k tokens
+    path = write(tmp_path / "p.jsonl", json.dumps({"id": 1, "prompt": long}) + "\n" +
+                 json.dumps({"id": 2, "prompt": "Tell me a joke."}) + "\n")
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
+                   "preferences.split=candidate", "evaluate.query=x", timeout=300)
+    assert_one_error_line(proc, "exceeds the model's context of 2048 tokens")
+    assert not (tmp_path / "out" / "sample_space").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rounds.count=2", "stages=[spmcmc]"], "add sample_space, preferences, finetune: "
+                                             "stages=[sample_space,spmcmc,preferences,finetune]"),
+    (["rounds.count=1000", "stages=[sample_space,spmcmc,preferences]"], "add finetune"),
+    (["rounds.min_diversity=nan"], "rounds.min_diversity: must be a finite number, got nan"),
+], ids=["rounds of one stage", "many rounds without finetune", "nan"])
+def test_rounds_mistakes_name_what_to_change(tmp_path, args, message):
+    assert_one_error_line(run_cli(*TINY, f"output_dir={tmp_path}", *args, timeout=120), message)
+    assert not (tmp_path / "sample_space").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("item,rater,rating\n" + "".join(f"i{k},r0,{k % 7 + 1}\n" for k in range(12)) + "i0,r0,7\n",
+     "rater 'r0' rated item 'i0' more than once"),
+    ("text,rating\n" + "".join(f"joke {k},{k % 7 + 1}\n" for k in range(12)) + "joke x,nan\n",
+     "`rating` must be numeric, found 'nan'"),
+    ("text,rating\n" + "".join(f"joke {k},{k % 7 + 1}\n" for k in range(12)) + "joke x,\n", "`rating` is empty in row 13"),
+], ids=["repeated rater and item", "nan cell", "empty cell"])
+def test_ratings_file_mistakes(tmp_path, text, message):
+    path = write(tmp_path / "r.csv", text)
+    assert_one_error_line(run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
+                                  f"evaluate.human_ratings={path}", timeout=300), message)
+
+
+def test_wandb_offline_writes_only_under_the_output_dir(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    env = {"HOME": str(home), "SPMCMC_CACHE": str(Path.home() / ".cache" / "spmcmc-pipeline")}  # the built models
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[sample_space]", "wandb.mode=offline", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert not [p for p in home.rglob("*") if "wandb" in p.name]

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline import parallel, tracking
 from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, publish
 from pipeline.config import Config
-from pipeline.models import answer_scores, load_tokenizer, pick_dtype, resolve_model_path, setup_device
+from pipeline.models import answer_scores, custom_code_guard, load_tokenizer, pick_dtype, resolve_model_path, setup_device
 from pipeline.report import number
 
 NAME, VERSION = "finetune", 3
@@ -64,7 +64,8 @@ def load_base(cfg: Config, path: Path, device: str):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         kwargs["device_map"] = {"": parallel.state().local_process_index}  # not "auto": one GPU per process
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with custom_code_guard(cfg.model):
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def lora_config(cfg: Config):
