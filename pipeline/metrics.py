@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -67,6 +68,25 @@ def mean_ci(values, n_resamples: int, seed: int) -> dict:
     means = v[rng.integers(len(v), size=(n_resamples, len(v)))].mean(1)
     return {"mean": float(v.mean()), "ci_low": float(np.percentile(means, 2.5)),
             "ci_high": float(np.percentile(means, 97.5)), "n": int(len(v))}
+
+
+def two_sample_ci(row_means, col_means) -> dict:
+    """The mean of W[i, j] over every pair of two independent samples (the answers i of one policy, j of another;
+    the mean of the row means) with a 95% t interval whose variance has both samples' parts, Var(row means) / m +
+    Var(column means) / n (the two-sample U-statistic's Hoeffding decomposition, as in DeLong's AUC interval), and
+    Welch-Satterthwaite degrees of freedom: holding either sample fixed would leave its noise out."""
+    from scipy import stats
+
+    r, c = np.asarray(row_means, float), np.asarray(col_means, float)
+    mean = float(r.mean()) if r.size else None
+    if r.size < 2 or c.size < 2:
+        return {"mean": mean, "ci_low": None, "ci_high": None, "n": int(r.size)}
+    a, b = r.var(ddof=1) / r.size, c.var(ddof=1) / c.size
+    if a + b == 0:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": int(r.size)}
+    df = (a + b) ** 2 / ((a * a / (r.size - 1) if a else 0) + (b * b / (c.size - 1) if b else 0))
+    half = stats.t.ppf(0.975, df) * math.sqrt(a + b)
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": int(r.size)}
 
 
 def mean_ci_t(values) -> dict:

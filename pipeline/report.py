@@ -96,12 +96,12 @@ def yardstick_section(y: dict | None) -> list[str]:
     lc, fresh = y["length_controlled_win_rate"], y["base_fresh_win_rate"]
     lines = ["", "## Did the policy improve? The win rate and its yardstick", "",
              f"On {y['prompts']} evaluation prompt(s), {y['n_units']} {y['win_rate_units']} as the units of a Student t "
-             "interval: each tuned answer against the base's own answers (its sample space, weighted by how often it "
-             "generated each), both presentation orders, order-averaged W (0.5 = no better). The ceiling is what the "
-             "judge could award: its best of n base samples against one more.", "",
+             "interval: each tuned answer against the base policy's own answers to the same prompt (sampled alike, "
+             "nothing filtered), both presentation orders, order-averaged W (0.5 = no better). The ceiling is what the "
+             "judge could award: its best of n base answers against one more.", "",
              "| figure | value [95% CI] |", "| --- | --- |",
              f"| **win rate** of the tuned policy | **{ci(y['win_rate'], y['win_rate_ci'])}** |",
-             f"| fresh base samples against the same pool (the null, ≈ 0.5) | "
+             f"| other base answers against the same reference (the null, ≈ 0.5) | "
              f"{ci(fresh['mean'], (fresh['ci_low'], fresh['ci_high']))} |",
              f"| length-controlled win rate (GLM at zero length and log-probability difference) | "
              f"{ci(lc['mean'], (lc['ci_low'], lc['ci_high']))} |"]
@@ -173,7 +173,7 @@ def preference_section(up: dict) -> list[str]:
              f"Spearman–Brown corrected, {rel.get('splits', 'n/a')} splits). It shows that the judge gives the same "
              "ranking from either half of its comparisons; it cannot show what the ranking is about: a judge that "
              "looks only at length scores 1.0. Read it next to the confounds below and the alignment with people.",
-             f"- **preference strength**: the model's order-averaged choice between two candidates is on average "
+             f"- **preference strength**: the judge's order-averaged choice between two candidates is on average "
              f"{number(sp['strength']['mean_abs_w_minus_half'])} away from a coin flip (strongest "
              f"{number(sp['strength']['max_w'])}); "
              f"the score ranges {sp['strength']['bottom_over_uniform']:.2f}x–{sp['strength']['top_over_uniform']:.2f}x "
@@ -271,7 +271,7 @@ def pairs_section(pr: dict) -> list[str]:
     k = pr.get("kept_pairs") or {}
     ranked = f"`{pr['score_column']}`" + (f" (holding {', '.join(pr['control_features'])} fixed)" if pr.get("control") else "")
     lines = ["", f"- DPO pairs, ranked by {ranked}: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the "
-             f"unfiltered selection had {pr['unfiltered_pairs']}); the model's own order-averaged choice inverts "
+             f"unfiltered selection had {pr['unfiltered_pairs']}); the judge's own order-averaged choice inverts "
              f"{number(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs (a kept pair needs W > 0.5)"
              + (f"; the raw exact score orders {pr['inverted_exact_kept']:.2f} of the kept pairs the other way"
                 if pr.get("inverted_exact_kept") is not None else ""),

@@ -26,7 +26,7 @@ def pipeline(cfg) -> None:
 
     check_lengths(cfg)  # a prompt too long for the model or a setting stops here, before any work
     with Run(cfg) as run:
-        report, previous, earlier, first = None, {}, [], {}  # round r-1's (and round 1's) artifacts; every round's pairs
+        report, previous, earlier = None, {}, []  # round r-1's artifacts; every round's pairs
         for r in range(1, cfg.rounds.count + 1):
             policy = {"policy": previous["finetune"]} if previous else {}  # round 1: the base model
             self_play = previous and cfg.rounds.judge == "policy" and judge_is_policy(cfg.judge)  # else a fixed judge
@@ -44,11 +44,9 @@ def pipeline(cfg) -> None:
                     else {f"earlier_{k}": p for k, p in enumerate(earlier, start=1)})
             tuned = run.stage(finetune, r, preferences=prefs, **init)
             report = run.stage(evaluate, r, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned,
-                               **({"previous": previous["finetune"], "history": previous["evaluate"],
-                                   "base_spmcmc": first["spmcmc"]} if previous else {}))  # the yardstick: round 1's pool
+                               **({"previous": previous["finetune"], "history": previous["evaluate"]} if previous else {}))
             earlier.append(prefs)
             previous = {"finetune": tuned, "spmcmc": chains, "evaluate": report}
-            first = first or previous
         if report is not None and report.complete and parallel.is_main():
             publish_report(report, cfg.output_dir)
             print(f"[pipeline] report: {cfg.output_dir}/report.md", flush=True)

@@ -1,22 +1,23 @@
 """The tuned policy's win rate, and the yardstick that says how much of what the judge could award it got.
 
-On the evaluation prompts (the prompts held out of training; for one query, that query) the tuned
-policy writes `evaluate.winrate_samples` fresh answers. Each is compared, in both orders, with the
-base policy's own answers to that prompt: the candidates of the base sample space (round 1's), each
-weighted by how often the base generated it. So "a random base sample" is the base's empirical
-distribution, and the same judge over the same pool gives:
+On the evaluation prompts (the prompts held out of training; for one query, that query) every policy writes
+`evaluate.winrate_samples` fresh answers with the sample space's sampling settings (`policy_answers`). The
+reference is the base policy's own answers drawn that way: the same normalisation, nothing filtered, so the
+tuned answers and the reference are measured alike (the sample space itself drops truncated and too short
+answers, which a policy's real answers include). Against that reference, with the same judge:
 
-- win rate: mean over prompts of the tuned answers' order-averaged W against the pool (0.5 = no better);
-- the ceiling: best-of-n of the base's own samples against a random base sample, in closed form over
-  the pool (a draw of n with replacement by weight, the judge's best by its score, against the pool),
-  for n = 4, 8 and the sample space's draws per prompt. `headroom_share` = (win - 1/2) / (BoN-8 - 1/2);
-- the same for fresh base samples (the null: it should be 1/2);
+- win rate: mean over prompts of the tuned answers' order-averaged W against the base answers (0.5 = no better);
+- the ceiling: best-of-n of the base's answers against a random base answer, in closed form over the reference
+  (a draw of n with replacement, the judge's best by its own mean W against the reference, against one more
+  draw), for n = 4, 8 and sample_space.num_samples. `headroom_share` = (win - 1/2) / (BoN-8 - 1/2);
+- the null: a second, independent draw of base answers against the reference (it should be 1/2);
 - a length-controlled win rate (a GLM of W on the length and base-log-probability differences,
   read at zero difference, the AlpacaEval construction with pipeline/confounds.py's confounds);
-- drift: the tuned answers' length and base log-probability against the pool's, and KL(tuned || base)
+- drift: the tuned answers' length and base log-probability against the base answers', and KL(tuned || base)
   from the tuned samples (mean log-ratio, and Schulman's k3);
-- intervals: Student t over prompts (one query: over the tuned answers), which holds its coverage with
-  few units where a percentile bootstrap does not (tests/test_winrate.py); fewer than 10 prompts warn.
+- intervals: Student t over prompts, which holds its coverage with few units where a percentile bootstrap does
+  not; for one query a two-sample interval over the tuned and the base answers (both are samples; holding the
+  base answers fixed would cover ~85%): tests/test_winrate.py. Fewer than 10 prompts warn.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import numpy as np
 
 from pipeline.estimates import order_averaged
-from pipeline.metrics import mean_ci_t
+from pipeline.metrics import mean_ci_t, two_sample_ci
 
 BEST_OF = (4, 8)
 MIN_PROMPTS = 10
@@ -69,34 +70,14 @@ def eval_prompts(inputs: dict) -> list[dict]:
     held = inputs["preferences"].summary().get("held_out_prompts", [])
     if held:
         return held
-    cands = inputs.get("base_spmcmc", inputs["spmcmc"]).load()["candidates"]
+    cands = inputs["spmcmc"].load()["candidates"]
     return [{"prompt_id": pid, "prompt": p} for pid, p in dict(zip(cands["prompt_id"], cands["prompt"])).items()]
 
 
-def base_pool(cands, prompt_id: str) -> dict:
-    """One prompt's base answers: texts, generation counts as weights (answers only ever added, greedy or
-    external, weigh 0; an external pool alone weighs each once), the judge's score, their summed
-    log-probability under the base."""
-    rows = [i for i, p in enumerate(cands["prompt_id"]) if p == prompt_id]
-    pick = lambda col: [cands[col][i] for i in rows]  # noqa: E731
-    weight = np.array(pick("count"), dtype=float)
-    if weight.sum() == 0:  # an external pool only (sample_space.only_extra): each answer once
-        weight = np.ones(len(rows))
-    logp = pick("sum_logprob") if "sum_logprob" in cands.column_names else [None] * len(rows)
-    return {"text": pick("text"), "weight": weight, "score": np.array(pick("score"), float),
-            "logp": np.array([np.nan if v is None else v for v in logp], float)}
-
-
-def pool_matrix(probs: dict, ids: list[int]) -> np.ndarray:
-    """W[j, b] among the pool's candidates from the judge's cached comparisons (1/2 on the diagonal)."""
-    n = len(ids)
-    w = np.full((n, n), 0.5)
-    for a in range(n):
-        for b in range(n):
-            if a != b:
-                v = order_averaged(probs, ids[a], ids[b])
-                w[a, b] = 0.5 if v is None else v
-    return w
+def reference(texts: list[str], logp: list[float], w: np.ndarray) -> dict:
+    """One prompt's base answers as the reference: each draw weighs 1 (a repeated text is drawn more often), the
+    judge's score of each is its mean W against the reference (Borda: the order a best-of-n picks by)."""
+    return {"text": texts, "weight": np.ones(len(texts)), "score": w.mean(1), "logp": np.asarray(logp, float)}
 
 
 # ------------------------------------------------------------------------------------ per prompt
@@ -105,8 +86,10 @@ def prompt_figures(pool: dict, w_pool: np.ndarray, w_tuned: np.ndarray, w_fresh:
     mean length and log-probability. w_tuned[t, b]: W of tuned answer t over pool candidate b."""
     weight = pool["weight"] / pool["weight"].sum()
     out = {"win": float((w_tuned @ weight).mean()), "per_answer": (w_tuned @ weight).tolist(),
+           "per_reference": w_tuned.mean(0).tolist(),  # each base answer's loss share: its part of the variance
            "base_fresh_win": float((w_fresh @ weight).mean()) if len(w_fresh) else None,
            "fresh_per_answer": (w_fresh @ weight).tolist() if len(w_fresh) else [],
+           "fresh_per_reference": w_fresh.mean(0).tolist() if len(w_fresh) else [],
            "pool_size": len(weight), "pool_chars": float(weight @ np.array([len(t) for t in pool["text"]]))}
     for n in sorted({*BEST_OF, draws}):
         out[f"ceiling_{n}"] = best_of_n(pool["score"], pool["weight"], w_pool, n)
@@ -135,16 +118,20 @@ def length_controlled(w: list[float], d_length: list[float], d_logp: list[float]
 
 def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_logp: float | None,
               single_query: bool) -> dict:
-    """The yardstick over the evaluation prompts (t intervals over prompts, or over tuned answers for one query)."""
-    units = rows[0]["per_answer"] if single_query else [r["win"] for r in rows]
-    win = mean_ci_t(units)
+    """The yardstick over the evaluation prompts: t intervals over prompts; for one query, the two-sample interval
+    over the tuned answers and the base answers they meet (metrics.two_sample_ci)."""
+    if single_query:
+        win = two_sample_ci(rows[0]["per_answer"], rows[0]["per_reference"])
+        null = two_sample_ci(rows[0]["fresh_per_answer"], rows[0]["fresh_per_reference"])
+    else:
+        win = mean_ci_t([r["win"] for r in rows])
+        null = mean_ci_t([r["base_fresh_win"] for r in rows if r["base_fresh_win"] is not None])
     ceilings = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("ceiling_")}
-    fresh = [r["base_fresh_win"] for r in rows if r["base_fresh_win"] is not None]
     out = {"win_rate": win["mean"], "win_rate_ci": [win["ci_low"], win["ci_high"]],
-           "win_rate_units": "tuned answers to the one query" if single_query else "prompts", "n_units": win["n"],
+           "win_rate_units": "tuned answers (against as many base answers) to the one query" if single_query
+           else "prompts", "n_units": win["n"],
            "ceiling": ceilings.get("ceiling_8"), "ceilings": ceilings, "headroom_share": None,
-           "headroom_share_ci": [None, None],
-           "base_fresh_win_rate": mean_ci_t(rows[0]["fresh_per_answer"] if single_query else fresh),
+           "headroom_share_ci": [None, None], "base_fresh_win_rate": null,
            "length_controlled_win_rate": lc, **kl, "tuned_chars": tuned_chars,
            "base_chars": float(np.mean([r["pool_chars"] for r in rows])), "tuned_logp_base": tuned_logp,
            "base_logp": _mean([r["pool_logp"] for r in rows]), "prompts": len(rows)}
@@ -162,7 +149,7 @@ def _mean(values) -> float | None:
 def _warnings(s: dict, single_query: bool) -> list[str]:
     out = []
     if single_query:
-        out.append("one query: the win rate's interval is over the tuned answers to it and says nothing about other "
+        out.append("one query: the win rate's interval is over the answers to it and says nothing about other "
                    "prompts; a prompt set with held-out prompts measures generalisation")
     elif s["prompts"] < MIN_PROMPTS:
         out.append(f"only {s['prompts']} evaluation prompts (< {MIN_PROMPTS}): the interval is wide and a few prompts "
@@ -174,15 +161,15 @@ def _warnings(s: dict, single_query: bool) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ the measurement
-def policy_answers(cfg, model, tok, prompts: list[str]) -> tuple[list[list[str]], list[list[str]]]:
-    """`evaluate.winrate_samples` sampled answers per prompt (the sample space's sampling settings, seeded by
-    evaluate.seed, so every policy draws the same random numbers): (normalised texts, raw texts)."""
+def policy_answers(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list[list[str]], list[list[str]]]:
+    """`evaluate.winrate_samples` sampled answers per prompt (the sample space's sampling settings; every policy
+    draws with the same seed, so their answers share random numbers): (normalised texts, raw texts)."""
     from pipeline.generation import generate, normalise
     from pipeline.models import chat_prompt
 
     sc, k = cfg.sample_space, cfg.evaluate.winrate_samples
     chats = [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)]
-    raw = [a["text"] for a in generate(model, tok, chats, sc, True, cfg.evaluate.seed)]
+    raw = [a["text"] for a in generate(model, tok, chats, sc, True, seed)]
     texts = [normalise(a, sc.preamble_patterns) or a.strip() or "(empty answer)" for a in raw]
     return [texts[j * k:(j + 1) * k] for j in range(len(prompts))], [raw[j * k:(j + 1) * k] for j in range(len(prompts))]
 
@@ -196,7 +183,7 @@ def sequence_logps(cfg, model, tok, prompts: list[str], answers: list[list[str]]
 
 
 class Texts:
-    """Every text the judge compares, per prompt (the pool, then the answers), each (prompt, text) once."""
+    """Every text the judge compares, per prompt (the reference, then the answers), each (prompt, text) once."""
 
     def __init__(self):
         self.texts, self.prompt_of, self.index = [], [], {}
@@ -218,7 +205,7 @@ def w_matrix(probs: dict, rows: list[int], cols: list[int]) -> np.ndarray:
 
 
 def both_orders(rows: list[int], cols: list[int]) -> list[tuple[int, int]]:
-    return [q for a in rows for b in cols if a != b for q in ((a, b), (b, a))]
+    return list(dict.fromkeys(q for a in rows for b in cols if a != b for q in ((a, b), (b, a))))
 
 
 def measure(cfg, inputs: dict, workdir) -> dict:
@@ -227,86 +214,72 @@ def measure(cfg, inputs: dict, workdir) -> dict:
     from pipeline.models import load_model
 
     prompts = eval_prompts(inputs)
-    queries = [p["prompt"] for p in prompts]
-    base_sp = inputs.get("base_spmcmc", inputs["spmcmc"])
-    cands = base_sp.load()["candidates"]
-    pools = [base_pool(cands, p["prompt_id"]) for p in prompts]
+    queries, seed = [p["prompt"] for p in prompts], cfg.evaluate.seed
     model, tok = load_model(cfg.model, inputs["finetune"].path / "adapter")
-    tuned, tuned_raw = policy_answers(cfg, model, tok, queries)
+    tuned, tuned_raw = policy_answers(cfg, model, tok, queries, seed)
     logp_tuned = sequence_logps(cfg, model, tok, queries, tuned_raw)
     answers = {"finetuned": tuned}
     if "previous" in inputs:
-        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, inputs["previous"].path / "adapter"), queries)[0]
+        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, inputs["previous"].path / "adapter"), queries,
+                                             seed)[0]
     model, tok = load_model(cfg.model)
-    answers["base"] = policy_answers(cfg, model, tok, queries)[0]
-    logp_base_raw = sequence_logps(cfg, model, tok, queries, tuned_raw)
-    logp_base = sequence_logps(cfg, model, tok, queries, tuned)
+    answers["base"], base_raw = policy_answers(cfg, model, tok, queries, seed)
+    answers["base_null"] = policy_answers(cfg, model, tok, queries, seed + 1)[0]  # independent draws: the null
+    logp_base_raw = sequence_logps(cfg, model, tok, queries, tuned_raw)  # the tuned samples as generated: KL
+    logp_base = sequence_logps(cfg, model, tok, queries, tuned)  # as judged: drift and length control
+    logp_reference = sequence_logps(cfg, model, tok, queries, answers["base"])
     texts = Texts()
-    ids = [{"pool": texts.ids(j, pool["text"]), **{k: texts.ids(j, a[j]) for k, a in answers.items()}}
-           for j, pool in enumerate(pools)]
-    extra = sorted(base_sp.path.glob("pair_cache.rank*.jsonl"))
+    ids = [{k: texts.ids(j, a[j]) for k, a in answers.items()} for j in range(len(prompts))]
+    extra = sorted(inputs["spmcmc"].path.glob("pair_cache.rank*.jsonl"))
     judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: (model, tok), queries, texts.prompt_of,
                             extra_cache_files=extra)
-    need = [q for i in ids for k in ("finetuned", "base") for q in both_orders(i[k], i["pool"])]
+    need = [q for i in ids for k in ("finetuned", "base_null", "base") for q in both_orders(i[k], i["base"])]
     need += [q for i in ids if "previous" in i for q in both_orders(i["finetuned"], i["previous"])]
-    need += [q for i in ids if len(i["pool"]) <= 64 for q in both_orders(i["pool"], i["pool"])]  # cached in exact mode
-    fill_pairs(judge, need, "[evaluate] win rate (base judge)", distributed=False)
+    fill_pairs(judge, list(dict.fromkeys(need)), "[evaluate] win rate (base judge)", distributed=False)
+    pools = [reference(answers["base"][j], logp_reference[j], w_matrix(judge.probs, i["base"], i["base"]))
+             for j, i in enumerate(ids)]
     rows = [_prompt_row(p, pool, i, judge.probs, cfg.sample_space.num_samples) for p, pool, i in zip(prompts, pools, ids)]
-    summary = summarise(rows, _lc(rows, pools, ids, judge.probs, answers, logp_base), kl_estimates(
+    summary = summarise(rows, _lc(pools, ids, judge.probs, answers, logp_base), kl_estimates(
         np.concatenate(logp_tuned), np.concatenate(logp_base_raw)), float(np.mean([len(t) for a in tuned for t in a])),
         float(np.mean(np.concatenate(logp_base))), len(prompts) == 1)
     summary["tuned_diversity"] = float(np.mean([len(set(a)) / len(a) for a in tuned]))  # distinct answers per prompt
     summary["base_diversity"] = float(np.mean([len(set(a)) / len(a) for a in answers["base"]]))
     if "previous" in answers:
         summary["win_vs_previous"] = mean_ci_t([w_matrix(judge.probs, i["finetuned"], i["previous"]).mean() for i in ids])
-    if judge_is_policy(cfg.judge):  # self-play: the tuned model judges its own answers against the same pool
-        summary["win_rate_tuned_judge"] = _tuned_judge(cfg, inputs, workdir, texts, queries, ids, pools, extra)
+    if judge_is_policy(cfg.judge):  # self-play: the tuned model judges its own answers against the same reference
+        summary["win_rate_tuned_judge"] = _tuned_judge(cfg, inputs, workdir, texts, queries, ids)
     return {"summary": summary, "rows": rows, "answers": answers, "prompts": prompts}
 
 
 def _prompt_row(prompt: dict, pool: dict, ids: dict, probs: dict, draws: int) -> dict:
-    w_pool = w_matrix(probs, ids["pool"], ids["pool"])
-    if np.isnan(w_pool).any():  # a sparse design left pool pairs unjudged: the GLM's strengths fill them in
-        w_pool = _glm_filled(w_pool, probs, ids["pool"])
-    figures = prompt_figures(pool, w_pool, w_matrix(probs, ids["finetuned"], ids["pool"]),
-                             w_matrix(probs, ids["base"], ids["pool"]), draws)
+    figures = prompt_figures(pool, w_matrix(probs, ids["base"], ids["base"]), w_matrix(probs, ids["finetuned"], ids["base"]),
+                             w_matrix(probs, ids["base_null"], ids["base"]), draws)
     return {"prompt_id": prompt["prompt_id"], "prompt": prompt["prompt"], **figures}
 
 
-def _glm_filled(w: np.ndarray, probs: dict, pool: list[int]) -> np.ndarray:
-    from pipeline.confounds import fit_strengths, order_averaged_w
-
-    local = {(pool.index(f), pool.index(s)): v for (f, s), v in probs.items() if f in pool and s in pool}
-    fit = fit_strengths(local, len(pool))
-    model = order_averaged_w(fit.s[:, None] - fit.s[None, :], fit.position) if fit else np.full(w.shape, 0.5)
-    return np.where(np.isnan(w), model, w)
-
-
-def _lc(rows, pools, ids, probs, answers, logp_base) -> dict:
-    """The length-controlled win rate over every (tuned answer, pool answer) comparison of every prompt."""
+def _lc(pools, ids, probs, answers, logp_base) -> dict:
+    """The length-controlled win rate over every (tuned answer, base answer) comparison of every prompt."""
     w, d_len, d_logp, weight = [], [], [], []
     for j, (pool, i) in enumerate(zip(pools, ids)):
         for t, text, lp in zip(i["finetuned"], answers["finetuned"][j], logp_base[j]):
-            for b, (btext, blp, bw) in enumerate(zip(pool["text"], pool["logp"], pool["weight"])):
-                if bw > 0:
-                    w.append(0.5 if t == i["pool"][b] else order_averaged(probs, t, i["pool"][b]))
-                    d_len.append(math.log(max(len(text), 1)) - math.log(max(len(btext), 1)))
-                    d_logp.append(lp - blp)
-                    weight.append(bw)
+            for b, btext, blp in zip(i["base"], pool["text"], pool["logp"]):
+                w.append(0.5 if t == b else order_averaged(probs, t, b))
+                d_len.append(math.log(max(len(text), 1)) - math.log(max(len(btext), 1)))
+                d_logp.append(lp - blp)
+                weight.append(1.0)
     return length_controlled(w, d_len, d_logp, weight)
 
 
-def _tuned_judge(cfg, inputs, workdir, texts: Texts, queries, ids, pools, extra) -> dict:
+def _tuned_judge(cfg, inputs, workdir, texts: Texts, queries, ids) -> dict:
     from pipeline.judge import cached_judge, fill_pairs
     from pipeline.models import load_model
 
     tuned = inputs["finetune"]
     judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: load_model(cfg.model, tuned.path / "adapter"), queries,
                             texts.prompt_of, adapter_key=tuned.fingerprint)
-    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["pool"])], "[evaluate] win rate (tuned judge)",
+    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["base"])], "[evaluate] win rate (tuned judge)",
                distributed=False)
-    return mean_ci_t([float((w_matrix(judge.probs, i["finetuned"], i["pool"]) @ (p["weight"] / p["weight"].sum())).mean())
-                      for i, p in zip(ids, pools)])
+    return mean_ci_t([float(w_matrix(judge.probs, i["finetuned"], i["base"]).mean()) for i in ids])
 
 
 def lines(y: dict) -> list[str]:
@@ -319,7 +292,7 @@ def lines(y: dict) -> list[str]:
     ceilings = ", ".join(f"n={k.split('_')[1]} {v:.3f}" for k, v in sorted(c.items(), key=lambda t: int(t[0][8:])))
     out = [f"win rate of the tuned policy against the base's answers ({y['prompts']} prompt(s), t interval over "
            f"{y['n_units']} {y['win_rate_units']}): {ci(y['win_rate'], *y['win_rate_ci'])}; length-controlled "
-           f"{ci(lc['mean'], lc['ci_low'], lc['ci_high'])}; fresh base samples (the null) "
+           f"{ci(lc['mean'], lc['ci_low'], lc['ci_high'])}; other base answers (the null) "
            f"{ci(fresh['mean'], fresh['ci_low'], fresh['ci_high'])}",
            f"the judge's ceiling, best of n base samples against one: {ceilings}; headroom share (win - 1/2) / "
            f"(best-of-8 - 1/2) = {ci(y['headroom_share'], *y['headroom_share_ci'])}",

@@ -53,6 +53,25 @@ def test_t_intervals_hold_their_coverage_with_five_prompts_where_the_bootstrap_d
     assert boot_hits / sims < 0.9  # why the yardstick does not use it
 
 
+def test_the_one_query_interval_holds_its_coverage_where_holding_the_base_answers_fixed_does_not():
+    """One query: 8 tuned answers meet 8 base answers (Bradley-Terry strengths drawn for each answer); the interval
+    must count both samples' noise."""
+    from pipeline.metrics import two_sample_ci
+
+    rng = np.random.default_rng(3)
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    truth = sig(rng.normal(0.3, 1, 400_000) - rng.normal(0, 1, 400_000)).mean()
+    hits = fixed = 0
+    sims = 2000
+    for _ in range(sims):
+        w = sig(rng.normal(0.3, 1, 8)[:, None] - rng.normal(0, 1, 8)[None, :])
+        ci, rows_only = two_sample_ci(w.mean(1), w.mean(0)), mean_ci_t(w.mean(1))
+        hits += ci["ci_low"] <= truth <= ci["ci_high"]
+        fixed += rows_only["ci_low"] <= truth <= rows_only["ci_high"]
+    assert 0.925 <= hits / sims <= 0.97
+    assert fixed / sims < 0.9
+
+
 def test_headroom_share():
     h = headroom({"mean": 0.55, "ci_low": 0.52, "ci_high": 0.58}, 0.6)
     assert h["mean"] == pytest.approx(0.5) and h["ci_low"] == pytest.approx(0.2) and h["ci_high"] == pytest.approx(0.8)
@@ -78,3 +97,22 @@ def test_the_win_rate_of_known_choices_comes_back_exactly():
     assert s["ceiling"] == pytest.approx(best_of_n(np.array([0.5, 0.3, 0.2]), np.array([3.0, 1, 1]), w_pool, 8))
     assert s["headroom_share"] == pytest.approx((np.mean(truth) - 0.5) / (s["ceiling"] - 0.5))
     assert any("only 6 evaluation prompts" in w for w in s["warnings"])
+
+
+@pytest.mark.slow
+def test_a_policy_no_different_from_the_base_wins_one_half(tmp_path):
+    """The reference is the base policy's own answers, sampled as the tuned ones are: an adapter that has not moved
+    (learning rate 1e-12) writes the base's answers, so its win rate is exactly 1/2 and its headroom share 0, however
+    the sample space filters its pool (min_chars drops the short answers from it, not from the reference)."""
+    import json
+
+    from conftest import run_cli, stage_paths
+
+    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "judge.kind=function", "judge.function=pipeline.rewards:length",
+                   "finetune.learning_rate=1e-12", "sample_space.min_chars=25", "evaluate.evaluators=[random]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((stage_paths(tmp_path)["evaluate"] / "summary.json").read_text())
+    assert ev["win_rate"] == pytest.approx(0.5, abs=1e-9) and ev["headroom_share"] == pytest.approx(0.0, abs=1e-9)
+    assert ev["ceiling"] > 0.5
+    null = ev["yardstick"]["base_fresh_win_rate"]
+    assert null["ci_low"] <= 0.5 <= null["ci_high"]

@@ -10,17 +10,18 @@ an answer to the query), self_certainty (Kang et al. 2025), random.
 
 Inputs:  all optional: sample_space + spmcmc (paper checks on the generated answers), preferences +
          finetune (tuned model; sharpening on the held-out candidates; the win rate and its yardstick,
-         pipeline/winrate.py); in a later round previous (round r-1's finetune: an opponent), history
-         (round r-1's evaluate: the rounds table) and base_spmcmc (round 1's spmcmc: the base pool)
+         pipeline/winrate.py); in a later round previous (round r-1's finetune: an opponent) and history
+         (round r-1's evaluate: the rounds table)
 Output:  DatasetDict
            scores:       item_id, text, human, model, evaluator, score
            metrics:      evaluator, model, n_items, pearson_r/_p/_ci_low/_ci_high, spearman_r/_p/_ci_low/_ci_high,
                          kendall_tau, kendall_p, precision_at_k, k, top1_in_human_topk
            comparisons:  model, a, b, diff (spearman a - b), ci_low, ci_high, p
            before_after: evaluator, base_spearman, finetuned_spearman, diff, ci_low, ci_high, p
-           heldout_answers: prompt_id, prompt, policy (finetuned, base, previous), k, text
+           heldout_answers: prompt_id, prompt, policy (finetuned, base, base_null, previous), k, text
            winrate:      prompt_id, prompt, win, base_fresh_win, pool_size, pool_chars, ceiling_4, ceiling_8,
-                         ceiling_<num_samples>, pool_logp (the yardstick per evaluation prompt)
+                         ceiling_<num_samples>, pool_logp (the yardstick per evaluation prompt; the pool is the
+                         base policy's answers, the reference; base_fresh_win the null's win against it)
            rounds, rounds_alignment: every round so far (one row each; Jester alignment per evaluator)
          summary.json, scatter.png, correlations.png, report.md (also copied to OUTPUT_DIR/report.md)
 Resume:  judge comparisons are cached in pair_cache.rank0.jsonl as they are computed; the
@@ -46,10 +47,10 @@ from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
 from pipeline.report import signed, write_report
 
-NAME, VERSION = "evaluate", 6
+NAME, VERSION = "evaluate", 7
 SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = False
-OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history", "base_spmcmc")
+OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
 
@@ -308,7 +309,7 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                                     "text": text} for policy, per in (yardstick or {}).get("answers", {}).items()
                                    for p, texts in zip(yardstick["prompts"], per) for k, text in enumerate(texts)],
                                   ("prompt_id", "prompt", "policy", "k", "text")),
-        "winrate": _table([{k: v for k, v in r.items() if k not in ("per_answer", "fresh_per_answer")}
+        "winrate": _table([{k: v for k, v in r.items() if not k.endswith(("per_answer", "per_reference"))}
                            for r in (yardstick or {}).get("rows", [])], WINRATE_COLUMNS),
         "rounds": _table(rounds, ROUND_COLUMNS), "rounds_alignment": _table(alignment, ALIGNMENT_COLUMNS)})
 

@@ -363,7 +363,7 @@ def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score
     rel = [p["consistency"] for p in spmcmc["prompts"] if p["consistency"] is not None]
     return (f"no train pair passes the evidence filters: the best confidence seen was {best_w:.3f} "
             f"(preferences.min_confidence={pc.min_confidence}) and the largest gap {best_z:.2f} standard errors "
-            f"(preferences.min_gap_z={pc.min_gap_z}) over {len(picked['measured'])} pairs; the model's preference "
+            f"(preferences.min_gap_z={pc.min_gap_z}) over {len(picked['measured'])} pairs; the judge's preference "
             f"consistency is {np.mean(rel) if rel else float('nan'):.2f}. Lower the thresholds, or measure more "
             "reliably (spmcmc.budget, more candidates, a stronger judge)")
 
@@ -406,7 +406,7 @@ def _lines(s: dict) -> list[str]:
     lines = [f"{s['train_pairs']} train pairs kept of {s['pairs_measured']} measured (unfiltered selection: "
              f"{s['unfiltered_pairs']}), {s['test_pairs']} test pairs, {s['sft_targets']} SFT targets; ranked by "
              f"{s['score_column']}" + (f" (holding {', '.join(s['control_features'])} fixed)" if s["control"] else ""),
-             f"the model's own order-averaged choice inverts {number(s['inverted_direct_unfiltered'], '.2f')} of the "
+             f"the judge's own order-averaged choice inverts {number(s['inverted_direct_unfiltered'], '.2f')} of the "
              "unfiltered pairs (kept pairs need W > 0.5); confidence of kept pairs "
              f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
              f"{number(s['confidence_unfiltered_mean'], '.3f')}); gap_z median {s['gap_z_median']:.1f}, min "

@@ -486,14 +486,14 @@ def _warnings(s: dict, sc) -> list[str]:
         out.append("the preference consistency could not be computed (fewer than 4 compared pairs)")
     elif rel["consistency"] < sc.min_consistency and s["judge_kind"] == "model":  # a function's: only its ties
         out.append(f"preference consistency {rel['consistency']:.2f} < spmcmc.min_consistency={sc.min_consistency}: "
-                   "the model's preferences were not measured reliably (two halves of the evidence disagree); "
+                   "the judge's preferences were not measured reliably (two halves of the evidence disagree); "
                    "more comparisons (spmcmc.budget, spmcmc.degree), more candidates (sample_space.num_samples), "
                    "or a stronger judge model would change that; pairs built from it are close to coin flips")
     st = s["strength"]
     if st["top_over_uniform"] < NEAR_FLAT:
         lean = st["mean_abs_w_minus_half"] or 0.0
         out.append(f"near-flat preferences: the most preferred candidate gets {st['top_over_uniform']:.2f}x the uniform "
-                   f"share and the least {st['bottom_over_uniform']:.2f}x; the model's order-averaged choice between two "
+                   f"share and the least {st['bottom_over_uniform']:.2f}x; the judge's order-averaged choice between two "
                    f"candidates is on average {0.5 + lean:.3f} vs {0.5 - lean:.3f}: pairs from it are weak evidence "
                    "(see preferences' confidence)")
     if s["label_mass_mean"] is not None and s["label_mass_mean"] < 0.5:
