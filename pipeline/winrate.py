@@ -162,8 +162,8 @@ def _warnings(s: dict, single_query: bool) -> list[str]:
 
 # ------------------------------------------------------------------------------------ the measurement
 def policy_answers(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list[list[str]], list[list[str]]]:
-    """`evaluate.winrate_samples` sampled answers per prompt (the sample space's sampling settings; every policy
-    draws with the same seed, so their answers share random numbers): (normalised texts, raw texts)."""
+    """`evaluate.winrate_samples` sampled answers per prompt with the sample space's sampling settings, seeded:
+    (normalised texts, raw texts)."""
     from pipeline.generation import generate, normalise
     from pipeline.models import chat_prompt
 
@@ -221,10 +221,12 @@ def measure(cfg, inputs: dict, workdir) -> dict:
     answers = {"finetuned": tuned}
     if "previous" in inputs:
         answers["previous"] = policy_answers(cfg, *load_model(cfg.model, inputs["previous"].path / "adapter"), queries,
-                                             seed)[0]
+                                             seed + 3)[0]
     model, tok = load_model(cfg.model)
-    answers["base"], base_raw = policy_answers(cfg, model, tok, queries, seed)
-    answers["base_null"] = policy_answers(cfg, model, tok, queries, seed + 1)[0]  # independent draws: the null
+    # seeds of their own: answers drawn with the same random numbers are alike while two policies agree, which
+    # would pull every win rate towards 1/2
+    answers["base"] = policy_answers(cfg, model, tok, queries, seed + 1)[0]
+    answers["base_null"] = policy_answers(cfg, model, tok, queries, seed + 2)[0]  # independent draws: the null
     logp_base_raw = sequence_logps(cfg, model, tok, queries, tuned_raw)  # the tuned samples as generated: KL
     logp_base = sequence_logps(cfg, model, tok, queries, tuned)  # as judged: drift and length control
     logp_reference = sequence_logps(cfg, model, tok, queries, answers["base"])

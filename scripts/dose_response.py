@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_GRID = ("5e-5:2:0.1", "2e-4:2:0.1", "5e-4:2:0.1", "1e-3:2:0.1", "5e-4:4:0.1", "5e-4:2:0.5")
+DEFAULT_GRID = ("5e-5:2:0.1", "2e-4:2:0.1", "5e-4:2:0.1", "1e-3:2:0.1", "2e-3:2:0.1", "5e-4:4:0.1", "5e-4:2:0.5")
 
 
 def run(recipe: str, out: str, lr: str, epochs: str, beta: str, extra: list[str]) -> dict:
