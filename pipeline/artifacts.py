@@ -19,7 +19,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,24 +28,14 @@ from typing import Protocol
 from pipeline import parallel, tracking
 from pipeline.config import REPO_ROOT, STAGES, Config, UserError, semantic_settings, to_dict
 from pipeline.inputs import input_files
+from pipeline.workdir import STATE_DIR, failpoint, write_json
 
 MARKER = "_COMPLETE"
-STATE_DIR = "_state"  # resume scratch inside a stage folder, dropped once the stage is complete
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "scipy")
 
 
 class StageError(UserError):
     """A stage that cannot run as asked; printed as one line."""
-
-
-class NoPairs(StageError):
-    """No preference pair passes the evidence filters: an error in round 1, the end of the rounds later."""
-
-
-def adapter_of(inputs: dict, key: str):
-    """(adapter folder, adapter key) of a finetune artifact among a stage's inputs, or (None, None): the base model."""
-    art = inputs.get(key)
-    return (art.path / "adapter", art.fingerprint) if art is not None else (None, None)
 
 
 class Stage(Protocol):
@@ -113,34 +102,6 @@ def fingerprint(name: str, version: int, settings: dict, inputs: dict[str, str],
     payload = json.dumps({"stage": name, "version": version, "settings": settings, "inputs": inputs,
                           "files": files or {}}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def write_json(path: Path, obj, sort_keys: bool = True) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str))
-    os.replace(tmp, path)
-
-
-def log_work(workdir: Path, event: str, count: int) -> None:
-    """Append what this process computed (kept in the artifact: shows nothing finished was redone)."""
-    with open(workdir / "work_log.jsonl", "a") as fh:
-        fh.write(json.dumps({"event": event, "count": count, "pid": os.getpid(), "time": time.time()}) + "\n")
-
-
-_hits: dict[str, int] = {}
-
-
-def failpoint(name: str) -> None:
-    """SIGKILL this process at the N-th time it passes `name` when SPMCMC_KILL_AT=name:N is set.
-
-    Fault injection for the crash-and-resume tests: a kill at an exact point inside a stage."""
-    target = os.environ.get("SPMCMC_KILL_AT", "")
-    if not target.startswith(name + ":"):
-        return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == int(target.rsplit(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)

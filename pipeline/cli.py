@@ -217,7 +217,7 @@ def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> Non
     import json
 
     target.write_text(json.dumps(result, indent=2))
-    from pipeline.report import number
+    from pipeline.formatting import number
 
     print(f"human win rate of the tuned policy: {result['mean']:.3f} [{number(result['ci_low'])}, "
           f"{number(result['ci_high'])}] over {result['n']} prompt(s){' (one: no interval)' if result['n'] < 2 else ''} "

@@ -428,10 +428,14 @@ class RoundsConfig(Section):
                     "adapter on every round's pairs so far", semantic=False)
     min_diversity: float = setting(0.5, "warn when the policy's distinct answers per prompt, as a share of its "
                                         "samples, fall below this (collapse)", semantic=False)
+    min_entropy: float = setting(0.8, "when a round yields no pair: below this entropy of the preference distribution "
+                                      "(a share of the uniform's) the stop is put down to preferences sharpened to a "
+                                      "point", semantic=False)
 
     def validate(self):
         _require(self.count >= 1, "rounds.count", "must be >= 1")
         _require(self.min_diversity <= 1, "rounds.min_diversity", "must be <= 1")
+        _require(self.min_entropy <= 1, "rounds.min_entropy", "must be <= 1")
 
 
 @dataclass

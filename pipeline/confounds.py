@@ -39,6 +39,12 @@ def parse_formats(formats: list[str]) -> list[tuple[str, str]]:
     return [tuple(item.split("=", 1)) for item in formats]
 
 
+def features_of(rows: dict, formats: list[str]) -> dict:
+    """The confounds of a prompt's candidates from their sample-space (or spmcmc candidates) columns."""
+    return candidate_features(rows["text"], rows.get("n_tokens"), rows.get("sum_logprob"), rows.get("mean_logprob"),
+                              rows.get("count"), formats)
+
+
 def candidate_features(texts: list[str], n_tokens=None, sum_logprob=None, mean_logprob=None, count=None,
                        formats: list[str] = ()) -> dict[str, np.ndarray]:
     """{feature: value per candidate}; a feature without its column (e.g. count for rated items) is left out."""

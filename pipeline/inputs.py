@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.ratings import JESTER_DIR
+from pipeline.ratings import bundled_path
 from pipeline.tables import TableError
 
 CHUNK = 8 << 20
@@ -64,8 +64,8 @@ def setting_path(key: str, value: str, reads: str, cfg: Config) -> Path:
         from pipeline.reward_judge import function_file
 
         return function_file(value)
-    if value == "jester":
-        return JESTER_DIR
+    if bundled_path(value):
+        return bundled_path(value)
     path = Path(value).expanduser()
     if path.is_dir():
         raise TableError(f"{key}: {str(path)!r} is a directory; give a file (.csv, .tsv, .jsonl or .parquet)")

@@ -24,17 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import parallel
-from pipeline.artifacts import failpoint, log_work
 from pipeline.chains import CachedJudge
 from pipeline.config import Config, JudgeConfig, ModelConfig, semantic_settings
+from pipeline.hashing import text_sha
 from pipeline.models import chat_prompt, single_token_id
+from pipeline.workdir import failpoint, log_work
 
 FIRST, SECOND = "\x00FIRST\x00", "\x00SECOND\x00"
-
-
-def text_sha(text: str) -> str:
-    """The one hash of a candidate's text: the sample space's `text_sha` column and the pair cache's keys."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def judge_key(mcfg: ModelConfig, jcfg: JudgeConfig, query: str, adapter: str | None = None) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.report import signed
+from pipeline.formatting import signed
 
 
 def _pyplot():

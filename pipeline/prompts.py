@@ -9,7 +9,7 @@ import numbers
 from dataclasses import dataclass
 
 from pipeline.config import SampleSpaceConfig, UserError
-from pipeline.judge import text_sha
+from pipeline.hashing import text_sha
 from pipeline.tables import TableError, read_table
 
 

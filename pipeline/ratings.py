@@ -9,6 +9,7 @@ Accepted `evaluate.human_ratings`:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +21,11 @@ JESTER_CITATION = ('Ken Goldberg, Theresa Roeder, Dhruv Gupta, and Chris Perkins
                    'Collaborative Filtering Algorithm." Information Retrieval, 4(2), 133-151, July 2001.')
 
 
+def bundled_path(value: str) -> Path | None:
+    """The bundled data a file setting names by its alias (`jester`: data/jester), None when it names a path."""
+    return JESTER_DIR if value == "jester" else None
+
+
 @dataclass
 class Ratings:
     items: "object"  # DataFrame: id (str), text, rating (mean), n_ratings
@@ -29,7 +35,7 @@ class Ratings:
 
 
 def load_ratings(spec: str) -> Ratings:
-    if spec == "jester":
+    if bundled_path(spec):
         return _jester()
     frame = read_table(spec, [], "evaluate.human_ratings", text=("text", "rating"))  # a bad rating is quoted as written
     if {"item", "rater", "rating"} <= set(frame.columns):

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import Config
+from pipeline.formatting import number, signed
+
+if TYPE_CHECKING:  # the summaries' shapes, owned by the stages that write them
+    from pipeline.stages import finetune, preferences, spmcmc
 
 SPMCMC_CITATION = ("spMCMC builds on Markov chain Monte Carlo with People: A. N. Sanborn and T. L. Griffiths, "
                    "\"Markov Chain Monte Carlo with People\", Advances in Neural Information Processing Systems 20, 2007.")
 SELF_CERTAINTY_CITATION = ("Self-certainty: Z. Kang, X. Zhao and D. Song, \"Scalable Best-of-N Selection for Large "
                            "Language Models via Self-Certainty\", 2025.")
-
-
-def number(v, spec: str = ".3f", missing: str = "n/a") -> str:
-    """How the pipeline writes a figure that may be missing (report tables, printed lines, plot titles)."""
-    return missing if v is None else format(v, spec)
-
-
-def signed(v) -> str:
-    """A correlation in a column of them: the sign always shown, a missing one as wide as a number."""
-    return number(v, "+.3f", "  n/a")
 
 
 def _ci(r: dict, kind: str) -> str:
@@ -161,10 +156,11 @@ def rounds_section(rounds: list[dict], warnings: list[str], alignment: list[dict
 
 def preference_section(up: dict) -> list[str]:
     """How the model's preferences were measured, what they track besides quality, and what the pairs rest on."""
-    sp, pr = up.get("spmcmc"), up.get("preferences")
+    sp: spmcmc.Summary | None = up.get("spmcmc")
+    pr: preferences.Summary | None = up.get("preferences")
     if not sp:
         return []
-    rel = sp.get("consistency") or {}
+    rel = sp["consistency"] or {}
     lines = ["## The model's preferences: how they were measured", "",
              f"- design: **{sp['mode']}** ({sp['mode_reason']}); {sp['judge_calls']} judge comparisons; score: "
              f"`{sp['score_estimate']}` — {sp['score_reason']}",
@@ -184,10 +180,10 @@ def preference_section(up: dict) -> list[str]:
              "range | mean SE |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {k} | {e['tv_vs_reference']:.3f} | {number(e['spearman_vs_reference'])} | {e['min']:.4f}–{e['max']:.4f} | "
               f"{e['mean_se']:.4f} |" for k, e in sp["estimates"].items() if k != "reference"]
-    lines += confound_section(sp.get("confounds"), sp.get("n_prompts", 1) > 1)
+    lines += confound_section(sp["confounds"], sp["n_prompts"] > 1)
     if pr:
         lines += pairs_section(pr)
-    if sp.get("n_prompts", 1) > 1:
+    if sp["n_prompts"] > 1:
         lines += ["", f"Per prompt ({sp['n_prompts']} prompts; consistency mean {number(rel.get('consistency'))}, worst "
                   f"{number(rel.get('min'))} for {rel.get('worst_prompt')}):", "",
                   "| prompt | candidates | mode | comparisons | consistency | top / uniform | position bias | "
@@ -198,25 +194,25 @@ def preference_section(up: dict) -> list[str]:
                   f"{signed(r.get('spearman_length'))} | {signed(r.get('spearman_logprob'))} | "
                   f"{number(r.get('confound_r2'), '.2f')} | {number(r.get('controlled_strength'), '.4f')} |"
                   for r in sp["per_prompt"]]
-    lines += [f"- warning: {w}" for w in sp.get("warnings", [])]
+    lines += [f"- warning: {w}" for w in sp["warnings"]]
     return lines + [""]
 
 
-def dpo_section(ft: dict | None) -> list[str]:
+def dpo_section(ft: finetune.Summary | None) -> list[str]:
     """Held-out DPO evidence: TRL's eval loss over training, and the held-out pairs ranked right, base vs tuned."""
     if not ft:
         return []
-    distinct = ft.get("distinct_test_texts") or {}
+    distinct = ft["distinct_test_texts"]
     lines = ["## Held-out DPO evidence", "",
              f"{ft['train_pairs']} train pairs, {ft['optimizer_steps']} optimiser steps; on the {ft['test_pairs']} held-out "
-             f"pairs ({distinct.get('chosen', 'n/a')} distinct chosen and {distinct.get('rejected', 'n/a')} distinct rejected "
-             f"texts) the final DPO loss is {number(ft.get('final_eval_loss'), '.4f')} and the implicit-reward accuracy "
-             f"{number(ft.get('final_eval_reward_accuracy'), '.2f')} (the `eval_log` split has the curve).", "",
+             f"pairs ({distinct['chosen']} distinct chosen and {distinct['rejected']} distinct rejected "
+             f"texts) the final DPO loss is {number(ft['final_eval_loss'], '.4f')} and the implicit-reward accuracy "
+             f"{number(ft['final_eval_reward_accuracy'], '.2f')} (the `eval_log` split has the curve).", "",
              "| held-out pairs ranked right by log-probability | base | tuned |", "| --- | --- | --- |"]
-    lines += [f"| {label} | " + " | ".join(number(ft.get(f"{tag}_test_accuracy{key}"), ".2f") for tag in ("base", "tuned"))
+    lines += [f"| {label} | " + " | ".join(number(ft[f"{tag}_test_accuracy{key}"], ".2f") for tag in ("base", "tuned"))
               + " |" for label, key in (("per pair", ""), ("per distinct chosen text", "_per_chosen_text"),
                                  ("per distinct rejected text", "_per_rejected_text"))]
-    if ft.get("base_already_right"):
+    if ft["base_already_right"]:
         lines += ["", "- warning: the base model already ranks every held-out chosen answer above its rejected one: at "
                   "the pair level these pairs add nothing it lacked, and held-out accuracy cannot show learning"]
     return lines + [""]
@@ -266,15 +262,15 @@ def confound_section(c: dict | None, pooled: bool) -> list[str]:
     return lines
 
 
-def pairs_section(pr: dict) -> list[str]:
+def pairs_section(pr: preferences.Summary) -> list[str]:
     """What the DPO pairs rest on and what they teach besides the score."""
-    k = pr.get("kept_pairs") or {}
-    ranked = f"`{pr['score_column']}`" + (f" (holding {', '.join(pr['control_features'])} fixed)" if pr.get("control") else "")
+    k = pr["kept_pairs"]
+    ranked = f"`{pr['score_column']}`" + (f" (holding {', '.join(pr['control_features'])} fixed)" if pr["control"] else "")
     lines = ["", f"- DPO pairs, ranked by {ranked}: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the "
              f"unfiltered selection had {pr['unfiltered_pairs']}); the judge's own order-averaged choice inverts "
              f"{number(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs (a kept pair needs W > 0.5)"
              + (f"; the raw exact score orders {pr['inverted_exact_kept']:.2f} of the kept pairs the other way"
-                if pr.get("inverted_exact_kept") is not None else ""),
+                if pr["inverted_exact_kept"] is not None else ""),
              f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
              f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
              f"{number(pr['confidence_unfiltered_mean'])}); strength gap median {pr['gap_z_median']:.1f} and min "
@@ -285,23 +281,7 @@ def pairs_section(pr: dict) -> list[str]:
                      f"under the policy in {number(k.get('chosen_likelier'), '.0%')} (summed log-prob "
                      f"{number(k.get('chosen_logprob_mean'), '.1f')} vs {number(k.get('rejected_logprob_mean'), '.1f')}); "
                      f"{k['distinct_chosen']} distinct chosen and {k['distinct_rejected']} distinct rejected texts")
-    return lines + [f"- warning: {w}" for w in pr.get("warnings", [])]
-
-
-def stop_reason(r: int, nothing: Exception, space, chains, cfg: Config) -> str:
-    """Why round r yields no pair, read off its figures: no signal left, or sharpened to a point."""
-    s, ss = (a.summary() if a.complete else {} for a in (chains, space))
-    rel, entropy, diversity = (s.get("consistency") or {}).get("consistency"), (s.get("strength") or {}).get("entropy"), \
-        ss.get("diversity")
-    if rel is not None and rel < cfg.spmcmc.min_consistency:
-        why = f"its judge has no signal left (preference consistency {rel:.2f} < {cfg.spmcmc.min_consistency})"
-    elif (entropy is not None and entropy < 0.8) or (diversity is not None and diversity < cfg.rounds.min_diversity):
-        why = (f"its preferences have sharpened to a point (entropy {number(entropy, '.2f')} of 1, answer diversity "
-               f"{number(diversity, '.2f')})")
-    else:
-        why = (f"its preferences are measured (consistency {number(rel, '.2f')}) but too flat to pass the filter (entropy "
-               f"{number(entropy, '.2f')} of 1): neither sharpened nor lost, just weak")
-    return f"round {r} yields no pair that passes the evidence filters; the figures suggest {why}. ({nothing})"
+    return lines + [f"- warning: {w}" for w in pr["warnings"]]
 
 
 def publish_report(artifact, output_dir: str) -> None:

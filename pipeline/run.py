@@ -17,36 +17,30 @@ from pipeline.config import UserError, help_text, load_config  # noqa: E402
 
 
 def pipeline(cfg) -> None:
-    from pipeline import parallel
-    from pipeline.artifacts import NoPairs, Run
-    from pipeline.judge import judge_is_policy
+    from pipeline import parallel, rounds
+    from pipeline.artifacts import Run
     from pipeline.prompts import check_lengths
-    from pipeline.report import publish_report, stop_reason
+    from pipeline.report import publish_report
     from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
+    from pipeline.stages.preferences import NoPairs
 
     check_lengths(cfg)  # a prompt too long for the model or a setting stops here, before any work
     with Run(cfg) as run:
-        report, previous, earlier = None, {}, []  # round r-1's artifacts; every round's pairs
+        loop, report = rounds.Loop(cfg), None  # which artifacts each round's stages read (pipeline/rounds.py)
         for r in range(1, cfg.rounds.count + 1):
-            policy = {"policy": previous["finetune"]} if previous else {}  # round 1: the base model
-            self_play = previous and cfg.rounds.judge == "policy" and judge_is_policy(cfg.judge)  # else a fixed judge
-            judge = {"judge": previous["finetune"]} if self_play else {}
-            space = run.stage(sample_space, r, **policy)
-            chains = run.stage(spmcmc, r, sample_space=space, **judge, **({"earlier": previous["spmcmc"]} if previous else {}))
+            space = run.stage(sample_space, r, **loop.sample_space())
+            chains = run.stage(spmcmc, r, **loop.spmcmc(space))
             try:
-                prefs = run.stage(preferences, r, spmcmc=chains, **judge)
+                prefs = run.stage(preferences, r, **loop.preferences(chains))
             except NoPairs as nothing:
                 if r == 1:
                     raise
-                print(f"[pipeline] stopping after round {r - 1}: {stop_reason(r, nothing, space, chains, cfg)}", flush=True)
+                print(f"[pipeline] stopping after round {r - 1}: {rounds.stop_reason(r, nothing, space, chains, cfg)}",
+                      flush=True)
                 break
-            init = ({"init": previous["finetune"]} if previous and cfg.rounds.init == "previous"
-                    else {f"earlier_{k}": p for k, p in enumerate(earlier, start=1)})
-            tuned = run.stage(finetune, r, preferences=prefs, **init)
-            report = run.stage(evaluate, r, sample_space=space, spmcmc=chains, preferences=prefs, finetune=tuned,
-                               **({"previous": previous["finetune"], "history": previous["evaluate"]} if previous else {}))
-            earlier.append(prefs)
-            previous = {"finetune": tuned, "spmcmc": chains, "evaluate": report}
+            tuned = run.stage(finetune, r, **loop.finetune(prefs))
+            report = run.stage(evaluate, r, **loop.evaluate(space, chains, prefs, tuned))
+            loop.finished(chains, prefs, tuned, report)
         if report is not None and report.complete and parallel.is_main():
             publish_report(report, cfg.output_dir)
             print(f"[pipeline] report: {cfg.output_dir}/report.md", flush=True)

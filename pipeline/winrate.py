@@ -65,15 +65,6 @@ def headroom(win: dict, ceiling: float | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the pool
-def eval_prompts(inputs: dict) -> list[dict]:
-    """The prompts held out of training (preferences.split=prompt), else every prompt of the run (one query)."""
-    held = inputs["preferences"].summary().get("held_out_prompts", [])
-    if held:
-        return held
-    cands = inputs["spmcmc"].load()["candidates"]
-    return [{"prompt_id": pid, "prompt": p} for pid, p in dict(zip(cands["prompt_id"], cands["prompt"])).items()]
-
-
 def reference(texts: list[str], logp: list[float], w: np.ndarray) -> dict:
     """One prompt's base answers as the reference: each draw weighs 1 (a repeated text is drawn more often), the
     judge's score of each is its mean W against the reference (Borda: the order a best-of-n picks by)."""
@@ -208,20 +199,21 @@ def both_orders(rows: list[int], cols: list[int]) -> list[tuple[int, int]]:
     return list(dict.fromkeys(q for a in rows for b in cols if a != b for q in ((a, b), (b, a))))
 
 
-def measure(cfg, inputs: dict, workdir) -> dict:
-    """The yardstick (see the module docstring): answers, judging, figures. Returns {"summary", "rows", "answers"}."""
+def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tuple | None, cache_files: list,
+            workdir) -> dict:
+    """The yardstick (see the module docstring) on `prompts` ({prompt_id, prompt}) for the tuned policy (its (adapter
+    folder, key)) and, in a later round, the previous one: answers, judging, figures. `cache_files`: pair caches
+    to reuse. Returns {"summary", "rows", "answers", "prompts"}."""
     from pipeline.judge import cached_judge, fill_pairs, judge_is_policy
     from pipeline.models import load_model
 
-    prompts = eval_prompts(inputs)
     queries, seed = [p["prompt"] for p in prompts], cfg.evaluate.seed
-    model, tok = load_model(cfg.model, inputs["finetune"].path / "adapter")
+    model, tok = load_model(cfg.model, tuned_adapter[0])
     tuned, tuned_raw = policy_answers(cfg, model, tok, queries, seed)
     logp_tuned = sequence_logps(cfg, model, tok, queries, tuned_raw)
     answers = {"finetuned": tuned}
-    if "previous" in inputs:
-        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, inputs["previous"].path / "adapter"), queries,
-                                             seed + 3)[0]
+    if previous_adapter is not None:
+        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, previous_adapter[0]), queries, seed + 3)[0]
     model, tok = load_model(cfg.model)
     # seeds of their own: answers drawn with the same random numbers are alike while two policies agree, which
     # would pull every win rate towards 1/2
@@ -232,9 +224,8 @@ def measure(cfg, inputs: dict, workdir) -> dict:
     logp_reference = sequence_logps(cfg, model, tok, queries, answers["base"])
     texts = Texts()
     ids = [{k: texts.ids(j, a[j]) for k, a in answers.items()} for j in range(len(prompts))]
-    extra = sorted(inputs["spmcmc"].path.glob("pair_cache.rank*.jsonl"))
     judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: (model, tok), queries, texts.prompt_of,
-                            extra_cache_files=extra)
+                            extra_cache_files=cache_files)
     need = [q for i in ids for k in ("finetuned", "base_null", "base") for q in both_orders(i[k], i["base"])]
     need += [q for i in ids if "previous" in i for q in both_orders(i["finetuned"], i["previous"])]
     fill_pairs(judge, list(dict.fromkeys(need)), "[evaluate] win rate (base judge)", distributed=False)
@@ -249,7 +240,7 @@ def measure(cfg, inputs: dict, workdir) -> dict:
     if "previous" in answers:
         summary["win_vs_previous"] = mean_ci_t([w_matrix(judge.probs, i["finetuned"], i["previous"]).mean() for i in ids])
     if judge_is_policy(cfg.judge):  # self-play: the tuned model judges its own answers against the same reference
-        summary["win_rate_tuned_judge"] = _tuned_judge(cfg, inputs, workdir, texts, queries, ids)
+        summary["win_rate_tuned_judge"] = _tuned_judge(cfg, tuned_adapter, workdir, texts, queries, ids)
     return {"summary": summary, "rows": rows, "answers": answers, "prompts": prompts}
 
 
@@ -272,13 +263,13 @@ def _lc(pools, ids, probs, answers, logp_base) -> dict:
     return length_controlled(w, d_len, d_logp, weight)
 
 
-def _tuned_judge(cfg, inputs, workdir, texts: Texts, queries, ids) -> dict:
+def _tuned_judge(cfg, tuned_adapter: tuple, workdir, texts: Texts, queries, ids) -> dict:
     from pipeline.judge import cached_judge, fill_pairs
     from pipeline.models import load_model
 
-    tuned = inputs["finetune"]
-    judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: load_model(cfg.model, tuned.path / "adapter"), queries,
-                            texts.prompt_of, adapter_key=tuned.fingerprint)
+    adapter, key = tuned_adapter
+    judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: load_model(cfg.model, adapter), queries,
+                            texts.prompt_of, adapter_key=key)
     fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["base"])], "[evaluate] win rate (tuned judge)",
                distributed=False)
     return mean_ci_t([float(w_matrix(judge.probs, i["finetuned"], i["base"]).mean()) for i in ids])
@@ -286,7 +277,7 @@ def _tuned_judge(cfg, inputs, workdir, texts: Texts, queries, ids) -> dict:
 
 def lines(y: dict) -> list[str]:
     """What evaluate prints about the yardstick."""
-    from pipeline.report import number
+    from pipeline.formatting import number
 
     ci = lambda v, lo, hi: f"{number(v)} [{number(lo)}, {number(hi)}]"  # noqa: E731
     c = y["ceilings"]

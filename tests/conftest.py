@@ -45,6 +45,37 @@ def assert_one_error_line(proc, message: str) -> str:
     return errors[0]
 
 
+def assert_shape(value, kind, where: str = "summary") -> None:
+    """`value` (a summary read back from JSON) has every key its writer's TypedDict declares required, with a value
+    of the declared type, nested TypedDicts too: a renamed or retyped key fails here, not as a silent "n/a"."""
+    import typing
+
+    if typing.is_typeddict(kind):
+        assert isinstance(value, dict), f"{where}: {type(value).__name__}, not a dict"
+        hints = typing.get_type_hints(kind)
+        for key in kind.__required_keys__:
+            assert key in value, f"{where}: no key {key!r} ({kind.__qualname__})"
+        for key, hint in hints.items():
+            if key in value:
+                assert_shape(value[key], hint, f"{where}.{key}")
+        return
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, __import__("types").UnionType) else (kind,)
+    if value is None:
+        assert type(None) in options, f"{where}: None where {kind} is declared"
+        return
+    for option in options:
+        if option is type(None):
+            continue
+        base = typing.get_origin(option) or option
+        if typing.is_typeddict(option):
+            return assert_shape(value, option, where)
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if isinstance(value, base):
+            return
+    raise AssertionError(f"{where}: {value!r} is not {kind}")
+
+
 def stage_paths(output_dir) -> dict[str, Path]:
     """Each stage's folder, from manifest.json (stored relative to output_dir)."""
     from pipeline.artifacts import read_manifest

@@ -1,9 +1,12 @@
-"""The stage contract (pipeline/artifacts.py: Stage): every stage module defines it, and its SETTINGS
-name every config section it reads, so that a changed setting always changes its fingerprint."""
+"""The stage contract (pipeline/artifacts.py: Stage): every stage module defines it, its SETTINGS name every
+config section it reads, so that a changed setting always changes its fingerprint, and the summary.json other
+modules read has the shape its Summary declares."""
+
+import json
 
 import pytest
 
-from conftest import run_pipeline, tiny_config
+from conftest import assert_shape, run_pipeline, stage_paths, tiny_config
 from pipeline.artifacts import check_stage
 from pipeline.stages import evaluate, finetune, preferences, sample_space, spmcmc
 
@@ -46,3 +49,6 @@ def test_settings_name_every_section_a_stage_reads(tmp_path, monkeypatch):
     for module in STAGES:
         assert seen[module.NAME], module.NAME  # the stage ran
         assert seen[module.NAME] - NO_RESULT <= set(module.SETTINGS), (module.NAME, seen[module.NAME])
+    paths = stage_paths(tmp_path)
+    for module in (sample_space, spmcmc, preferences, finetune):  # the summaries other modules read
+        assert_shape(json.loads((paths[module.NAME] / "summary.json").read_text()), module.Summary, module.NAME)

@@ -59,7 +59,8 @@ def fake_spmcmc(tmp_path, cfg, n=20, judge=None, prompts=("Tell me a joke.",), t
     `summarise` from a fake judge's answers to every ordered comparison within each prompt (default:
     Bradley–Terry on random weights), and its pair cache, so no model is loaded. `texts` and `columns`
     (n_tokens, sum_logprob, ...) replace the candidates' texts and add confound sources."""
-    from pipeline.judge import PairStore, judge_key, text_sha
+    from pipeline.hashing import text_sha
+    from pipeline.judge import PairStore, judge_key
     from pipeline.stages.spmcmc import summarise
 
     total = n * len(prompts)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from datasets import load_from_disk
 
-from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import assert_shape, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
 from pipeline.artifacts import MARKER
 
 TOPICS = ["Tell me a joke about cats.", "Tell me a joke about dogs.", "Tell me a joke about fish."]
@@ -52,15 +52,22 @@ def test_three_prompts_run_end_to_end(three_prompts):
     assert (pairs["first_id"].map(owner) == pairs["second_id"].map(owner)).all()  # judged only within a prompt
     assert (pairs["first_id"].map(owner) == pairs["prompt_id"]).all()
     summary = json.loads((paths["spmcmc"] / "summary.json").read_text())
+    from pipeline.stages import preferences, sample_space
+    from pipeline.stages import spmcmc as spmcmc_stage
+
+    assert_shape(summary, spmcmc_stage.Summary, "spmcmc")  # a prompt set's run-level summary: the same shape
+    for module in (sample_space, preferences):
+        assert_shape(json.loads((paths[module.NAME] / "summary.json").read_text()), module.Summary, module.NAME)
     assert summary["n_prompts"] == 3 and len(summary["per_prompt"]) == 3 and summary["consistency"]["min"] is not None
     prefs = json.loads((paths["preferences"] / "summary.json").read_text())
-    held = {p["prompt_id"] for p in prefs["held_out_prompts"]}
+    held = set(load_from_disk(str(paths["preferences"] / "dataset"))["held_out_prompts"]["prompt_id"])
     assert prefs["split"] == "prompt" and len(held) == 1
     train = load_from_disk(str(paths["preferences"] / "dataset"))["train"]
     assert not held & set(train["prompt_id"])  # no held-out prompt reaches training
     evaluate = load_from_disk(str(paths["evaluate"] / "dataset"))
     assert set(evaluate["winrate"]["prompt_id"]) == held  # the yardstick on the held-out prompts
-    assert set(evaluate["heldout_answers"]["prompt_id"]) == held and evaluate["heldout_answers"].num_rows == 2 * 3
+    assert set(evaluate["heldout_answers"]["prompt_id"]) == held  # 3 answers of the tuned policy, the base, the null
+    assert evaluate["heldout_answers"].num_rows == 3 * 3
     report = (three_prompts / "report.md").read_text()
     assert "## Did the policy improve? The win rate and its yardstick" in report and "Per prompt (3 prompts" in report
     summary = json.loads((paths["evaluate"] / "summary.json").read_text())

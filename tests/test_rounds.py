@@ -78,8 +78,8 @@ def test_kill_in_round_two_resumes_without_redoing_round_one(two_rounds, tmp_pat
 
 
 def test_rounds_stop_early_when_no_pair_passes(tmp_path, monkeypatch, capsys):
-    from pipeline.artifacts import NoPairs
     from pipeline.stages import preferences
+    from pipeline.stages.preferences import NoPairs
 
     original = preferences.run
 
@@ -106,7 +106,7 @@ def test_a_fixed_judge_uses_the_base_judges_pair_cache(tmp_path):
                              "stages=[sample_space,spmcmc,preferences,finetune]"))
     paths = stage_paths(tmp_path)
     assert "judge" not in meta(paths["spmcmc@2"])["inputs"]
-    assert meta(paths["spmcmc@2"])["inputs"]["earlier"] == meta(paths["spmcmc"])["fingerprint"]
+    assert meta(paths["spmcmc@2"])["inputs"]["previous_spmcmc"] == meta(paths["spmcmc"])["fingerprint"]
 
     def cache(path):
         return {(e["k"], e["f"], e["s"]) for f in path.glob("pair_cache.rank*.jsonl")

@@ -35,17 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking, winrate
+from pipeline import rounds, tracking, winrate
 from pipeline.artifacts import flat_numbers, publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
 from pipeline.estimates import SCORE_OF_MODE, all_estimates, calibration_shift, ordered, plan_design, shifted, wants_chains
+from pipeline.formatting import signed
 from pipeline.judge import cached_judge, fill_pairs
 from pipeline.metrics import agreement, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
 from pipeline.plots import evaluation_plots, rounds_plot
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
-from pipeline.report import signed, write_report
+from pipeline.report import write_report
+from pipeline.stages.finetune import adapter_of
 
 NAME, VERSION = "evaluate", 7
 SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
@@ -145,11 +147,13 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     extra_cache = sorted(inputs["spmcmc"].path.glob("pair_cache.rank*.jsonl")) if "spmcmc" in inputs else []
     models = {"base": (None, None)}
     if "finetune" in inputs:
-        models["finetuned"] = (inputs["finetune"].path / "adapter", inputs["finetune"].fingerprint)
+        models["finetuned"] = adapter_of(inputs, "finetune")
     held_out = _held_out(inputs) if "preferences" in inputs and "spmcmc" in inputs else None
     yardstick = None
     if "finetuned" in models and ec.winrate_samples and "preferences" in inputs and "spmcmc" in inputs:
-        yardstick = winrate.measure(cfg, inputs, workdir)  # loads the policies it needs itself
+        yardstick = winrate.measure(cfg, evaluation_prompts(inputs), models["finetuned"],
+                                    adapter_of(inputs, "previous") if "previous" in inputs else None, extra_cache,
+                                    workdir)  # loads the policies it needs itself
     scores, sharpening = {}, {}
     for name, (adapter, adapter_key) in models.items():
         model, tok = load_model(cfg.model, adapter)
@@ -157,6 +161,16 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         if held_out is not None:
             sharpening[name] = _sharpening(cfg, model, tok, *held_out)
     return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir, yardstick)
+
+
+def evaluation_prompts(inputs: dict) -> list[dict]:
+    """The prompts the win rate is measured on: those held out of training (preferences' held_out_prompts split),
+    else every prompt of the run (one query)."""
+    held = inputs["preferences"].load()["held_out_prompts"]
+    if held.num_rows:
+        return held.to_list()
+    cands = inputs["spmcmc"].load()["candidates"]
+    return [{"prompt_id": pid, "prompt": p} for pid, p in dict(zip(cands["prompt_id"], cands["prompt"])).items()]
 
 
 def _held_out(inputs: dict) -> tuple[list[str], list[float], list[str]]:
@@ -215,53 +229,6 @@ def upstream_summaries(inputs: dict) -> dict:
             if name in inputs and (s := inputs[name].summary())}
 
 
-ROUND_COLUMNS = ("round", "consistency", "pairs_kept", "pairs_dropped", "entropy", "diversity", "diversity_min",
-                 *(f"{w}{s}" for w in ("win_vs_base", "win_vs_previous", "win_vs_base_tuned_judge", "headroom_share")
-                   for s in ("", "_low", "_high")), "ceiling", "kl", "tuned_chars", "base_chars")
-ALIGNMENT_COLUMNS = ("round", "model", "evaluator", "spearman_r", "ci_low", "ci_high")
-
-
-def round_table(inputs: dict, up: dict, y: dict | None, metrics: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Every round so far (the previous round's evaluation carries the earlier ones) with this round's
-    figures appended: preference consistency, pairs kept and dropped, entropy of the preference
-    distribution (sharpening), the policy's answer diversity (collapse), the tuned policy's win rates
-    with CIs; and each evaluator's Jester alignment per round."""
-    history = inputs["history"].load() if "history" in inputs else None
-    rows = history["rounds"].to_list() if history is not None else []
-    alignment = history["rounds_alignment"].to_list() if history is not None else []
-    r = len(rows) + 1
-    sp, pr, ss = up.get("spmcmc", {}), up.get("preferences", {}), up.get("sample_space", {})
-    row = {"round": r, "consistency": (sp.get("consistency") or {}).get("consistency"),
-           "pairs_kept": pr.get("train_pairs"), "pairs_dropped": pr.get("pairs_dropped"),
-           "entropy": (sp.get("strength") or {}).get("entropy"), "diversity": ss.get("diversity"),
-           "diversity_min": ss.get("diversity_min")}
-    y = y or {}
-    cis = {"win_vs_base": (y.get("win_rate"), *(y.get("win_rate_ci") or [None, None])),
-           "headroom_share": (y.get("headroom_share"), *(y.get("headroom_share_ci") or [None, None])),
-           **{name: (w.get("mean"), w.get("ci_low"), w.get("ci_high")) for name, w in
-              (("win_vs_previous", y.get("win_vs_previous") or {}), ("win_vs_base_tuned_judge",
-                                                                     y.get("win_rate_tuned_judge") or {}))}}
-    for name, (mean, low, high) in cis.items():
-        row.update({name: mean, f"{name}_low": low, f"{name}_high": high})
-    row.update({"ceiling": y.get("ceiling"), "kl": y.get("kl"), "tuned_chars": y.get("tuned_chars"),
-                "base_chars": y.get("base_chars")})
-    alignment += [{"round": r, "model": m["model"], "evaluator": m["evaluator"], "spearman_r": m["spearman_r"],
-                   "ci_low": m["spearman_ci_low"], "ci_high": m["spearman_ci_high"]}
-                  for m in metrics if m["model"] == "finetuned" or r == 1]
-    return rows + [row], alignment
-
-
-def round_warnings(rounds: list[dict], rc) -> list[str]:
-    """Collapse, the known failure of iterated self-training: the policy's answers stop differing."""
-    d = rounds[-1]["diversity"]
-    if d is None or d >= rc.min_diversity:
-        return []
-    first = rounds[0]["diversity"]
-    return [f"answer diversity {d:.2f} < rounds.min_diversity={rc.min_diversity} in round {rounds[-1]['round']} "
-            f"(round 1: {first:.2f}): the policy repeats itself (mode collapse); stop, lower finetune.learning_rate "
-            "or num_epochs, or train fresh adapters (rounds.init=base)"]
-
-
 def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings, inputs: dict, workdir: Path,
               yardstick: dict | None):
     from datasets import Dataset, DatasetDict
@@ -281,19 +248,20 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                          **paired_difference(scores["finetuned"][e], base[e], human, "spearman", ec.bootstrap, ec.seed)}
                         for e in base if e in scores["finetuned"]]
     y, up = (yardstick or {}).get("summary"), upstream_summaries(inputs)
-    rounds, alignment = round_table(inputs, up, y, metrics)
+    rounds_so_far, alignment = rounds.table(inputs.get("history"), up.get("spmcmc"), up.get("preferences"),
+                                            up.get("sample_space"), y, metrics)
     summary = {"ratings": ratings.source, "citation": ratings.citation, "n_items": len(items),
                "item_ids": items["id"].tolist(), "max_items": ec.max_items, "max_chars": ec.max_chars,
                "noise_ceiling": noise_ceiling(ratings.long, items["id"].tolist(), ec.seed),
                "paper_checks": paper_checks(inputs), "sharpening": sharpening or None,
-               "upstream": up, "yardstick": y, "rounds": rounds, "rounds_alignment": alignment,
-               "round_warnings": round_warnings(rounds, cfg.rounds),
+               "upstream": up, "yardstick": y, "rounds": rounds_so_far, "rounds_alignment": alignment,
+               "round_warnings": rounds.warnings(rounds_so_far, cfg.rounds),
                # the yardstick's headline figures, at the top level for readers and W&B
                **{k: (y or {}).get(k) for k in ("win_rate", "win_rate_ci", "ceiling", "headroom_share",
                                                 "headroom_share_ci")}}
     plots = evaluation_plots(workdir, human, scores, metrics, summary["noise_ceiling"])
-    if len(rounds) > 1:
-        plots.append(rounds_plot(workdir, rounds))
+    if len(rounds_so_far) > 1:
+        plots.append(rounds_plot(workdir, rounds_so_far))
     write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
     lines, flat = _lines_and_metrics(metrics, summary)
     publish(workdir, NAME, summary, lines, plots, metrics=flat)
@@ -311,7 +279,7 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
                                   ("prompt_id", "prompt", "policy", "k", "text")),
         "winrate": _table([{k: v for k, v in r.items() if not k.endswith(("per_answer", "per_reference"))}
                            for r in (yardstick or {}).get("rows", [])], WINRATE_COLUMNS),
-        "rounds": _table(rounds, ROUND_COLUMNS), "rounds_alignment": _table(alignment, ALIGNMENT_COLUMNS)})
+        "rounds": _table(rounds_so_far, rounds.COLUMNS), "rounds_alignment": _table(alignment, rounds.ALIGNMENT_COLUMNS)})
 
 
 WINRATE_COLUMNS = ("prompt_id", "prompt", "win", "base_fresh_win", "pool_size", "pool_chars", "ceiling_4", "ceiling_8",

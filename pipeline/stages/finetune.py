@@ -3,7 +3,7 @@ SFT warm-up on the SFT targets; QLoRA (bitsandbytes NF4) on CUDA. No second mode
 DPO reference is the base model with the adapter disabled.
 
 Inputs:  preferences (train/test pairs, sft targets); in a later round either `init` (the previous round's
-         finetune artifact: its adapter is trained further) or earlier_1, earlier_2, ... (earlier rounds'
+         finetune artifact: its adapter is trained further) or earlier_preferences_1, ... (earlier rounds'
          preferences: a fresh adapter trains on all rounds' pairs)
 Output:  DatasetDict
            log:  step, epoch, loss, learning_rate, grad_norm, rewards_chosen, rewards_rejected,
@@ -22,14 +22,16 @@ Several processes: data-parallel training (DDP) under accelerate launch / torchr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from pipeline import parallel, tracking
-from pipeline.artifacts import STATE_DIR, StageError, failpoint, log_work, publish
+from pipeline.artifacts import StageError, publish
 from pipeline.config import Config
+from pipeline.formatting import number
 from pipeline.models import answer_scores, custom_code_guard, load_tokenizer, pick_dtype, resolve_model_path, setup_device
-from pipeline.report import number
+from pipeline.workdir import STATE_DIR, failpoint, log_work
 
 NAME, VERSION = "finetune", 3
 SETTINGS = ("model", "sample_space", "finetune")
@@ -39,6 +41,38 @@ LOG_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "rewards/chos
             "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
 EVAL_KEYS = ("step", "epoch", "eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins",
              "eval_rewards/accuracies")
+
+
+class DistinctTexts(TypedDict):
+    chosen: int
+    rejected: int
+
+
+class Summary(TypedDict):
+    """summary.json: what the report reads (the writer owns the shape; tests/test_contract.py checks it)."""
+    train_pairs: int
+    test_pairs: int
+    optimizer_steps: int
+    final_loss: float | None
+    final_eval_loss: float | None
+    final_eval_reward_accuracy: float | None
+    distinct_test_texts: DistinctTexts
+    base_test_accuracy: float | None
+    tuned_test_accuracy: float | None
+    base_test_accuracy_per_chosen_text: float | None
+    tuned_test_accuracy_per_chosen_text: float | None
+    base_test_accuracy_per_rejected_text: float | None
+    tuned_test_accuracy_per_rejected_text: float | None
+    base_already_right: bool
+
+
+ADAPTER_DIR = "adapter"  # the trained adapter inside the artifact: what later stages load
+
+
+def adapter_of(inputs: dict, key: str):
+    """(adapter folder, adapter key) of a finetune artifact among a stage's inputs, or (None, None): the base model."""
+    art = inputs.get(key)
+    return (art.path / ADAPTER_DIR, art.fingerprint) if art is not None else (None, None)
 
 
 def precision_args(device: str) -> dict:
@@ -149,7 +183,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     if "init" in inputs:  # a later round continues the previous round's adapter (the DPO reference stays the base)
         from peft import PeftModel
 
-        model, peft_config = PeftModel.from_pretrained(model, str(inputs["init"].path / "adapter"), is_trainable=True), None
+        model, peft_config = PeftModel.from_pretrained(model, str(adapter_of(inputs, "init")[0]), is_trainable=True), None
     if fc.sft_first and prefs["sft"].num_rows:
         model, peft_config = sft_warmup(cfg, model, tok, prefs["sft"], workdir, device), None
     out = workdir / STATE_DIR / "dpo"
@@ -168,11 +202,12 @@ def run(cfg: Config, inputs: dict, workdir: Path):
 
 
 def training_pairs(prefs, inputs: dict):
-    """This round's train pairs, and with rounds.init=base every earlier round's (inputs earlier_1, ...)."""
+    """This round's train pairs, and with rounds.init=base every earlier round's (inputs earlier_preferences_1, ...)."""
     from datasets import concatenate_datasets
 
     columns = ["prompt", "chosen", "rejected"]
-    earlier = [inputs[k].load()["train"].select_columns(columns) for k in sorted(inputs) if k.startswith("earlier_")]
+    keys = sorted((k for k in inputs if k.startswith("earlier_preferences_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    earlier = [inputs[k].load()["train"].select_columns(columns) for k in keys]
     return concatenate_datasets([prefs["train"].select_columns(columns), *earlier])
 
 
@@ -225,7 +260,7 @@ def _finish(cfg: Config, trainer, tok, prefs, workdir: Path, data_fp: str):
 
     model = trainer.model
     model.eval()
-    adapter = workdir / "adapter"
+    adapter = workdir / ADAPTER_DIR
     model.save_pretrained(str(adapter))
     tok.save_pretrained(str(adapter))
     test = prefs["test"]

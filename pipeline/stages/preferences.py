@@ -12,9 +12,10 @@ Output:  DatasetDict
                         GLM strength gap in units of its standard error, pipeline/confounds.py: how far the gap
                         stands above the disagreement between the judge's own readings)
            sft:         prompt, completion (messages), id, score, prompt_id
+           held_out_prompts: prompt_id, prompt (the prompts held out of training; empty with split=candidate)
          Pairs never mix prompts. preferences.split=prompt (auto with several prompts) holds out whole
-         prompts (listed as held_out_prompts in summary.json); candidate holds out candidates within each
-         prompt. Either way no test candidate appears in a train pair or an SFT target.
+         prompts; candidate holds out candidates within each prompt. Either way no test candidate appears
+         in a train pair or an SFT target.
          Ranked by the score, or with preferences.control=true by the controlled score (confounds.control
          held fixed; optionally only pairs matched within preferences.max_confound_gap SDs on them).
          Pairs below preferences.min_confidence or min_gap_z are dropped; summary.json says how many,
@@ -28,19 +29,60 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
-from pipeline.artifacts import NoPairs, StageError, adapter_of, publish
+from pipeline.artifacts import StageError, publish
 from pipeline.config import Config, PreferencesConfig
 from pipeline.estimates import COLUMN, order_averaged, shifted
-from pipeline.report import number
+from pipeline.formatting import number
+from pipeline.stages.finetune import adapter_of
 
-NAME, VERSION = "preferences", 4
+NAME, VERSION = "preferences", 5
 SETTINGS = ("model", "sample_space", "judge", "confounds", "preferences")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = False
 SCORE_COLUMN = {"auto": "score", **COLUMN}  # preferences.score -> the spmcmc candidates column
+
+
+class KeptPairs(TypedDict, total=False):
+    chosen_shorter: float
+    chosen_likelier: float
+    chosen_chars_mean: float
+    rejected_chars_mean: float
+    chosen_logprob_mean: float
+    rejected_logprob_mean: float
+    distinct_chosen: int
+    distinct_rejected: int
+
+
+class Summary(TypedDict):
+    """summary.json: what the report and the rounds read (the writer owns the shape; tests/test_contract.py checks
+    it against real runs)."""
+    train_pairs: int
+    test_pairs: int
+    pairs_dropped: int
+    pairs_measured: int
+    unfiltered_pairs: int
+    score_column: str
+    control: bool
+    control_features: list[str]
+    inverted_direct_unfiltered: float | None
+    inverted_exact_kept: float | None
+    confidence_min: float
+    confidence_max: float
+    confidence_mean: float
+    confidence_unfiltered_mean: float | None
+    gap_z_median: float
+    gap_z_min: float
+    kept_pairs: KeptPairs
+    split: str
+    warnings: list[str]
+
+
+class NoPairs(StageError):
+    """No preference pair passes the evidence filters: an error in round 1, the end of the rounds later."""
 
 
 def split_candidates(ids: list[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -116,7 +158,6 @@ class Strengths:
 
     def __init__(self, cfg: Config, cands, pairs, prompts: list[dict], control: bool):
         from pipeline import confounds
-        from pipeline.stages.spmcmc import candidate_features
 
         self.values, self.cov, self.x, self.lo = {}, {}, {}, {}
         ids_of, probs_of = {}, {}
@@ -129,7 +170,7 @@ class Strengths:
             lo, n = ids[0], len(ids)  # a prompt's candidates are ids lo .. lo+n-1 (spmcmc's groups)
             rows = cands[lo:lo + n]
             probs = {(f - lo, s - lo): v for (f, s), v in probs_of.get(p["prompt_id"], {}).items()}
-            x, names = confounds.standardised(candidate_features(rows, cfg.confounds.formats), list(cfg.confounds.control))
+            x, names = confounds.standardised(confounds.features_of(rows, cfg.confounds.formats), list(cfg.confounds.control))
             fit = confounds.fit_strengths(probs, n)
             if fit is None:
                 continue
@@ -224,7 +265,7 @@ def split_prompts(prompts: list[dict], ids_of: dict, pc: PreferencesConfig) -> t
 
 
 def run(cfg: Config, inputs: dict, workdir: Path):
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset, DatasetDict, Features, Value
 
     pc = cfg.preferences
     spmcmc = inputs["spmcmc"].load()
@@ -260,6 +301,10 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                                        "completion": [_messages("assistant", text[i]) for _, i in sft],
                                        "id": [i for _, i in sft], "score": [score[i] for _, i in sft],
                                        "prompt_id": [pid for pid, _ in sft]})
+    held = [p for p in prompts if split == "prompt" and p["prompt_id"] in test]
+    splits["held_out_prompts"] = Dataset.from_dict(  # typed columns, also when empty (split=candidate)
+        {k: [p[k] for p in held] for k in ("prompt_id", "prompt")},
+        features=Features({"prompt_id": Value("string"), "prompt": Value("string")}))
     summary = _summary(splits, train_ids, [i for ids in test.values() for i in ids], column, picked["train"],
                        evidence.known, exact, exact is not None and any(score[i] != exact[i] for i in exact))
     summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train), "control": control,
@@ -267,8 +312,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                     "prompts_without_controlled_score": uncontrolled, "kept_pairs": composition(splits["train"], cands),
                     "warnings": composition_warnings(composition(splits["train"], cands), pc, control)
                     + ([CONTROL_OFF] if pc.control and not control else []),
-                    "held_out_prompts": [{"prompt_id": p["prompt_id"], "prompt": p["prompt"]} for p in prompts
-                                         if split == "prompt" and p["prompt_id"] in test]})
+                    "held_out_prompts": splits["held_out_prompts"].to_list()})
     publish(workdir, NAME, summary, _lines(summary))
     return DatasetDict(splits)
 

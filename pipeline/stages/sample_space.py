@@ -17,17 +17,31 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TypedDict
 
-from pipeline.artifacts import STATE_DIR, StageError, adapter_of, failpoint, log_work, publish, write_json
+from pipeline.artifacts import StageError, publish
 from pipeline.config import Config, SampleSpaceConfig
 from pipeline.generation import dedup_key, generate, normalise
-from pipeline.judge import text_sha
+from pipeline.hashing import text_sha
 from pipeline.models import answer_scores, chat_prompt, load_model
 from pipeline.prompts import Prompt, load_prompts
-from pipeline.ratings import JESTER_DIR
+from pipeline.ratings import bundled_path
+from pipeline.stages.finetune import adapter_of
 from pipeline.tables import TableError, read_table
+from pipeline.workdir import STATE_DIR, failpoint, log_work, write_json
 
 NAME, VERSION = "sample_space", 4
+
+
+class Summary(TypedDict):
+    """summary.json: what later stages and the report read (the writer owns the shape; tests/test_contract.py checks
+    it against real runs). Per prompt figures, counts and filters are in it too."""
+    sampled: int
+    unique: int
+    n_prompts: int
+    diversity: float  # distinct answers among the policy's samples, as a share of them, mean over prompts
+    diversity_min: float
+    per_prompt: list[dict]
 SETTINGS = ("model", "sample_space")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = False
@@ -118,7 +132,8 @@ def _extra_pools(sc: SampleSpaceConfig, prompts: list[Prompt]) -> list[list[str]
     """The external pool's texts for each prompt (a `prompt` column assigns them when there are several)."""
     if not sc.extra_path:
         return [[] for _ in prompts]
-    path = JESTER_DIR / "jester_jokes.csv" if sc.extra_path == "jester" else sc.extra_path
+    folder = bundled_path(sc.extra_path)
+    path = folder / "jester_jokes.csv" if folder else sc.extra_path
     frame = read_table(path, ["text"], "sample_space.extra_path", text=("text", "prompt"))
     frame = frame[frame["text"].notna()]
     if len(prompts) == 1 and "prompt" not in frame.columns:

@@ -3,7 +3,7 @@ binary choices ("which is funnier, A or B?"), every estimate with a standard err
 the preferences were measured, and what they track besides quality (pipeline/confounds.py).
 
 Inputs:  sample_space (id, prompt_id, prompt, text, ...); optional `judge` (round r > 1 with rounds.judge=policy:
-         the previous round's finetune artifact, whose adapter judges) and `earlier` (the previous round's
+         the previous round's finetune artifact, whose adapter judges) and `previous_spmcmc` (the previous round's
          spmcmc: its pair cache is reused where the judge and the texts are the same)
 Design:  `spmcmc.mode` (auto picks by `spmcmc.budget`): exact (all N(N-1) comparisons), sparse (each
          candidate compared in both orders with ~`degree` others on a seeded random connected graph;
@@ -38,11 +38,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
 from pipeline import confounds, parallel
-from pipeline.artifacts import STATE_DIR, StageError, adapter_of, failpoint, publish, write_json
+from pipeline.artifacts import StageError, publish
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
 from pipeline.estimates import (
@@ -58,15 +59,55 @@ from pipeline.estimates import (
     shifted,
     wants_chains,
 )
+from pipeline.formatting import number
 from pipeline.judge import cached_judge, fill_pairs
 from pipeline.metrics import mean_ci_t
 from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, prompt_plots
-from pipeline.report import number
+from pipeline.stages.finetune import adapter_of
 from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
+from pipeline.workdir import STATE_DIR, failpoint, write_json
 
 NAME, VERSION = "spmcmc", 5
+
+
+class Consistency(TypedDict, total=False):
+    consistency: float  # one prompt: split-half Spearman-Brown; several: the mean over prompts
+    evidence: str
+    splits: int
+    split_half_r: float  # one prompt
+    min: float  # several prompts
+    worst_prompt: str
+
+
+class Strength(TypedDict):
+    mean_abs_w_minus_half: float
+    max_w: float
+    top_over_uniform: float
+    bottom_over_uniform: float
+    entropy: float  # of the preference distribution, as a share of the uniform's
+
+
+class Summary(TypedDict):
+    """summary.json: what evaluate, the report and the rounds read (the writer owns the shape; tests/test_contract.py
+    checks it against real runs, one prompt and several)."""
+    mode: str
+    mode_reason: str
+    judge_calls: int
+    score_estimate: str
+    score_reason: str
+    consistency: Consistency | None  # None: fewer than 4 compared pairs
+    strength: Strength
+    position_bias: float
+    label_mass_mean: float | None
+    intransitive_share: float | None
+    calibration: str
+    estimates: dict  # per estimate: tv_vs_reference, spearman_vs_reference, min, max, mean_se; and `reference`
+    confounds: dict  # pipeline/confounds.py's analysis
+    n_prompts: int
+    per_prompt: list[dict]  # the `prompts` split's rows
+    warnings: list[str]
 SETTINGS = ("model", "sample_space", "judge", "confounds", "spmcmc")
-OPTIONAL_INPUTS = ("earlier",)
+OPTIONAL_INPUTS = ("previous_spmcmc",)
 DISTRIBUTED = True
 NEAR_FLAT = 1.5  # warn when no candidate gets 1.5x the uniform share
 
@@ -175,7 +216,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
 
     prompt_of = [g.index for g in groups for _ in range(g.n)]
     adapter, adapter_key = adapter_of(inputs, "judge")
-    earlier = sorted(inputs["earlier"].path.glob("pair_cache.rank*.jsonl")) if "earlier" in inputs else []
+    earlier = sorted(inputs["previous_spmcmc"].path.glob("pair_cache.rank*.jsonl")) if "previous_spmcmc" in inputs else []
     cached, store = cached_judge(cfg, space["text"], workdir, lambda: load_model(cfg.model, adapter),
                                        [g.prompt for g in groups], prompt_of, adapter_key=adapter_key,
                                        extra_cache_files=earlier, rank=parallel.rank())
@@ -240,7 +281,7 @@ def summarise(cfg: Config, space, trace: dict | None, raw_probs: dict, mass: dic
         summary = {**results[0]["summary"], "n_prompts": 1, "per_prompt": rows}
         r = results[0]
         plots = estimate_plots(workdir, space["text"], r["est"], r["score"], r["states"])
-        plots.append(confound_plot(workdir, candidate_features(space[:], cfg.confounds.formats), r["est"][r["score"]][0],
+        plots.append(confound_plot(workdir, confounds.features_of(space[:], cfg.confounds.formats), r["est"][r["score"]][0],
                                    r["controlled"][0] if r["controlled"] is not None else None))
     else:
         summary = _run_summary(groups, results, rows, cfg)
@@ -300,19 +341,13 @@ def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, m
                **_chain_figures(local, n, sc, set(ordered(edges)))}
     cc = cfg.confounds
     summary["confounds"], controlled, pool = confounds.analyse(
-        raw, n, candidate_features(rows, cc.formats), est[score][0], rows.get("is_greedy"), list(cc.control),
+        raw, n, confounds.features_of(rows, cc.formats), est[score][0], rows.get("is_greedy"), list(cc.control),
         sc.consistency_splits, sc.seed)  # raw choices: the GLM fits the position bias itself
     summary["warnings"] = _warnings(summary, sc) + [w for w in [confounds.warning(summary["confounds"], cc.warn_r2)] if w]
     per_candidate = summary.pop("_per_candidate", [])
     states = states_after(local)[:, sc.burn_in::sc.thin] if local is not None else None
     return {"summary": summary, "est": est, "score": score, "trace": local, "states": states,
             "per_candidate": per_candidate, "controlled": controlled, "pool": pool}
-
-
-def candidate_features(rows: dict, formats: list[str]) -> dict:
-    """The confounds of a prompt's candidates from their sample-space (or spmcmc candidates) columns."""
-    return confounds.candidate_features(rows["text"], rows.get("n_tokens"), rows.get("sum_logprob"),
-                                        rows.get("mean_logprob"), rows.get("count"), formats)
 
 
 def _prompt_row(g: Group, r: dict | None, names: list[str]) -> dict:
