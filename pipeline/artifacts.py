@@ -74,15 +74,19 @@ def check_stage(module) -> None:
         raise TypeError(f"stage module {module.__name__}: SETTINGS names unknown sections {sorted(unknown)}")
 
 
-def publish(workdir: Path, stage: str, summary: dict, lines: list[str], plots=(), metrics: dict | None = None) -> None:
+def publish(workdir: Path, stage: str, summary: dict, lines: list[str], plots=(), metrics: dict | None = None,
+            tables: dict | None = None) -> None:
     """The one way a stage reports what it measured: summary.json in its artifact, the printed lines, and
-    the same numbers (`stage/key`, nested keys joined by '/', or `metrics` when given) and plots in W&B."""
+    the same numbers (`stage/key`, nested keys joined by '/', or `metrics` when given), plots and tables
+    ({W&B key: DataFrame}, each also a split of the stage's dataset) in W&B."""
     write_json(workdir / "summary.json", summary)
     for line in lines:
         print(f"[{stage}] {line}", flush=True)
     tracking.summary(metrics if metrics is not None else dict(flat_numbers(summary, stage)))
     for p in plots:
         tracking.image(f"{stage}/{Path(p).stem}", p)
+    for key, frame in (tables or {}).items():
+        tracking.table(key, frame)
 
 
 def flat_numbers(tree: dict, prefix: str):

@@ -1,5 +1,6 @@
 """Console commands.
 
+    spmcmc run recipe=NAME [key.sub=value ...]        the pipeline (as python pipeline/run.py; --help lists settings)
     spmcmc inspect OUTPUT_DIR [STAGE]                 stages, state, rows, columns, first rows
     spmcmc annotate export OUTPUT_DIR --out S.csv     a shuffled rating sheet of the sample space
     spmcmc annotate import S1.csv S2.csv --out R.csv  filled sheets -> evaluate.human_ratings=R.csv
@@ -225,8 +226,14 @@ def winrate_import(sheets: list[str], key_file: str, out: str, seed: int) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="spmcmc", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # key=value settings, not options: the pipeline's own parser reads them
+        from pipeline.run import main as run_main
+
+        return run_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="spmcmc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the pipeline: spmcmc run recipe=NAME [key.sub=value ...] (--help: every setting)")
     p = sub.add_parser("inspect", help="stages of a run: state, rows, columns, first rows")
     p.add_argument("output_dir")
     p.add_argument("stage", nargs="?")

@@ -143,6 +143,15 @@ def graph_stationary(accept: np.ndarray, weights: np.ndarray, regularise: float 
     return stationary_distribution(t)
 
 
+def exact_stationary(probs: dict, n: int, order: str) -> np.ndarray:
+    """The stationary distribution of the paper's chain (uniform proposal over all N-1 others)."""
+    pf = p_first_matrix(probs, n)
+    off = ~np.eye(n, dtype=bool)
+    if np.isnan(pf[off]).any():
+        raise ValueError("exact stationary distribution needs every ordered comparison")
+    return graph_stationary(acceptance_matrix(pf, order), off.astype(float))
+
+
 def edge_weights(n: int, edges: list[tuple[int, int]], counts=None) -> np.ndarray:
     w = np.zeros((n, n))
     counts = np.ones(len(edges)) if counts is None else counts
@@ -328,3 +337,15 @@ def all_estimates(probs: dict, n: int, order: str, mode: str, edges: list, trace
         out = split_half(lambda m: bradley_terry(probs, n, alpha, pairs, m.astype(float)), len(pairs), splits, seed)
         rel["score"] = out and {**out, "evidence": "compared pairs"}
     return est, rel
+
+
+def measured(raw: dict, n: int, sc, calibration: str, mode: str, edges: list, trace: dict | None, burn_in: int,
+             thin: int, resamples: int, splits: int) -> dict:
+    """One prompt's preferences from the judge's raw answers (its ids 0 .. n-1), the one sequence the spmcmc stage
+    and the spmcmc evaluator share: the calibration shift (judge.calibration), every estimate with its standard
+    error, the consistency, and which estimate is the score for the design's mode."""
+    shift = calibration_shift(raw, calibration)
+    probs = shifted(raw, shift)
+    est, rel = all_estimates(probs, n, sc.order, mode, edges, trace, burn_in, thin, sc.bt_alpha, resamples, splits,
+                             sc.seed)
+    return {"shift": shift, "probs": probs, "est": est, "rel": rel, "score": SCORE_OF_MODE[mode]}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.models import padded
+
 QUOTES = "\"'“”‘’"
 
 
@@ -64,10 +66,4 @@ def _left_padded(tok, prompts: list[str], device):
     if all(r == rows[0] for r in rows):  # one prompt: the same tensor expanded, as generate() sees it unbatched
         ids = torch.tensor([rows[0]], device=device)
         return ids.expand(len(rows), -1), torch.ones_like(ids).expand(len(rows), -1)
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tok.pad_token_id, device=device)
-    mask = torch.zeros_like(ids)
-    for r, row in enumerate(rows):
-        ids[r, width - len(row):] = torch.tensor(row, device=device)
-        mask[r, width - len(row):] = 1
-    return ids, mask
+    return padded(rows, tok.pad_token_id, left=True, device=device)

@@ -27,7 +27,7 @@ from pipeline import parallel
 from pipeline.chains import CachedJudge
 from pipeline.config import Config, JudgeConfig, ModelConfig, semantic_settings
 from pipeline.hashing import text_sha
-from pipeline.models import chat_prompt, single_token_id
+from pipeline.models import chat_prompt, padded, single_token_id
 from pipeline.workdir import failpoint, log_work
 
 FIRST, SECOND = "\x00FIRST\x00", "\x00SECOND\x00"
@@ -85,32 +85,36 @@ class ModelJudge:
         self.last_mass = np.empty(0)  # probability on the two labels, per comparison of the last call
         self.tokens = 0  # tokens actually run through the model
         self._head_kv: dict[int, list] = {}
+        self._cache_arg: str | None = None  # the decoder's name for its key/value cache argument
 
     # -- forward passes -------------------------------------------------------------------------
     def _padded(self, seqs: list[list[int]]):
-        """Right-padded ids and their mask: causal attention never lets a real token see a later pad."""
-        import torch
-
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.tok.pad_token_id, device=self.model.device)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
+        """Right-padded ids and their mask (counted: the tokens actually run through the model)."""
         self.tokens += sum(map(len, seqs))
-        return ids, mask
+        return padded(seqs, self.tok.pad_token_id, device=self.model.device)
 
     def _cache(self, kv):
         from transformers import DynamicCache
 
         return DynamicCache(ddp_cache_data=kv, config=self.model.config)
 
+    def _decode(self, cache, **kwargs):
+        """The decoder over a key/value cache. transformers renamed forward's `past_key_values` to `cache` (and the
+        output's) during 5.x, warning on the old name: the current name where the model's forward has it."""
+        decoder = self.model.get_decoder()
+        if self._cache_arg is None:
+            import inspect
+
+            self._cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        out = decoder(**kwargs, **{self._cache_arg: cache})
+        return out, getattr(out, self._cache_arg, None)
+
     def _head_cache(self, p: int) -> list:
         """Key/values of query p's instruction, shared by every comparison of its answers (computed once)."""
         if p not in self._head_kv:
             ids, _ = self._padded([self.heads[p]])
-            out = self.model.get_decoder()(input_ids=ids, past_key_values=self._cache(None), use_cache=True)
-            self._head_kv[p] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            _, kv = self._decode(self._cache(None), input_ids=ids, use_cache=True)
+            self._head_kv[p] = [(layer.keys, layer.values) for layer in kv.layers]
         return self._head_kv[p]
 
     def _heads_for(self, prompts: list[int]):
@@ -143,11 +147,11 @@ class ModelJudge:
         ids, row_mask = self._padded([self.cands[f] + self.mids[p] for f, p in zip(firsts, prompts)])
         if mixed:  # holes in the instruction cache: explicit mask and positions
             positions = head_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1], device=ids.device)
-            out = self.model.get_decoder()(input_ids=ids, attention_mask=torch.cat([head_mask, row_mask], 1),
-                                           position_ids=positions, past_key_values=self._cache(head), use_cache=True)
+            _, cache = self._decode(self._cache(head), input_ids=ids, attention_mask=torch.cat([head_mask, row_mask], 1),
+                                    position_ids=positions, use_cache=True)
         else:
-            out = self.model.get_decoder()(input_ids=ids, past_key_values=self._cache(head), use_cache=True)
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            _, cache = self._decode(self._cache(head), input_ids=ids, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
         mask = torch.cat([head_mask.to(row_mask.dtype), row_mask], 1)
         return kv, mask, mask.sum(1)
 
@@ -163,10 +167,9 @@ class ModelJudge:
             kv, pmask, lengths = prefix
             sel = torch.tensor(rows, device=ids.device)
             positions = lengths[sel][:, None] + torch.arange(ids.shape[1], device=ids.device)  # after each row's real prefix
-            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=torch.cat([pmask[sel], mask], 1),
-                                              position_ids=positions, use_cache=True,
-                                              past_key_values=self._cache([(k[sel], v[sel]) for k, v in kv])
-                                              ).last_hidden_state
+            hidden = self._decode(self._cache([(k[sel], v[sel]) for k, v in kv]), input_ids=ids, use_cache=True,
+                                  attention_mask=torch.cat([pmask[sel], mask], 1), position_ids=positions
+                                  )[0].last_hidden_state
         last = hidden[torch.arange(len(seqs)), mask.sum(1) - 1]
         logits = self.model.get_output_embeddings()(last).float()
         labels = logits[:, self.label_ids]
@@ -295,20 +298,21 @@ def _new_judge(cfg: Config, load, queries: list[str], texts: list[str], prompt_o
     return ModelJudge(model, tok, cfg.judge, queries, texts, prompt_of)
 
 
-def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], desc: str, distributed: bool = True,
+def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], stage: str, desc: str, distributed: bool = True,
                chunk: int = 256) -> None:
     """Every comparison of a design; with `distributed`, split across processes by first candidate (so
-    each process reuses its rows' prefixes), then merged. Persisted in chunks as they finish."""
+    each process reuses its rows' prefixes), then merged. Persisted in chunks as they finish; the failpoint
+    after each chunk is the calling stage's (`stage`.design_chunk)."""
     from tqdm.auto import tqdm
 
     rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
     mine = sorted(p for p in set(pairs) if p[0] % world == rank)
     todo = [p for p in mine if p not in cached.probs]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="cmp") as bar:
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"[{stage}] {desc}", unit="cmp") as bar:
         for start in range(0, len(todo), chunk):
             cached.ensure(todo[start:start + chunk])
             bar.update(min(chunk, len(todo) - start))
-            failpoint("spmcmc.design_chunk")
+            failpoint(f"{stage}.design_chunk")
     if distributed:
         for probs in parallel.gather({p: cached.probs[p] for p in mine}):
             cached.probs.update(probs)

@@ -245,6 +245,21 @@ def load_model(mcfg: ModelConfig, adapter: Path | None = None):
     return model, tok
 
 
+def padded(rows: list[list[int]], pad_id: int, left: bool = False, device=None):
+    """Token rows as one (ids, mask) batch. Right padding (the default) for scoring: causal attention never lets a real
+    token see a later pad. Left padding for the next token of every row: the last position is each row's own."""
+    import torch
+
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, device=device)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        cells = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[r, cells] = torch.tensor(row, device=device)
+        mask[r, cells] = 1
+    return ids, mask
+
+
 def chat_prompt(tok, user: str, system: str | None = None) -> str:
     """The chat-templated prompt text, ending where the assistant's answer starts."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -296,12 +311,8 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # bucket by length
     batches = scoring_batches(order, [len(r) for r in rows], lo, vocab, batch_size)
     for idx in tqdm(batches, desc=desc, leave=False, disable=len(batches) <= 1):
-        width = max(len(rows[i]) for i in idx)
-        ids = torch.full((len(idx), width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):  # right padding: causal attention never sees the pads
-            ids[r, :len(rows[i])] = torch.tensor(rows[i])
-            mask[r, :len(rows[i])] = 1
+        ids, mask = padded([rows[i] for i in idx], tok.pad_token_id)
+        width = ids.shape[1]
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            logits_to_keep=width - lo).logits  # positions lo .. width-1
@@ -328,12 +339,7 @@ def next_token_probs(model, tok, prompts: list[str], token_ids: list[int], batch
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not desc):
         idx = order[start:start + batch_size]
-        width = max(len(rows[i]) for i in idx)
-        ids = torch.full((len(idx), width), tok.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(idx):  # left padding: the last position is every row's next token
-            ids[r, width - len(rows[i]):] = torch.tensor(rows[i])
-            mask[r, width - len(rows[i]):] = 1
+        ids, mask = padded([rows[i] for i in idx], tok.pad_token_id, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() does: pads don't shift positions
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),

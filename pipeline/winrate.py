@@ -228,7 +228,7 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
                             extra_cache_files=cache_files)
     need = [q for i in ids for k in ("finetuned", "base_null", "base") for q in both_orders(i[k], i["base"])]
     need += [q for i in ids if "previous" in i for q in both_orders(i["finetuned"], i["previous"])]
-    fill_pairs(judge, list(dict.fromkeys(need)), "[evaluate] win rate (base judge)", distributed=False)
+    fill_pairs(judge, list(dict.fromkeys(need)), "evaluate", "win rate (base judge)", distributed=False)
     pools = [reference(answers["base"][j], logp_reference[j], w_matrix(judge.probs, i["base"], i["base"]))
              for j, i in enumerate(ids)]
     rows = [_prompt_row(p, pool, i, judge.probs, cfg.sample_space.num_samples) for p, pool, i in zip(prompts, pools, ids)]
@@ -270,7 +270,7 @@ def _tuned_judge(cfg, tuned_adapter: tuple, workdir, texts: Texts, queries, ids)
     adapter, key = tuned_adapter
     judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: load_model(cfg.model, adapter), queries,
                             texts.prompt_of, adapter_key=key)
-    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["base"])], "[evaluate] win rate (tuned judge)",
+    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["base"])], "evaluate", "win rate (tuned judge)",
                distributed=False)
     return mean_ci_t([float(w_matrix(judge.probs, i["finetuned"], i["base"]).mean()) for i in ids])
 

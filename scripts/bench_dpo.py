@@ -37,7 +37,7 @@ def dpo_step_seconds(cfg, model, tok, data, steps: int, out: str, device: str = 
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from pipeline.stages.finetune import _common_args, lora_config
+    from pipeline.stages.finetune import lora_config, training_args
 
     times = []
 
@@ -52,7 +52,7 @@ def dpo_step_seconds(cfg, model, tok, data, steps: int, out: str, device: str = 
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
-    args = DPOConfig(**{**_common_args(cfg, Path(out), device, 1.0), "max_steps": steps + 1, "save_strategy": "no",
+    args = DPOConfig(**{**training_args(cfg, Path(out), device, 1.0), "max_steps": steps + 1, "save_strategy": "no",
                         "report_to": "none", "disable_tqdm": True, "logging_steps": 1000}, beta=cfg.finetune.beta)
     trainer = DPOTrainer(model, args=args, train_dataset=data, processing_class=tok, peft_config=lora_config(cfg),
                          callbacks=[Clock()])

@@ -28,14 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.chains import CachedJudge, new_chains, run_chains  # noqa: E402
 from pipeline.config import SpmcmcConfig  # noqa: E402
+from pipeline.diagnostics import total_variation  # noqa: E402
 from pipeline.estimates import (  # noqa: E402
     all_estimates,
     bradley_terry,
+    exact_stationary,  # noqa: E402
     ordered,
     plan_design,
     solve_on_edges,
 )
-from pipeline.stationary import exact_stationary, total_variation  # noqa: E402
 
 
 def make_judge(kind: str, n: int, seed: int):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, visit_frequencies
-from pipeline.estimates import bradley_terry
-from pipeline.stationary import chain_diagnostics, exact_stationary, intransitivity, total_variation
+from pipeline.diagnostics import chain_diagnostics, intransitivity, total_variation
+from pipeline.estimates import bradley_terry, exact_stationary
 
 N = 20
 W = np.random.default_rng(7).gamma(2.0, size=N)

@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from conftest import tiny_config
 from pipeline import confounds
-from pipeline.stages.spmcmc import summarise
+from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
 
 def sigmoid(z):
@@ -73,7 +73,8 @@ def stage_summary(tmp_path, lengths, logit, *overrides, n_tokens=None, sum_logpr
                                "text_sha": [str(i) for i in range(n)], "mean_logprob": [-0.8] * n, **columns})
     probs = {(i, j): float(sigmoid(logit(i, j))) for i in range(n) for j in range(n) if i != j}
     cfg = tiny_config(tmp_path, "spmcmc.chains=false", *overrides)
-    out = summarise(cfg, space, None, probs, {}, tmp_path)
+    groups = prompt_groups(space)
+    out = summarise(cfg, space, groups, plan(cfg.spmcmc, groups), None, probs, {}, tmp_path)
     return json.loads((tmp_path / "summary.json").read_text()), out["candidates"]
 
 

@@ -9,17 +9,18 @@ import pytest
 from conftest import dataset_files, run_cli, stage_paths
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import SpmcmcConfig
+from pipeline.diagnostics import total_variation
 from pipeline.estimates import (
     all_estimates,
     calibration_shift,
     choose_mode,
     design_graph,
+    exact_stationary,
     ordered,
     plan_design,
     shifted,
     solve_on_edges,
 )
-from pipeline.stationary import exact_stationary, total_variation
 
 N = 20
 W = np.random.default_rng(7).gamma(2.0, size=N)

@@ -61,7 +61,7 @@ def fake_spmcmc(tmp_path, cfg, n=20, judge=None, prompts=("Tell me a joke.",), t
     (n_tokens, sum_logprob, ...) replace the candidates' texts and add confound sources."""
     from pipeline.hashing import text_sha
     from pipeline.judge import PairStore, judge_key
-    from pipeline.stages.spmcmc import summarise
+    from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
     total = n * len(prompts)
     weight = np.concatenate([np.random.default_rng(k).dirichlet(np.ones(n)) for k in range(len(prompts))])
@@ -77,7 +77,8 @@ def fake_spmcmc(tmp_path, cfg, n=20, judge=None, prompts=("Tell me a joke.",), t
     probs = {p: float(judge(*p)) for p in pairs}
     folder = tmp_path / "spmcmc"
     folder.mkdir(parents=True, exist_ok=True)
-    result = summarise(cfg, space, None, probs, {}, folder)
+    groups = prompt_groups(space)
+    result = summarise(cfg, space, groups, plan(cfg.spmcmc, groups), None, probs, {}, folder)
     result.save_to_disk(str(folder / "dataset"), num_shards={k: 1 for k in result})  # 0-row splits need one shard
     store = PairStore(folder, [judge_key(cfg.model, cfg.judge, q) for q in prompts], [text_sha(t) for t in texts],
                       prompt_of)

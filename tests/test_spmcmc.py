@@ -12,7 +12,7 @@ from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import JudgeConfig
 from pipeline.judge import ModelJudge
 from pipeline.models import ModelError
-from pipeline.stages.spmcmc import summarise
+from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
 
 def stage_path(out: Path, stage: str) -> Path:
@@ -80,7 +80,8 @@ def test_summary_reports_the_bias_put_in_and_debiases(tmp_path):
     space = Dataset.from_dict({"id": list(range(n)), "prompt_id": ["q"] * n, "prompt": ["Tell me a joke."] * n,
                                "text": [f"c{i}" for i in range(n)], "count": [1] * n,
                                "is_greedy": [False] * n, "text_sha": [str(i) for i in range(n)]})
-    out = summarise(cfg, space, trace, cached.probs, {}, tmp_path)
+    groups = prompt_groups(space)
+    out = summarise(cfg, space, groups, plan(cfg.spmcmc, groups), trace, cached.probs, {}, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["position_bias"] == pytest.approx(np.mean(list(cached.probs.values())))
     assert summary["position_bias"] > 0.7

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import rounds, tracking, winrate
+from pipeline import rounds, winrate
 from pipeline.artifacts import flat_numbers, publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
-from pipeline.estimates import SCORE_OF_MODE, all_estimates, calibration_shift, ordered, plan_design, shifted, wants_chains
+from pipeline.estimates import calibration_shift, measured, ordered, plan_design, shifted, wants_chains
 from pipeline.formatting import signed
 from pipeline.judge import cached_judge, fill_pairs
 from pipeline.metrics import agreement, paired_difference
@@ -65,18 +65,17 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
                                    adapter_key=adapter_key, extra_cache_files=extra_cache)
     mode, edges, _ = plan_design(sc, n)
     if edges:
-        fill_pairs(cached, ordered(edges), f"[evaluate] {adapter_key or 'base'}: {mode} design", distributed=False)
-    probs = shifted(cached.probs, calibration_shift(cached.probs, cfg.judge.calibration))
+        fill_pairs(cached, ordered(edges), NAME, f"{adapter_key or 'base'}: {mode} design", distributed=False)
     trace = None
-    if wants_chains(sc.chains, mode):
-        judge = cached if probs is cached.probs else CachedJudge(cached.judge, dict(probs))
+    if wants_chains(sc.chains, mode):  # as the stage: calibrated choices in the chains, which then add no comparison
+        shift = calibration_shift(cached.probs, cfg.judge.calibration)
+        judge = cached if not shift else CachedJudge(cached.judge, shifted(cached.probs, shift))
         trace = run_chains(new_chains(n, sc.num_chains, sc.seed), n, judge, cfg.evaluate.spmcmc_iterations, sc.order)
-        probs = judge.probs
     burn_in = min(sc.burn_in, cfg.evaluate.spmcmc_iterations // 2)
-    est, _ = all_estimates(probs, n, sc.order, mode, edges, trace, burn_in, 1, sc.bt_alpha, 0, 0, sc.seed)
-    out = {"spmcmc": est[SCORE_OF_MODE[mode]][0]}
-    if "frequency" in est:
-        out["spmcmc_frequency"] = est["frequency"][0]
+    m = measured(cached.probs, n, sc, cfg.judge.calibration, mode, edges, trace, burn_in, 1, 0, 0)
+    out = {"spmcmc": m["est"][m["score"]][0]}
+    if "frequency" in m["est"]:
+        out["spmcmc_frequency"] = m["est"]["frequency"][0]
     controlled = controlled_scores(cfg, tok, texts, cached.probs, answers)
     if controlled is not None:
         out["spmcmc_controlled"] = controlled
@@ -264,8 +263,7 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
         plots.append(rounds_plot(workdir, rounds_so_far))
     write_report(cfg, workdir, summary, metrics, comparisons, before_after, plots)
     lines, flat = _lines_and_metrics(metrics, summary)
-    publish(workdir, NAME, summary, lines, plots, metrics=flat)
-    _log_table(items, human, scores)
+    publish(workdir, NAME, summary, lines, plots, metrics=flat, tables={"eval/scores": _score_table(items, human, scores)})
     rows = [{"item_id": i, "text": t, "human": float(h), "model": m, "evaluator": e, "score": float(s[k])}
             for m, per in scores.items() for e, s in per.items()
             for k, (i, t, h) in enumerate(zip(items["id"], items["text"], human))]
@@ -319,9 +317,9 @@ def _lines_and_metrics(metrics: list[dict], summary: dict) -> tuple[list[str], d
     return lines, flat
 
 
-def _log_table(items, human, scores) -> None:
+def _score_table(items, human, scores):
+    """Every evaluator's score of every rated item, side by side (the `scores` split, wide)."""
     import pandas as pd
 
-    frame = pd.DataFrame({"item_id": items["id"], "human": human,
-                          **{f"{m}/{e}": s for m, per in scores.items() for e, s in per.items()}})
-    tracking.table("eval/scores", frame)
+    return pd.DataFrame({"item_id": items["id"], "human": human,
+                         **{f"{m}/{e}": s for m, per in scores.items() for e, s in per.items()}})

@@ -126,7 +126,7 @@ def _callbacks(workdir: Path):
     return [WorkLog()]
 
 
-def _common_args(cfg: Config, out: Path, device: str, epochs: float) -> dict:
+def training_args(cfg: Config, out: Path, device: str, epochs: float) -> dict:
     fc = cfg.finetune
     return dict(output_dir=str(out), per_device_train_batch_size=fc.batch_size,
                 gradient_accumulation_steps=fc.gradient_accumulation_steps, learning_rate=fc.learning_rate,
@@ -153,7 +153,7 @@ def sft_warmup(cfg: Config, model, tok, sft, workdir: Path, device: str):
     done = workdir / STATE_DIR / "sft_adapter"
     if not (done / "adapter_config.json").is_file():
         out = workdir / STATE_DIR / "sft"
-        args = SFTConfig(**_common_args(cfg, out, device, cfg.finetune.sft_epochs))
+        args = SFTConfig(**training_args(cfg, out, device, cfg.finetune.sft_epochs))
         trainer = SFTTrainer(model, args=args, train_dataset=sft.select_columns(["prompt", "completion"]),
                              processing_class=tok, peft_config=lora_config(cfg), callbacks=_callbacks(workdir))
         _train(trainer, out)
@@ -191,7 +191,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     held_out = prefs["test"].select_columns(["prompt", "chosen", "rejected"]) if fc.eval_steps else None
     evaluation = ({"eval_strategy": "steps", "eval_steps": fc.eval_steps, "per_device_eval_batch_size": fc.batch_size}
                   if held_out is not None and held_out.num_rows else {})
-    args = DPOConfig(**_common_args(cfg, out, device, fc.num_epochs), beta=fc.beta, loss_type=loss,
+    args = DPOConfig(**training_args(cfg, out, device, fc.num_epochs), beta=fc.beta, loss_type=loss,
                      loss_weights=[1.0] * len(loss) if len(loss) > 1 else None, **evaluation)
     trainer = DPOTrainer(model, args=args, train_dataset=train, eval_dataset=held_out if evaluation else None,
                          processing_class=tok, peft_config=peft_config, callbacks=_callbacks(workdir))

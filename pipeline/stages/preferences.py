@@ -220,7 +220,7 @@ class Evidence:
         if len(need) > self.budget:
             need = need[: self.budget - self.budget % 2]
         if need:
-            fill_pairs(self.cached, need, "[preferences] confidence", distributed=False)
+            fill_pairs(self.cached, need, NAME, "confidence", distributed=False)
             self.budget -= len(need)
         for a, b in pairs:
             if (a, b) not in self.known and (a, b) in self.cached.probs and (b, a) in self.cached.probs:

@@ -46,13 +46,13 @@ from pipeline import confounds, parallel
 from pipeline.artifacts import StageError, publish
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
+from pipeline.diagnostics import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 from pipeline.estimates import (
     COLUMN,
     ESTIMATES,
-    SCORE_OF_MODE,
-    all_estimates,
     calibration_shift,
     compared_edges,
+    measured,
     order_averaged,
     ordered,
     plan_design,
@@ -64,7 +64,6 @@ from pipeline.judge import cached_judge, fill_pairs
 from pipeline.metrics import mean_ci_t
 from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, prompt_plots
 from pipeline.stages.finetune import adapter_of
-from pipeline.stationary import chain_diagnostics, intransitivity, mixing_warnings, total_variation
 from pipeline.workdir import STATE_DIR, failpoint, write_json
 
 NAME, VERSION = "spmcmc", 5
@@ -133,6 +132,11 @@ def prompt_groups(space) -> list[Group]:
         groups.append(Group(index, pid, prompts[lo], lo, n))
         lo += n
     return groups
+
+
+def plan(sc, groups: list[Group]) -> dict[int, tuple]:
+    """Each prompt's design, planned once: {group index: (mode, edges, why)} (pipeline/estimates.py: plan_design)."""
+    return {g.index: plan_design(sc, g.n) for g in groups if g.n >= 2}
 
 
 def _fresh_chains(groups: list[Group], sc) -> dict[int, Chain]:
@@ -207,7 +211,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         raise StageError(f"spMCMC needs at least 2 candidates; the sample space has {max(g.n for g in groups)}"
                          + (" for any prompt" if len(groups) > 1 else "")
                          + " (raise sample_space.num_samples or loosen its filters)")
-    plans = {g.index: plan_design(sc, g.n) for g in usable}
+    plans = plan(sc, usable)
     chain_groups = [g for g in usable if wants_chains(sc.chains, plans[g.index][0])]
     if cfg.judge.calibration != "none" and any(plans[g.index][0] != "exact" for g in chain_groups):
         raise StageError(f"judge.calibration={cfg.judge.calibration} needs every comparison known before the "
@@ -222,7 +226,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                                        extra_cache_files=earlier, rank=parallel.rank())
     design = [(g.lo + a, g.lo + b) for g in usable for a, b in ordered(plans[g.index][1])]
     if design:  # every prompt's design at once (batches mix prompts); the chains then run from the cache
-        fill_pairs(cached, design, f"[spmcmc] design over {len(usable)} prompt(s)", chunk=sc.design_chunk)
+        fill_pairs(cached, design, NAME, f"design over {len(usable)} prompt(s)", chunk=sc.design_chunk)
     chain_judge = cached
     if chain_groups and cfg.judge.calibration != "none":  # exact designs only: nothing is computed
         chain_judge = CachedJudge(cached.judge, _calibrated(cached.probs, usable, cfg.judge.calibration))
@@ -238,7 +242,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         merged = {k: v[by_chain] for k, v in merged.items()}
     probs = {k: v for p in parts for k, v in p["probs"].items()}
     mass = {k: v for p in parts for k, v in p["mass"].items()}
-    return summarise(cfg, space, merged, probs, mass, workdir)
+    return summarise(cfg, space, groups, plans, merged, probs, mass, workdir)
 
 
 def _local(probs: dict, g: Group) -> dict:
@@ -268,13 +272,14 @@ def chain_cache_stats(trace: dict, order: str, design_pairs: set) -> dict:
             "chain_cache_hit_rate": 1.0 - new / len(pairs) if pairs else None}
 
 
-def summarise(cfg: Config, space, trace: dict | None, raw_probs: dict, mass: dict, workdir: Path):
+def summarise(cfg: Config, space, groups: list[Group], plans: dict, trace: dict | None, raw_probs: dict, mass: dict,
+              workdir: Path):
     """Per prompt: estimates with standard errors, consistency, diagnostics; then the run's summary,
     plots and the artifact."""
     from datasets import Dataset, DatasetDict
 
-    sc, groups = cfg.spmcmc, prompt_groups(space)
-    results = [_prompt_result(cfg, g, trace, raw_probs, mass, space[g.lo:g.lo + g.n]) for g in groups]
+    sc = cfg.spmcmc
+    results = [_prompt_result(cfg, g, plans.get(g.index), trace, raw_probs, mass, space[g.lo:g.lo + g.n]) for g in groups]
     names = [*confounds.FEATURES, *(k for k, _ in confounds.parse_formats(cfg.confounds.formats))]
     rows = [_prompt_row(g, r, names) for g, r in zip(groups, results)]
     if len(groups) == 1:
@@ -319,20 +324,19 @@ def _local_trace(trace: dict | None, g: Group, num_chains: int) -> dict | None:
     return out
 
 
-def _prompt_result(cfg: Config, g: Group, trace: dict | None, raw_probs: dict, mass: dict, rows: dict) -> dict | None:
+def _prompt_result(cfg: Config, g: Group, plan: tuple | None, trace: dict | None, raw_probs: dict, mass: dict,
+                   rows: dict) -> dict | None:
     """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare); `rows` are its
     sample-space columns."""
     sc, n = cfg.spmcmc, g.n
     if n < 2:
         return None
     raw, local_mass = _local(raw_probs, g), _local(mass, g)
-    mode, edges, why = plan_design(sc, n)
-    shift = calibration_shift(raw, cfg.judge.calibration)
-    probs = shifted(raw, shift)
+    mode, edges, why = plan
     local = _local_trace(trace, g, sc.num_chains)
-    est, rel = all_estimates(probs, n, sc.order, mode, edges, local, sc.burn_in, sc.thin, sc.bt_alpha, sc.bootstrap,
-                             sc.consistency_splits, sc.seed)
-    score = SCORE_OF_MODE[mode]
+    m = measured(raw, n, sc, cfg.judge.calibration, mode, edges, local, sc.burn_in, sc.thin, sc.bootstrap,
+                 sc.consistency_splits)
+    shift, probs, est, rel, score = m["shift"], m["probs"], m["est"], m["rel"], m["score"]
     summary = {"n_candidates": n, "judge_kind": cfg.judge.kind, "mode": mode, "mode_reason": why, "design_edges": len(edges),
                "design_comparisons": 2 * len(edges), "judge_calls": len(raw), "score_estimate": score,
                "score_reason": SCORE_REASON[mode], "consistency": rel.get("score"),

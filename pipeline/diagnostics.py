@@ -1,10 +1,6 @@
-"""The exact stationary distribution of the spMCMC chain, intransitivity, and whether the chains
-agree: convergence diagnostics (R-hat, ESS, between-chain TV). Estimates with uncertainty: estimates.py.
-
-With a symmetric proposal and Barker acceptance a(i->j) = P(j chosen over i), the chain's
-transition matrix is T[i,j] = a(i->j)/(N-1) for j != i and T[i,i] = 1 - sum_j T[i,j]. Its
-stationary distribution is what the chains converge to, whether or not the choices are transitive.
-"""
+"""Diagnostics of the judge and the chains: intransitivity (cyclic triads), whether the chains agree (R-hat, ESS,
+between-chain TV) and the distance between two distributions. The estimates themselves, the stationary
+solvers among them: estimates.py."""
 
 from __future__ import annotations
 
@@ -12,16 +8,7 @@ import warnings
 
 import numpy as np
 
-from pipeline.estimates import acceptance_matrix, graph_stationary, p_first_matrix
-
-
-def exact_stationary(probs: dict, n: int, order: str) -> np.ndarray:
-    """The stationary distribution of the paper's chain (uniform proposal over all N-1 others)."""
-    pf = p_first_matrix(probs, n)
-    off = ~np.eye(n, dtype=bool)
-    if np.isnan(pf[off]).any():
-        raise ValueError("exact stationary distribution needs every ordered comparison")
-    return graph_stationary(acceptance_matrix(pf, order), off.astype(float))
+from pipeline.estimates import p_first_matrix
 
 
 def intransitivity(probs: dict, n: int) -> dict:
