@@ -14,6 +14,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+TINY = ["recipe=tiny"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def spmcmc_cli(*args, cwd=REPO):
+    """The `spmcmc` console command (python -m pipeline.cli) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def prompt_ids_of(out: Path) -> list[str]:
+    """The prompt ids of a run's sample space."""
+    from datasets import load_from_disk
+
+    return sorted(set(load_from_disk(str(stage_paths(out)["sample_space"] / "dataset"))["prompt_id"]))
+
+
 def tiny_config(output_dir, *overrides: str):
     """The `tiny` recipe (2-layer random model, W&B disabled) writing to `output_dir`."""
     from pipeline.config import load_config
@@ -103,3 +124,27 @@ def tiny_model(tiny_model_dir):
     from pipeline.models import load_model
 
     return load_model(ModelConfig(name_or_path="embedded:tiny-random"))
+
+
+TOPICS = ["Tell me a joke about cats.", "Tell me a joke about dogs.", "Tell me a joke about fish."]
+
+
+def prompt_file(folder, rows=None, header="id,prompt"):
+    path = folder / "prompts.csv"
+    rows = rows if rows is not None else [f"{t.split()[-1][:-1]},{t}" for t in TOPICS]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def prompt_args(path):
+    return ["sample_space.query=null", f"sample_space.prompts={path}", "evaluate.query=Tell me a joke."]
+
+
+@pytest.fixture(scope="session")
+def three_prompts(tmp_path_factory):
+    """recipe=tiny over a file of 3 prompts, all five stages, through the real command."""
+    folder = tmp_path_factory.mktemp("three")
+    proc = run_cli("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
+                   "evaluate.winrate_samples=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "out"

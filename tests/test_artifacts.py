@@ -1,8 +1,13 @@
+"""pipeline/artifacts.py: content-addressed, resumable stage artifacts, the manifest and the lock."""
+
+import json
 import types
 
+import numpy as np
 import pytest
+from datasets import load_from_disk
 
-from conftest import stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_pipeline, spmcmc_cli, stage_paths, tiny_config
 from pipeline.artifacts import MARKER, Run, StageError, fingerprint
 
 
@@ -110,3 +115,42 @@ def test_unwritable_output_dir(tmp_path):
     with pytest.raises(StageError, match="is not writable"):
         with Run(tiny_config(tmp_path / "file" / "out")):
             pass
+
+
+def test_complete_marker_without_dataset_files_is_recomputed(tmp_path):
+    args = [*TINY, "stages=[sample_space]", f"output_dir={tmp_path}"]
+    assert run_cli(*args).returncode == 0
+    path = stage_paths(tmp_path)["sample_space"]
+    before = dataset_files(path)
+    for arrow in (path / "dataset").glob("*.arrow"):
+        arrow.unlink()
+    proc = run_cli(*args)
+    assert proc.returncode == 0 and "marked complete but its dataset files are missing" in proc.stdout
+    assert dataset_files(path) == before
+
+
+def test_subset_run_keeps_the_other_stages_in_the_manifest(tmp_path):
+    run_pipeline(tiny_config(tmp_path, "stages=[sample_space,spmcmc]"))
+    run_pipeline(tiny_config(tmp_path, "stages=[spmcmc]", "spmcmc.iterations=50"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["sample_space", "spmcmc"]
+    assert all(e["complete"] for e in manifest["stages"].values())
+    trace = load_from_disk(str(stage_paths(tmp_path)["spmcmc"] / "dataset"))["trace"]
+    assert trace.num_rows == 2 * 50  # the entry is the latest run's
+    assert np.array_equal(sorted(set(trace["chain"])), [0, 1])
+
+
+LOOP = ["stages=[sample_space,spmcmc,preferences,finetune]"]
+
+
+def test_the_manifest_lists_only_this_run(tmp_path):
+    run_pipeline(tiny_config(tmp_path, *LOOP, "rounds.count=2"))
+    assert "finetune@2" in json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    run_pipeline(tiny_config(tmp_path, *LOOP, "rounds.count=1", "preferences.max_pairs=8"))
+    stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert list(stages) == ["sample_space", "spmcmc", "preferences", "finetune"]  # no round 2 of other settings
+    run_pipeline(tiny_config(tmp_path, "stages=[sample_space]", "sample_space.seed=7"))
+    stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert list(stages) == ["sample_space"]  # spmcmc onwards were built from the old sample space
+    proc = spmcmc_cli("inspect", str(tmp_path))
+    assert proc.returncode == 0 and "spmcmc" not in proc.stdout

@@ -12,6 +12,7 @@ from pipeline.config import SpmcmcConfig
 from pipeline.diagnostics import total_variation
 from pipeline.estimates import (
     all_estimates,
+    bradley_terry,
     calibration_shift,
     choose_mode,
     design_graph,
@@ -152,3 +153,12 @@ def test_sparse_design_resumes_to_the_same_artifact(tmp_path):
     computed = sum(e["count"] for e in map(json.loads, (a / "work_log.jsonl").read_text().splitlines())
                    if e["event"] == "judge_comparisons")
     assert computed == summary["design_comparisons"] == summary["judge_calls"]  # nothing computed twice
+
+
+@pytest.mark.parametrize("order", ["random", "both", "fixed"])
+def test_exact_solver_matches_bt_weights(order):
+    assert np.abs(exact_stationary(answers(bt_judge, every_pair(N)), N, order) - PI).max() < 1e-8
+
+
+def test_bt_fit_recovers_weights():
+    assert np.abs(bradley_terry(answers(bt_judge, every_pair(N)), N, alpha=1e-6) - PI).max() < 1e-4

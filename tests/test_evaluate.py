@@ -1,3 +1,6 @@
+"""The evaluate stage (pipeline/stages/evaluate.py) on the tiny model: W&B offline, the README's main command,
+one evaluator."""
+
 import json
 
 import pytest
@@ -47,3 +50,10 @@ def test_readme_main_command_on_tiny_model(tmp_path):
     assert "## Before and after fine-tuning" in (tmp_path / "report.md").read_text()
     again = run_cli("recipe=tiny", f"output_dir={tmp_path}", launcher=launcher)
     assert again.stdout.count("up to date") == 5
+
+
+def test_one_evaluator_is_enough(tmp_path):
+    run_pipeline(tiny_config(tmp_path, "stages=[evaluate]", "evaluate.evaluators=[random]"))
+    ds = load_from_disk(str(stage_paths(tmp_path)["evaluate"] / "dataset"))
+    assert set(ds["metrics"]["evaluator"]) == {"random"} and ds["comparisons"].num_rows == 0
+    assert "diff" in ds["comparisons"].column_names

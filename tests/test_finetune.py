@@ -1,3 +1,6 @@
+"""The finetune stage (pipeline/stages/finetune.py): LoRA-DPO with TRL, SFT warm-up, resume, two processes,
+and the checks against the model before training."""
+
 import json
 import signal
 import sys
@@ -8,8 +11,8 @@ import pytest
 from datasets import Dataset, DatasetDict
 from safetensors.numpy import load_file
 
-from conftest import run_cli, stage_paths, tiny_config
-from pipeline.artifacts import Artifact, StageError
+from conftest import TINY, assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config
+from pipeline.artifacts import MARKER, Artifact, StageError
 from pipeline.stages import finetune
 
 LIKED = ["banana split", "banana bread", "banana cake", "banana pie", "banana boat", "banana jam"]
@@ -99,3 +102,19 @@ def test_data_parallel_training_with_two_processes(tmp_path):
     _, path = adapter(tmp_path)
     assert json.loads((path / "meta.json").read_text())["world_size"] == 2
     assert json.loads((path / "summary.json").read_text())["optimizer_steps"] > 0
+
+
+@pytest.fixture(scope="module")
+def prefs_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prefs")
+    run_pipeline(tiny_config(out, "stages=[sample_space,spmcmc,preferences]"))
+    return out
+
+
+@pytest.mark.parametrize("arg, message", [("finetune.target_modules=[x]", "finetune.target_modules: ['x'] match no"),
+                                          ("finetune.max_length=8", "finetune.max_length=8 leaves no room")])
+def test_finetune_checks_against_the_model_before_training(prefs_dir, arg, message):
+    proc = run_cli(*TINY, f"output_dir={prefs_dir}", "stages=[finetune]", arg, timeout=300)
+    assert_one_error_line(proc, message)
+    assert not list((prefs_dir / "finetune").glob(f"*/{MARKER}"))
+    assert "train_step" not in "".join(p.read_text() for p in (prefs_dir / "finetune").rglob("work_log.jsonl"))

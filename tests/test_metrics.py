@@ -1,11 +1,10 @@
+"""pipeline/metrics.py: agreement with human ratings (scipy), bootstrap and paired-difference intervals, P@k."""
+
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 
 from pipeline.metrics import agreement, paired_difference, precision_at_k
-from pipeline.ratings import load_ratings, noise_ceiling, select_items
-from pipeline.tables import TableError
 
 
 def correlated(n, rho=0.5, seed=0):
@@ -51,55 +50,3 @@ def test_paired_difference():
     assert same["diff"] == 0.0
 
 
-def test_noise_ceiling_on_synthetic_raters():
-    """Item means of m raters with noise sd s have reliability var(t) / (var(t) + s^2 / m)."""
-    rng = np.random.default_rng(0)
-    n_items, n_raters, s = 60, 40, 3.0
-    truth = rng.normal(size=n_items)
-    long = pd.DataFrame([(str(i), r, truth[i] + s * rng.normal()) for i in range(n_items) for r in range(n_raters)],
-                        columns=["item", "rater", "rating"])
-    expected = truth.var() / (truth.var() + s ** 2 / n_raters)
-    got = noise_ceiling(long, [str(i) for i in range(n_items)], seed=0)
-    assert got["spearman_brown"] == pytest.approx(expected, abs=0.06)
-
-
-def write(tmp_path, frame, name="r.csv"):
-    path = tmp_path / name
-    frame.to_csv(path, index=False) if name.endswith(".csv") else frame.to_json(path, orient="records", lines=True)
-    return str(path)
-
-
-@pytest.mark.parametrize("frame, message", [
-    (pd.DataFrame({"text": ["a"] * 3}), "lacks column(s) ['rating']"),
-    (pd.DataFrame({"text": [f"t{i}" for i in range(12)], "rating": ["x"] + [1] * 11}), "must be numeric, found 'x'"),
-    (pd.DataFrame({"text": ["same"] * 12, "rating": range(12)}), "duplicate item 'same'"),
-    (pd.DataFrame({"text": [f"t{i}" for i in range(5)], "rating": range(5)}), "has 5 items; at least 10"),
-])
-def test_ratings_file_validation(tmp_path, frame, message):
-    with pytest.raises(TableError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
-        load_ratings(write(tmp_path, frame))
-
-
-def test_missing_and_unreadable_ratings_files(tmp_path):
-    with pytest.raises(TableError, match="does not exist"):
-        load_ratings(str(tmp_path / "nope.csv"))
-    (tmp_path / "bad.parquet").write_text("not parquet")
-    with pytest.raises(TableError, match="could not be read"):
-        load_ratings(str(tmp_path / "bad.parquet"))
-
-
-def test_long_ratings_are_averaged(tmp_path):
-    rows = [{"item": f"joke {i}", "rater": r, "rating": i + r} for i in range(12) for r in range(3)]
-    ratings = load_ratings(write(tmp_path, pd.DataFrame(rows), "long.jsonl"))
-    item = ratings.items.set_index("id").loc["joke 4"]
-    assert item["rating"] == 5.0 and item["n_ratings"] == 3 and item["text"] == "joke 4"
-    assert ratings.long is not None
-
-
-def test_jester_bundle_and_subset():
-    jester = load_ratings("jester")
-    assert len(jester.items) == 100 and "Eigentaste" in jester.citation
-    subset = select_items(jester.items, max_items=20, max_chars=200)
-    assert len(subset) == 20 and subset["text"].str.len().max() <= 200
-    assert subset["rating"].max() - subset["rating"].min() > 4  # spread over the range
-    assert subset.equals(select_items(jester.items, max_items=20, max_chars=200))

@@ -1,9 +1,15 @@
-"""pipeline/models.py: answer scoring whose memory does not grow with the prompt, and its batching bound."""
+"""pipeline/models.py: damaged model folders and models that ship their own code (one line, nothing run),
+and answer scoring whose memory does not grow with the prompt."""
 
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, TINY, assert_one_error_line, run_cli, write
 from pipeline.models import SCORING_BYTES, scoring_batches
 
 PEAK = """
@@ -43,3 +49,37 @@ def test_scoring_batches_hold_the_bound():
         width = max(lengths[i] for i in b) - 20
         assert len(b) == 1 or len(b) * width * vocab * 12 <= SCORING_BYTES
     assert [len(b) for b in scoring_batches(order, lengths, 20, 100, 3)] == [3, 3]  # a small vocabulary: batch_size
+
+
+def broken_model(tmp_path, tiny_model_dir, config_text):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    write(copy / "config.json", config_text)
+    return [f"model.name_or_path={copy}"]
+
+
+@pytest.mark.parametrize("text, message", [("{not json", "config.json is not valid JSON"),
+                                           ("{}", "config.json has no model_type")])
+def test_damaged_model_folder(tmp_path, tiny_model_dir, text, message):
+    args = broken_model(tmp_path, tiny_model_dir, text)
+    assert_one_error_line(run_cli(*TINY, f"output_dir={tmp_path / 'out'}", *args, timeout=300), message)
+
+
+def custom_code_model(tmp_path, tiny_model_dir) -> Path:
+    """A model folder whose classes exist only as code in it; that code would leave a marker file if it ran."""
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="spmcmc_custom", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                          "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    write(folder / "config.json", json.dumps(config))
+    for name in ("configuration_custom.py", "modeling_custom.py"):
+        write(folder / name, f"open({str(tmp_path / 'code_ran')!r}, 'w').write('ran')\n")
+    return folder
+
+
+def test_a_model_that_needs_its_own_code_is_one_line(tmp_path, tiny_model_dir):
+    folder = custom_code_model(tmp_path, tiny_model_dir)
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", f"model.name_or_path={folder}", timeout=300)
+    assert_one_error_line(proc, "ships its own Python code, which runs only with model.trust_remote_code=true")
+    assert not (tmp_path / "code_ran").exists() and not (tmp_path / "out" / "sample_space").exists()

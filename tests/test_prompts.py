@@ -1,5 +1,6 @@
-"""Prompt sets: per-prompt sample spaces judged together, pairs within prompts, held-out prompts kept
-out of training and measured by win rate; one query stays the same run as before."""
+"""Prompt sets (pipeline/prompts.py and the stages over them): per-prompt sample spaces judged together, pairs
+within prompts, held-out prompts kept out of training; prompt files and lengths checked before any work; one
+query stays the same run as before."""
 
 import json
 import signal
@@ -9,31 +10,22 @@ import pandas as pd
 import pytest
 from datasets import load_from_disk
 
-from conftest import assert_shape, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import (
+    TINY,
+    TOPICS,
+    assert_one_error_line,
+    assert_shape,
+    dataset_files,
+    prompt_args,
+    prompt_file,
+    prompt_ids_of,
+    run_cli,
+    run_pipeline,
+    stage_paths,
+    tiny_config,
+    write,
+)
 from pipeline.artifacts import MARKER
-
-TOPICS = ["Tell me a joke about cats.", "Tell me a joke about dogs.", "Tell me a joke about fish."]
-
-
-def prompt_file(folder, rows=None, header="id,prompt"):
-    path = folder / "prompts.csv"
-    rows = rows if rows is not None else [f"{t.split()[-1][:-1]},{t}" for t in TOPICS]
-    path.write_text("\n".join([header, *rows]) + "\n")
-    return path
-
-
-def prompt_args(path):
-    return ["sample_space.query=null", f"sample_space.prompts={path}", "evaluate.query=Tell me a joke."]
-
-
-@pytest.fixture(scope="module")
-def three_prompts(tmp_path_factory):
-    """recipe=tiny over a file of 3 prompts, all five stages, through the real command."""
-    folder = tmp_path_factory.mktemp("three")
-    proc = run_cli("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
-                   "evaluate.winrate_samples=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return folder / "out"
 
 
 @pytest.mark.slow
@@ -72,23 +64,6 @@ def test_three_prompts_run_end_to_end(three_prompts):
     assert "## Did the policy improve? The win rate and its yardstick" in report and "Per prompt (3 prompts" in report
     summary = json.loads((paths["evaluate"] / "summary.json").read_text())
     assert summary["win_rate"] is not None and summary["ceiling"] is not None and "headroom_share" in summary
-
-
-@pytest.mark.slow
-def test_blind_winrate_sheets_round_trip(three_prompts, tmp_path):
-    from pipeline.cli import main
-
-    sheet = tmp_path / "w.csv"
-    assert main(["annotate", "export", str(three_prompts), "--winrate", "--out", str(sheet)]) == 0
-    blank, key = pd.read_csv(sheet), pd.read_csv(tmp_path / "w.key.csv")
-    assert len(blank) == 3 and "tuned" not in blank.columns and set(key["tuned"]) <= {"A", "B"}
-    tuned = dict(zip(key["item"], key["tuned"]))
-    blank.assign(choice=[tuned[i] for i in blank["item"]]).to_csv(tmp_path / "ann.csv", index=False)  # always tuned
-    out = tmp_path / "human.json"
-    assert main(["annotate", "import", "--winrate", "--key", str(tmp_path / "w.key.csv"), str(tmp_path / "ann.csv"),
-                 "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert result["mean"] == 1.0 and result["choices"] == 3 and result["raters"] == 1
 
 
 def test_mixed_prompt_blocks_judge_as_separate_prompts(tiny_model):
@@ -165,3 +140,48 @@ def test_one_query_is_a_prompt_set_of_one(tmp_path):
         a, b = (load_from_disk(str(x[stage] / "dataset")) for x in (q, p))
         a, b = ({"train": a}, {"train": b}) if stage == "sample_space" else (a, b)  # a Dataset, not a DatasetDict
         assert all(a[s].to_pandas().astype(str).equals(b[s].to_pandas().astype(str)) for s in a), stage
+
+
+PROMPTS = ["Tell me a joke about cats.", "Tell me a joke about dogs."]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_integer_prompt_ids_are_the_same_in_every_format(tmp_path, fmt):
+    csv = write(tmp_path / "p.csv", "id,prompt\n" + "".join(f"{k},{p}\n" for k, p in enumerate(PROMPTS, start=1)))
+    other = tmp_path / f"p.{fmt}"
+    frame = pd.DataFrame({"id": [1, 2], "prompt": PROMPTS})
+    frame.to_json(other, orient="records", lines=True) if fmt == "jsonl" else frame.to_parquet(other)
+    ids = []
+    for path in (csv, other):
+        out = tmp_path / path.suffix[1:]
+        proc = run_cli(*TINY, f"output_dir={out}", "stages=[sample_space]", "sample_space.query=null",
+                       f"sample_space.prompts={path}", "evaluate.query=x", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ids.append(prompt_ids_of(out))
+    assert ids[0] == ids[1] == ["1", "2"]
+
+
+PROMPT_FILE_CASES = [
+    ('{"prompt": 42}\n{"prompt": "Tell me a joke."}\n', "prompt 1 is int 42, not text"),
+    ('{"prompt": ""}\n{"prompt": "Tell me a joke."}\n', "prompt 1 is empty"),
+    ('{"id": 1.5, "prompt": "a"}\n{"prompt": "b"}\n', "prompt 1 has id 1.5 (float)"),
+    ('{"id": 1, "prompt": "a"}\n{"id": "1", "prompt": "b"}\n', "id '1' is used by prompts 1 and 2"),
+]
+
+
+@pytest.mark.parametrize("text, message", PROMPT_FILE_CASES, ids=[c[1][:24] for c in PROMPT_FILE_CASES])
+def test_prompt_file_mistakes(tmp_path, text, message):
+    path = write(tmp_path / "p.jsonl", text)
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
+                   "evaluate.query=x", timeout=300)
+    assert_one_error_line(proc, message)
+
+
+def test_a_prompt_beyond_the_model_context_stops_before_any_work(tmp_path):
+    long = "Tell me a joke about " + " ".join(["cats and dogs and birds"] * 700) + "."  # ~16 KB, ~3.5k tokens
+    path = write(tmp_path / "p.jsonl", json.dumps({"id": 1, "prompt": long}) + "\n" +
+                 json.dumps({"id": 2, "prompt": "Tell me a joke."}) + "\n")
+    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
+                   "preferences.split=candidate", "evaluate.query=x", timeout=300)
+    assert_one_error_line(proc, "exceeds the model's context of 2048 tokens")
+    assert not (tmp_path / "out" / "sample_space").exists()

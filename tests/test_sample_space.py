@@ -1,10 +1,13 @@
+"""The sample_space stage (pipeline/stages/sample_space.py): normalisation, deduplication, the extra pool, and
+resume from kills and damaged chunks."""
+
 import json
 import signal
 
 import pytest
 from datasets import load_from_disk
 
-from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config, write
 from pipeline.config import SampleSpaceConfig
 from pipeline.stages.sample_space import build_candidates, normalise
 
@@ -89,3 +92,22 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert dataset_files(Path(a)) == dataset_files(Path(b))
     log = [json.loads(line) for line in (Path(a) / "work_log.jsonl").read_text().splitlines()]
     assert sum(e["count"] for e in log if e["event"] == "generated_chunk") == 3  # 12 samples / 4 per chunk
+
+
+def test_damaged_generation_chunk_is_generated_again(tmp_path, clean_spmcmc):
+    args = [*TINY, "stages=[sample_space]"]
+    proc = run_cli(*args, f"output_dir={tmp_path}", env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
+    assert proc.returncode == -9
+    chunk = next((tmp_path / "sample_space").glob("*.partial/_state/chunks/chunk_00000.json"))
+    write(chunk, '[{"text": "cut')
+    proc = run_cli(*args, f"output_dir={tmp_path}")
+    assert proc.returncode == 0 and "chunk_00000.json is damaged" in proc.stdout
+    assert dataset_files(stage_paths(tmp_path)["sample_space"]) == dataset_files(clean_spmcmc["sample_space"])
+
+
+def test_texts_that_look_like_missing_values_are_kept(tmp_path):
+    pool = write(tmp_path / "pool.csv", "text\nNone\nNA\nnan\nA real joke.\n")
+    run_pipeline(tiny_config(tmp_path / "out", "stages=[sample_space]", f"sample_space.extra_path={pool}",
+                             "sample_space.only_extra=true"))
+    texts = load_from_disk(str(stage_paths(tmp_path / "out")["sample_space"] / "dataset"))["text"]
+    assert texts == ["None", "NA", "nan", "A real joke."]

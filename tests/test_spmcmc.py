@@ -1,3 +1,6 @@
+"""The spmcmc stage (pipeline/stages/spmcmc.py): its artifact on the tiny model, its own reporting, and resume
+from kills and damaged resume state."""
+
 import json
 import signal
 import sys
@@ -7,11 +10,8 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
 from pipeline.chains import CachedJudge, new_chains, run_chains
-from pipeline.config import JudgeConfig
-from pipeline.judge import ModelJudge
-from pipeline.models import ModelError
 from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
 
@@ -37,32 +37,6 @@ def test_stage_on_tiny_model(tmp_path):
     assert summary["mode"] == "exact" and summary["score_estimate"] == "stationary"
     assert 0 <= summary["consistency"]["consistency"] <= 1 and summary["consistency"]["evidence"] == "compared pairs"
     assert (path / "estimates.png").stat().st_size > 1000
-
-
-def test_prefix_cache_matches_plain_forward(tiny_model):
-    model, tok = tiny_model
-    texts = ["Why did the chicken cross the road?", "Knock knock.", "A horse walks into a bar.", "Puns."]
-    first, second = np.array([0, 0, 0, 1, 2, 3]), np.array([1, 2, 3, 0, 0, 2])
-    cached = ModelJudge(model, tok, JudgeConfig(batch_size=2), "Tell me a joke.", texts)(first, second)
-    plain_judge = ModelJudge(model, tok, JudgeConfig(prefix_cache=False), "Tell me a joke.", texts)
-    plain = plain_judge(first, second)
-    assert np.allclose(cached, plain, atol=1e-5)
-    assert ((plain_judge.last_mass > 0) & (plain_judge.last_mass <= 1)).all()
-
-
-def test_temperature_sharpens_choices(tiny_model):
-    model, tok = tiny_model
-    texts = ["one joke", "another joke"]
-    f, s = np.array([0, 1]), np.array([1, 0])
-    p1 = ModelJudge(model, tok, JudgeConfig(), "q", texts)(f, s)
-    p_cold = ModelJudge(model, tok, JudgeConfig(temperature=0.25), "q", texts)(f, s)
-    assert (np.abs(p_cold - 0.5) >= np.abs(p1 - 0.5) - 1e-9).all()
-
-
-def test_multi_token_label_is_refused(tiny_model):
-    model, tok = tiny_model
-    with pytest.raises(ModelError, match="judge label 'Response A' is 2 tokens"):
-        ModelJudge(model, tok, JudgeConfig(labels=["Response A", "B"]), "q", ["a", "b"])
 
 
 def test_summary_reports_the_bias_put_in_and_debiases(tmp_path):
@@ -121,3 +95,35 @@ def test_two_processes_split_chains_and_merge_caches(tmp_path):
     assert json.loads((path / "meta.json").read_text())["world_size"] == 2
     seen = {(r["first_id"], r["second_id"]) for r in ds["pairs"]}
     assert len(seen) == ds["pairs"].num_rows  # merged without duplicates
+
+
+RESUME = [*TINY, "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=60"]
+
+
+@pytest.fixture(scope="module")
+def clean_spmcmc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    assert run_cli(*RESUME, f"output_dir={out}").returncode == 0
+    return stage_paths(out)
+
+
+def killed_in_spmcmc(out: Path) -> Path:
+    proc = run_cli(*RESUME, f"output_dir={out}", env={"SPMCMC_KILL_AT": "spmcmc.step:33"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    return next((out / "spmcmc").glob("*.partial"))
+
+
+def test_pair_cache_line_of_the_wrong_shape_is_skipped(tmp_path, clean_spmcmc):
+    partial = killed_in_spmcmc(tmp_path)
+    with open(partial / "pair_cache.rank0.jsonl", "a") as fh:
+        fh.write("[1, 2]\n{\"k\": 3}\n\"text\"\n")
+    assert run_cli(*RESUME, f"output_dir={tmp_path}").returncode == 0
+    assert dataset_files(stage_paths(tmp_path)["spmcmc"]) == dataset_files(clean_spmcmc["spmcmc"])
+
+
+def test_deleted_pair_cache_with_kept_checkpoints_ends_the_same(tmp_path, clean_spmcmc):
+    partial = killed_in_spmcmc(tmp_path)
+    (partial / "pair_cache.rank0.jsonl").unlink()
+    proc = run_cli(*RESUME, f"output_dir={tmp_path}")
+    assert proc.returncode == 0 and "restarting chains" in proc.stdout
+    assert dataset_files(stage_paths(tmp_path)["spmcmc"]) == dataset_files(clean_spmcmc["spmcmc"])

@@ -1,19 +1,14 @@
 """Judges beyond the policy: a reward function (TRL's convention) and another local model, through the same
 design, pair cache, estimates and pairs; every mistake in a reward function is one clear line."""
 
+
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from conftest import assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+from conftest import assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config, write
 
 
 @pytest.mark.slow

@@ -1,0 +1,103 @@
+"""pipeline/ratings.py: human ratings files (one row per item, or long: item, rater, rating), the bundled Jester
+set, the deterministic subset and the split-half noise ceiling; every bad file is one clear line."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY, assert_one_error_line, run_cli, write
+from pipeline.artifacts import MARKER
+from pipeline.ratings import load_ratings, noise_ceiling, select_items
+from pipeline.tables import TableError
+
+
+def write_frame(tmp_path, frame, name="r.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False) if name.endswith(".csv") else frame.to_json(path, orient="records", lines=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("frame, message", [
+    (pd.DataFrame({"text": ["a"] * 3}), "lacks column(s) ['rating']"),
+    (pd.DataFrame({"text": [f"t{i}" for i in range(12)], "rating": ["x"] + [1] * 11}), "must be numeric, found 'x'"),
+    (pd.DataFrame({"text": ["same"] * 12, "rating": range(12)}), "duplicate item 'same'"),
+    (pd.DataFrame({"text": [f"t{i}" for i in range(5)], "rating": range(5)}), "has 5 items; at least 10"),
+])
+def test_ratings_file_validation(tmp_path, frame, message):
+    with pytest.raises(TableError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_ratings(write_frame(tmp_path, frame))
+
+
+def test_missing_and_unreadable_ratings_files(tmp_path):
+    with pytest.raises(TableError, match="does not exist"):
+        load_ratings(str(tmp_path / "nope.csv"))
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(TableError, match="could not be read"):
+        load_ratings(str(tmp_path / "bad.parquet"))
+
+
+def test_long_ratings_are_averaged(tmp_path):
+    rows = [{"item": f"joke {i}", "rater": r, "rating": i + r} for i in range(12) for r in range(3)]
+    ratings = load_ratings(write_frame(tmp_path, pd.DataFrame(rows), "long.jsonl"))
+    item = ratings.items.set_index("id").loc["joke 4"]
+    assert item["rating"] == 5.0 and item["n_ratings"] == 3 and item["text"] == "joke 4"
+    assert ratings.long is not None
+
+
+def test_jester_bundle_and_subset():
+    jester = load_ratings("jester")
+    assert len(jester.items) == 100 and "Eigentaste" in jester.citation
+    subset = select_items(jester.items, max_items=20, max_chars=200)
+    assert len(subset) == 20 and subset["text"].str.len().max() <= 200
+    assert subset["rating"].max() - subset["rating"].min() > 4  # spread over the range
+    assert subset.equals(select_items(jester.items, max_items=20, max_chars=200))
+
+
+def test_noise_ceiling_on_synthetic_raters():
+    """Item means of m raters with noise sd s have reliability var(t) / (var(t) + s^2 / m)."""
+    rng = np.random.default_rng(0)
+    n_items, n_raters, s = 60, 40, 3.0
+    truth = rng.normal(size=n_items)
+    long = pd.DataFrame([(str(i), r, truth[i] + s * rng.normal()) for i in range(n_items) for r in range(n_raters)],
+                        columns=["item", "rater", "rating"])
+    expected = truth.var() / (truth.var() + s ** 2 / n_raters)
+    got = noise_ceiling(long, [str(i) for i in range(n_items)], seed=0)
+    assert got["spearman_brown"] == pytest.approx(expected, abs=0.06)
+
+
+def ratings_file(tmp_path, ratings):
+    return write(tmp_path / "ratings.csv", "text,rating\n" + "".join(f"joke number {i},{r}\n"
+                                                                     for i, r in enumerate(ratings)))
+
+
+@pytest.mark.parametrize("ratings, message", [([4] * 12, "every item has the same rating (4)"),
+                                              ([1, 2, "inf"] + [3] * 9, "`rating` must be finite")])
+def test_degenerate_ratings(tmp_path, ratings, message):
+    path = ratings_file(tmp_path, ratings)
+    proc = run_cli(*TINY, "stages=[evaluate]", f"evaluate.human_ratings={path}", f"output_dir={tmp_path / 'o'}")
+    assert_one_error_line(proc, message)
+    assert not list((tmp_path / "o" / "evaluate").glob(f"*/{MARKER}"))
+
+
+def test_subset_of_constant_ratings_is_refused():
+    from pipeline.ratings import TableError, select_items
+
+    items = pd.DataFrame({"id": [str(i) for i in range(40)], "text": [f"t{i}" for i in range(40)],
+                          "rating": [1.0] * 20 + [2.0] * 20})
+    with pytest.raises(TableError, match="at least 10"):
+        select_items(items.head(9), 0, 0)
+    with pytest.raises(TableError, match="same rating"):
+        select_items(items.head(20), 10, 0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("item,rater,rating\n" + "".join(f"i{k},r0,{k % 7 + 1}\n" for k in range(12)) + "i0,r0,7\n",
+     "rater 'r0' rated item 'i0' more than once"),
+    ("text,rating\n" + "".join(f"joke {k},{k % 7 + 1}\n" for k in range(12)) + "joke x,nan\n",
+     "`rating` must be numeric, found 'nan'"),
+    ("text,rating\n" + "".join(f"joke {k},{k % 7 + 1}\n" for k in range(12)) + "joke x,\n", "`rating` is empty in row 13"),
+], ids=["repeated rater and item", "nan cell", "empty cell"])
+def test_ratings_file_mistakes(tmp_path, text, message):
+    path = write(tmp_path / "r.csv", text)
+    assert_one_error_line(run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
+                                  f"evaluate.human_ratings={path}", timeout=300), message)
