@@ -61,11 +61,14 @@ def start(cfg: Config, stage: str, fingerprint: str) -> None:
     if _downgraded == "offline":
         _warn(f"wandb.mode=online could not start ({reason}); logging offline for the rest of this run: upload later "
               f"with `wandb sync {kwargs['dir']}/wandb/offline-run-*`")
-        try:
-            _run = wandb.init(mode="offline", **kwargs)
-            return
-        except Exception as e:
-            reason = f"{type(e).__name__}: {e}"
+        # when the online attempt timed out, wandb's service can still hold its run id after teardown ("run ID is in
+        # use"): the offline run then takes the id with a suffix (one stage, one offline run either way)
+        for run_id in (kwargs["id"], f"{kwargs['id']}-offline"):
+            try:
+                _run = wandb.init(mode="offline", **{**kwargs, "id": run_id})
+                return
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
         _downgraded = "disabled"
     _warn(f"W&B could not start offline either ({reason}); W&B is off for this run (every figure is in the artifacts)")
 

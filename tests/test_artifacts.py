@@ -81,8 +81,10 @@ def test_manifest_lists_the_stages(tmp_path):
 
     _, b = run_two(tiny_config(tmp_path), [])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
+    a = manifest["stages"]["sample_space"]["fingerprint"]
     assert manifest["stages"]["spmcmc"] == {"path": f"spmcmc/{b.fingerprint}", "fingerprint": b.fingerprint,
-                                            "complete": True, "rows": {"train": 3}}  # relative: the folder can move
+                                            "complete": True, "rows": {"train": 3},
+                                            "inputs": {"sample_space": a}}  # relative: the folder can move
     assert stage_paths(tmp_path)["spmcmc"] == b.path
 
 

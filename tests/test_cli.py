@@ -44,7 +44,7 @@ def test_annotate_round_trip_gives_a_ratings_file(run_dir, tmp_path):
 def test_annotate_import_rejects_non_numeric(tmp_path, capsys):
     pd.DataFrame({"id": [1], "text": ["a"], "rating": ["funny"]}).to_csv(tmp_path / "s.csv", index=False)
     assert main(["annotate", "import", str(tmp_path / "s.csv"), "--out", str(tmp_path / "r.csv")]) == 2
-    assert "is not a number" in capsys.readouterr().err
+    assert "rating 'funny' is not a finite number" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

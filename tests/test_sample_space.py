@@ -94,15 +94,16 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert sum(e["count"] for e in log if e["event"] == "generated_chunk") == 3  # 12 samples / 4 per chunk
 
 
-def test_damaged_generation_chunk_is_generated_again(tmp_path, clean_spmcmc):
+def test_damaged_generation_chunk_is_generated_again(tmp_path):
     args = [*TINY, "stages=[sample_space]"]
+    assert run_cli(*args, f"output_dir={tmp_path / 'clean'}").returncode == 0
     proc = run_cli(*args, f"output_dir={tmp_path}", env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
     assert proc.returncode == -9
     chunk = next((tmp_path / "sample_space").glob("*.partial/_state/chunks/chunk_00000.json"))
     write(chunk, '[{"text": "cut')
     proc = run_cli(*args, f"output_dir={tmp_path}")
     assert proc.returncode == 0 and "chunk_00000.json is damaged" in proc.stdout
-    assert dataset_files(stage_paths(tmp_path)["sample_space"]) == dataset_files(clean_spmcmc["sample_space"])
+    assert dataset_files(stage_paths(tmp_path)["sample_space"]) == dataset_files(stage_paths(tmp_path / "clean")["sample_space"])
 
 
 def test_texts_that_look_like_missing_values_are_kept(tmp_path):
