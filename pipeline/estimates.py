@@ -152,6 +152,16 @@ def exact_stationary(probs: dict, n: int, order: str) -> np.ndarray:
     return graph_stationary(acceptance_matrix(pf, order), off.astype(float))
 
 
+def imputed_stationary(probs: dict, n: int, order: str, s: np.ndarray, position: float) -> np.ndarray:
+    """The exact stationary distribution of the paper's chain with every comparison the design did not make
+    filled in by the Bradley-Terry GLM (logit P(first chosen) = position + s_first - s_second): the active
+    design's estimate. Equals exact_stationary when every comparison was made; the GLM's strengths when none."""
+    pf = p_first_matrix(probs, n)
+    model = 1.0 / (1.0 + np.exp(-(position + s[:, None] - s[None, :])))
+    off = ~np.eye(n, dtype=bool)
+    return graph_stationary(acceptance_matrix(np.where(np.isnan(pf), model, pf), order), off.astype(float))
+
+
 def edge_weights(n: int, edges: list[tuple[int, int]], counts=None) -> np.ndarray:
     w = np.zeros((n, n))
     counts = np.ones(len(edges)) if counts is None else counts
