@@ -114,3 +114,18 @@ CONFIG_CASES = [
 def test_judge_settings_mistakes(tmp_path, args, message):
     proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "stages=[sample_space,spmcmc]", *args, timeout=300)
     assert_one_error_line(proc, message)
+
+
+def test_a_reward_on_a_tiny_scale_still_gives_pairs(tmp_path):
+    """W = sigmoid(reward gap / temperature) is the reward's own scale: a confidence floor meant for a model's measured
+    choice would drop every pair of a function rewarding length in millionths; the function's strict preference is kept."""
+    fn = write(tmp_path / "tiny_reward.py", "def longer(prompts, completions, **kw):\n"
+                                            "    return [len(c) / 1e6 for c in completions]\n")
+    run_pipeline(tiny_config(tmp_path / "out", "stages=[sample_space,spmcmc,preferences]", "judge.kind=function",
+                             f"judge.function={fn}:longer", "preferences.min_confidence=0.6"))
+    path = stage_paths(tmp_path / "out")["preferences"]
+    train = load_from_disk(str(path / "dataset"))["train"]
+    assert train.num_rows > 0 and max(train["confidence"]) < 0.51
+    assert all(len(c[0]["content"]) > len(r[0]["content"]) for c, r in zip(train["chosen"], train["rejected"]))
+    summary = json.loads((path / "summary.json").read_text())
+    assert any("min_confidence=0.6 is not applied" in w for w in summary["warnings"])

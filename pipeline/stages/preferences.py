@@ -267,7 +267,7 @@ def split_prompts(prompts: list[dict], ids_of: dict, pc: PreferencesConfig) -> t
 def run(cfg: Config, inputs: dict, workdir: Path):
     from datasets import Dataset, DatasetDict, Features, Value
 
-    pc = cfg.preferences
+    pc = applied(cfg)
     spmcmc = inputs["spmcmc"].load()
     cands, prompts = spmcmc["candidates"], [p for p in spmcmc["prompts"] if p["n_candidates"] >= 2]
     control = uses_control(cfg)
@@ -311,10 +311,28 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                     "control_features": list(cfg.confounds.control) if control else [],
                     "prompts_without_controlled_score": uncontrolled, "kept_pairs": composition(splits["train"], cands),
                     "warnings": composition_warnings(composition(splits["train"], cands), pc, control)
-                    + ([CONTROL_OFF] if pc.control and not control else []),
+                    + ([CONTROL_OFF] if pc.control and not control else [])
+                    + ([CONFIDENCE_OFF.format(cfg.preferences.min_confidence)]
+                       if pc.min_confidence != cfg.preferences.min_confidence else []),
                     "held_out_prompts": splits["held_out_prompts"].to_list()})
     publish(workdir, NAME, summary, _lines(summary))
     return DatasetDict(splits)
+
+
+def applied(cfg: Config) -> PreferencesConfig:
+    """The preferences settings as applied for this judge. A reward function's W is sigmoid(reward gap /
+    judge.temperature): the scale of the reward, not a measured confidence, and the same answer every time, so
+    min_confidence is not applied to it; a kept pair still needs W > 0.5 (the function prefers chosen)."""
+    import dataclasses
+
+    if cfg.judge.kind == "function":
+        return dataclasses.replace(cfg.preferences, min_confidence=0.5)
+    return cfg.preferences
+
+
+CONFIDENCE_OFF = ("preferences.min_confidence={} is not applied: the judge is a reward function, whose W is the reward "
+                  "gap on its own scale (judge.temperature), not a measured confidence; every pair it strictly "
+                  "prefers is kept")
 
 
 def uses_control(cfg: Config) -> bool:
