@@ -225,10 +225,18 @@ class SpmcmcConfig(Section):
     thin: int = setting(1, "count every thin-th step after burn-in")
     order: Literal["random", "both", "fixed"] = setting(
         "random", "presentation order: random | both (debiased, 2 passes) | fixed (current first)")
-    mode: Literal["auto", "exact", "sparse", "chains"] = setting(
-        "auto", "design: exact (all N(N-1) comparisons) | sparse (random graph, both orders) | chains (the "
-        "paper's MH chains) | auto = exact if N(N-1) <= budget, else sparse if 4N <= budget, else chains")
-    budget: int = setting(5000, "judge comparisons the design may use (auto picks the mode by it)")
+    mode: Literal["auto", "exact", "sparse", "active", "chains"] = setting(
+        "auto", "design: exact (all N(N-1) comparisons) | sparse (random graph, both orders) | active (chosen "
+        "in rounds where the estimate is still open, one budget for all prompts; pipeline/active.py) | chains "
+        "(the paper's MH chains) | auto = exact if N(N-1) <= budget, else active if 4N <= budget, else chains")
+    budget: int = setting(5000, "judge comparisons the design may use, per prompt (auto picks the mode by it; "
+                                "active: the run's budget is this times the prompts, shared)")
+    precision: float = setting(0.1, "active: a prompt stops when its expected TV error is at most this share of its "
+                                    "distance from the uniform distribution")
+    round_size: int = setting(32, "active: comparisons chosen per round (16 pairs, both orders); the design "
+                                  "depends on it")
+    flat_w: float = setting(0.55, "active: a prompt stops as flat when no pair's order-averaged choice W can reach "
+                                  "this (upper 95% bound): no DPO pair there would pass a confidence filter")
     degree: int = setting(0, "sparse: others each candidate is compared with (0 = as many as the budget allows)")
     chains: Literal["auto", "true", "false"] = setting(
         "auto", "run the paper's chains too: auto = when they cost no new comparisons (exact) or are the design")
@@ -254,6 +262,9 @@ class SpmcmcConfig(Section):
         _require(self.bootstrap >= 20, "spmcmc.bootstrap", "must be >= 20")
         _require(self.consistency_splits >= 1, "spmcmc.consistency_splits", "must be >= 1")
         _require(self.min_consistency <= 1, "spmcmc.min_consistency", "must be <= 1")
+        _require(self.precision > 0, "spmcmc.precision", "must be > 0")
+        _require(self.round_size >= 2, "spmcmc.round_size", "must be >= 2 (one pair in both orders)")
+        _require(0.5 <= self.flat_w < 1, "spmcmc.flat_w", "must be in [0.5, 1)")
 
 
 CONFOUND_FEATURES = ("length", "tokens", "logprob", "mean_logprob", "count")  # pipeline/confounds.py measures these
@@ -348,7 +359,7 @@ class FinetuneConfig(Section):
     beta: float = setting(0.1, "DPO beta")
     loss_type: list[str] = setting(None, "TRL DPO loss types, e.g. [sigmoid] or [sigmoid,sft]",
                                    factory=lambda: ["sigmoid"])
-    learning_rate: float = setting(5e-5, "adapter learning rate")
+    learning_rate: float = setting(2e-4, "adapter learning rate (docs/PERFORMANCE.md: DPO dose-response)")
     num_epochs: float = setting(2.0, "passes over the train pairs")
     batch_size: int = setting(8, "pairs per device per step")
     gradient_accumulation_steps: int = setting(1, "steps accumulated per update")

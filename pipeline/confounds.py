@@ -7,11 +7,9 @@ it out, per prompt:
 Confounds   per candidate: length (log characters), tokens (log tokens), logprob (summed token
             log-probability under the policy), mean_logprob, count (log(1 + generation count)), and
             format features named in `confounds.formats` ("name=regex": 1 where the text matches).
-Strengths   a GLM on the comparisons already made (binomial with the quasi-likelihood scale, as
-            statsmodels fits it): logit P(first shown chosen) = c + s_first - s_second, c the position bias. Its
-            dispersion (Pearson chi2 / df) is what actually varies between readings of the judge:
-            the two presentation orders disagreeing, intransitive triads. So s has a covariance from
-            the comparisons themselves, whatever the design.
+Strengths   the GLM of pipeline/glm.py on the comparisons already made: logit P(first shown chosen) =
+            c + s_first - s_second, c the position bias, with the covariance of s from the judge's own
+            disagreeing readings.
 Control     s split into what the controlled confounds X predict and the rest: s = X beta + q with
             q orthogonal to [1, X] (an ordinary least-squares split; the same fit as the GLM
             logit = c + (q_f - q_s) + beta (x_f - x_s) with that constraint, the AlpacaEval
@@ -27,6 +25,8 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.glm import StrengthFit, fit_strengths, softmax_se
 
 FEATURES = ("length", "tokens", "logprob", "mean_logprob", "count")
 FEATURE_MEANING = {"length": "log characters", "tokens": "log tokens", "logprob": "summed log-probability under "
@@ -86,80 +86,6 @@ def standardised(feats: dict[str, np.ndarray], names) -> tuple[np.ndarray, list[
             kept.append(name)
     n = len(next(iter(feats.values())))
     return (np.column_stack(cols) if cols else np.zeros((n, 0))), kept
-
-
-# ------------------------------------------------------------------------------------ the GLM
-@dataclass
-class StrengthFit:
-    """The judge's log-strengths (mean 0) with their covariance, from the GLM on the comparisons."""
-    s: np.ndarray
-    cov: np.ndarray
-    position: float  # c: log-odds of choosing the first shown answer between equal ones
-    dispersion: float  # Pearson chi2 / residual df (quasi-binomial scale)
-    comparisons: int
-
-
-def fit_strengths(probs: dict, n: int, tol: float = 1e-10) -> StrengthFit | None:
-    """logit P(first chosen) = c + s_first - s_second over every comparison in `probs` ({(first, second): p});
-    s sums to 0. The binomial GLM with the quasi-likelihood scale, fitted by IRLS on the design's structure.
-
-    statsmodels' GLM(Binomial).fit(scale="X2") gives the same fit (tests/test_confounds.py checks it), but
-    builds the dense comparisons x candidates design: 38 s at N = 237 with every comparison, where this
-    uses its two non-zeros per row (a weighted graph Laplacian) and takes milliseconds. None with fewer
-    comparisons than parameters + 1."""
-    from scipy.linalg import null_space
-
-    keys = list(probs)
-    if n < 2 or len(keys) < n + 1:
-        return None
-    k = np.array(keys)
-    first, second = k[:, 0], k[:, 1]
-    y = np.clip(np.array([probs[key] for key in keys], dtype=float), 0.0, 1.0)
-    basis = null_space(np.ones((1, n)))  # N x (N-1): s = basis @ gamma sums to 0
-    theta, s = np.zeros(n), np.zeros(n)  # theta = [c, gamma]
-    for _ in range(100):
-        eta = theta[0] + s[first] - s[second]
-        mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
-        w = mu * (1 - mu)
-        info = _information(first, second, w, n, basis)
-        score = np.concatenate([[np.sum(y - mu)], basis.T @ (np.bincount(first, y - mu, n) - np.bincount(second, y - mu, n))])
-        step = _solve(info, score)  # Newton = IRLS for the canonical link
-        theta = theta + step
-        s = basis @ theta[1:]
-        if np.abs(step).max() < tol:
-            break
-    eta = theta[0] + s[first] - s[second]
-    mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
-    dispersion = float(np.sum((y - mu) ** 2 / (mu * (1 - mu))) / (len(y) - n))  # Pearson chi2 / residual df
-    cov = dispersion * _inverse(_information(first, second, mu * (1 - mu), n, basis))
-    return StrengthFit(s=s, cov=basis @ cov[1:, 1:] @ basis.T, position=float(theta[0]), dispersion=dispersion,
-                       comparisons=len(keys))
-
-
-def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a x = b for the (symmetric) information matrix: a direct solve, least squares where it is singular (a
-    design whose graph falls apart). lstsq's SVD costs ~30x a solve at N = 237."""
-    try:
-        return np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(a, b, rcond=None)[0]
-
-
-def _inverse(a: np.ndarray) -> np.ndarray:
-    try:
-        return np.linalg.inv(a)
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(a, hermitian=True)
-
-
-def _information(first, second, w, n: int, basis: np.ndarray) -> np.ndarray:
-    """X'WX for the design [1, e_first - e_second] in the basis [c, gamma]."""
-    off = np.bincount(first * n + second, w, n * n).reshape(n, n)
-    lap = np.diag(np.bincount(first, w, n) + np.bincount(second, w, n)) - off - off.T
-    cross = basis.T @ (np.bincount(first, w, n) - np.bincount(second, w, n))
-    out = np.empty((n, n))
-    out[0, 0], out[0, 1:], out[1:, 0], out[1:, 1:] = w.sum(), cross, cross, basis.T @ lap @ basis
-    return out
 
 
 def residual_maker(x: np.ndarray) -> np.ndarray:
@@ -299,14 +225,6 @@ def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int) -> d
         return m @ fit.s if fit is not None else np.zeros(n)
     out = split_half(estimate, len(edges), splits, seed)
     return out and {**out, "evidence": "compared pairs"}
-
-
-def softmax_se(q: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """p = softmax(q) (a preference distribution, like the other scores) and its delta-method SE."""
-    p = np.exp(q - q.max())
-    p /= p.sum()
-    jac = np.diag(p) - np.outer(p, p)
-    return p, np.sqrt(np.clip(np.diag(jac @ cov @ jac.T), 0.0, None))
 
 
 # ------------------------------------------------------------------------------------ one prompt

@@ -7,6 +7,8 @@ Designs (which comparisons the judge makes), cheapest first for large N:
   sparse   a seeded random connected graph; every candidate compared, in both orders, with about
            `degree` others; all comparisons known up front, so they batch fully.
   exact    every ordered comparison, N(N-1).
+  active   chosen in rounds where the estimate is still open, with one budget for every prompt of the
+           run (pipeline/active.py); the design is known only once the judge has answered.
 The spMCMC chain with a symmetric proposal restricted to a graph (q(i->j) = 1/d_max on the graph's
 edges) has the same Barker acceptance; its stationary distribution is solved exactly. On the
 complete graph this is the exact stationary distribution of the paper's chain; for a judge that
@@ -23,6 +25,9 @@ Estimates (all sum to one over the candidates):
                   compared pairs.
   stationary      graph stationary distribution on all pairs (exact design); SE by a bootstrap over pairs.
   sparse          graph stationary distribution on the sparse design's graph; SE likewise.
+  active          the exact stationary distribution of the paper's chain with every comparison the
+                  active design did not make filled in by the GLM (pipeline/glm.py); SE by the delta
+                  method from the GLM's covariance.
 Consistency: the evidence split in two halves at random (the graph's pairs, or the chains), the
 estimate on each half, the Spearman correlation between the halves, Spearman–Brown corrected
 (2r/(1+r)), averaged over several splits: the model's analogue of the human split-half ceiling.
@@ -31,22 +36,27 @@ estimate on each half, the Spearman correlation between the halves, Spearman–B
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
-MODES = ("exact", "sparse", "chains")
+from pipeline.glm import fit_strengths
+
+MODES = ("exact", "sparse", "active", "chains")
 MIN_DEGREE = 4  # two random cycles; one cycle alone estimated worse than chains at the same budget (bench_estimators)
 REGULARISE = 1e-3  # half-evidence and bootstrap graphs may fall apart; a little uniform walk rejoins them
 
 
 # ------------------------------------------------------------------------------------ the design
 def choose_mode(mode: str, n: int, budget: int) -> str:
-    """auto: exact when all N(N-1) comparisons fit the budget, else the sparse design when a graph of
-    degree MIN_DEGREE fits (MIN_DEGREE * N comparisons), else the chains."""
+    """auto: exact when all N(N-1) comparisons fit the budget, else the active design when its starting graph
+    (degree MIN_DEGREE, MIN_DEGREE * N comparisons) fits, else the chains. Active rather than sparse: from the same
+    starting graph it reaches at least the sparse design's accuracy at equal comparisons on every bench judge, and
+    stops early where the answer is settled or flat (docs/PERFORMANCE.md, scripts/bench_estimators.py)."""
     if mode != "auto":
         return mode
     if n * (n - 1) <= budget:
         return "exact"
     if MIN_DEGREE * n <= budget:
-        return "sparse"
+        return "active"
     return "chains"
 
 
@@ -56,12 +66,13 @@ def plan_design(sc, n: int) -> tuple[str, list[tuple[int, int]], str]:
     why = f"spmcmc.mode={sc.mode}" if sc.mode != "auto" else {
         "exact": f"all N(N-1) = {n * (n - 1)} comparisons fit spmcmc.budget={sc.budget}",
         "sparse": f"N(N-1) = {n * (n - 1)} exceeds spmcmc.budget={sc.budget}; a connected graph fits",
+        "active": f"N(N-1) = {n * (n - 1)} exceeds spmcmc.budget={sc.budget}; chosen where the estimate is open",
         "chains": f"even a sparse design ({MIN_DEGREE}N = {MIN_DEGREE * n}) exceeds spmcmc.budget={sc.budget}"}[mode]
     if mode == "exact":
         return mode, design_graph(n, n - 1, sc.seed), why
     if mode == "sparse":
         return mode, design_graph(n, design_degree(n, sc.budget, sc.degree), sc.seed), why
-    return mode, [], why
+    return mode, [], why  # chains: the chains choose; active: chosen as the judge answers (pipeline/active.py)
 
 
 def wants_chains(chains: str, mode: str) -> bool:
@@ -157,9 +168,27 @@ def imputed_stationary(probs: dict, n: int, order: str, s: np.ndarray, position:
     filled in by the Bradley-Terry GLM (logit P(first chosen) = position + s_first - s_second): the active
     design's estimate. Equals exact_stationary when every comparison was made; the GLM's strengths when none."""
     pf = p_first_matrix(probs, n)
-    model = 1.0 / (1.0 + np.exp(-(position + s[:, None] - s[None, :])))
+    model = expit(position + s[:, None] - s[None, :])
     off = ~np.eye(n, dtype=bool)
     return graph_stationary(acceptance_matrix(np.where(np.isnan(pf), model, pf), order), off.astype(float))
+
+
+def imputed_estimate(probs: dict, n: int, order: str) -> tuple[np.ndarray, np.ndarray]:
+    """The active design's estimate and its SE: imputed_stationary on the GLM's fit, the SE by the delta method
+    (estimate x the SD of log-strength s_i - pi.s from the GLM's covariance); uniform without a fit."""
+    fit = fit_strengths(probs, n)
+    if fit is None:
+        return np.full(n, 1.0 / n), np.full(n, np.nan)
+    value = imputed_stationary(probs, n, order, fit.s, fit.position)
+    cp = fit.cov @ value
+    sd = np.sqrt(np.clip(np.diag(fit.cov) - 2 * cp + value @ cp, 0.0, None))
+    return value, value * sd
+
+
+def on_edges(probs: dict, edges: list[tuple[int, int]], keep) -> dict:
+    """The comparisons (both orders) of the edges where `keep` is true."""
+    chosen = {e for e, k in zip(edges, keep) if k}
+    return {key: v for key, v in probs.items() if (min(key), max(key)) in chosen}
 
 
 def edge_weights(n: int, edges: list[tuple[int, int]], counts=None) -> np.ndarray:
@@ -320,10 +349,10 @@ def order_averaged(probs: dict, a: int, b: int) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ all at once
-ESTIMATES = ("frequency", "rao_blackwell", "bt", "stationary", "sparse")
+ESTIMATES = ("frequency", "rao_blackwell", "bt", "stationary", "sparse", "active")
 COLUMN = {"frequency": "frequency", "rao_blackwell": "rao_blackwell", "bt": "bt_score", "stationary": "stationary",
-          "sparse": "sparse"}  # estimate -> the spmcmc candidates column (its standard error: column + "_se")
-SCORE_OF_MODE = {"exact": "stationary", "sparse": "sparse", "chains": "bt"}
+          "sparse": "sparse", "active": "active"}  # estimate -> the spmcmc candidates column (its SE: column + "_se")
+SCORE_OF_MODE = {"exact": "stationary", "sparse": "sparse", "active": "active", "chains": "bt"}
 
 
 def all_estimates(probs: dict, n: int, order: str, mode: str, edges: list, trace: dict | None, burn_in: int,
@@ -339,7 +368,11 @@ def all_estimates(probs: dict, n: int, order: str, mode: str, edges: list, trace
     pairs = pair_edges(probs)
     est["bt"] = (bradley_terry(probs, n, alpha),
                  bootstrap_se(lambda c: bradley_terry(probs, n, alpha, pairs, c), pairs, resamples, seed))
-    if mode in ("exact", "sparse"):
+    if mode == "active":
+        probs = on_edges(probs, edges, [True] * len(edges))  # the design's own comparisons: not an earlier cache's
+        est["active"] = imputed_estimate(probs, n, order)
+        rel["score"] = graph_consistency(probs, n, order, edges, splits, seed)  # as sparse: halves of the pairs
+    elif mode in ("exact", "sparse"):
         est[SCORE_OF_MODE[mode]] = (solve_on_edges(probs, n, order, edges), bootstrap_se(
             lambda c: solve_on_edges(probs, n, order, edges, c, REGULARISE), edges, resamples, seed))
         rel["score"] = graph_consistency(probs, n, order, edges, splits, seed)

@@ -299,7 +299,7 @@ def _new_judge(cfg: Config, load, queries: list[str], texts: list[str], prompt_o
 
 
 def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], stage: str, desc: str, distributed: bool = True,
-               chunk: int = 256) -> None:
+               chunk: int = 256, progress: bool = True) -> None:
     """Every comparison of a design; with `distributed`, split across processes by first candidate (so
     each process reuses its rows' prefixes), then merged. Persisted in chunks as they finish; the failpoint
     after each chunk is the calling stage's (`stage`.design_chunk)."""
@@ -308,7 +308,8 @@ def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], stage: str, de
     rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
     mine = sorted(p for p in set(pairs) if p[0] % world == rank)
     todo = [p for p in mine if p not in cached.probs]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"[{stage}] {desc}", unit="cmp") as bar:
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"[{stage}] {desc}", unit="cmp",
+              disable=not progress) as bar:
         for start in range(0, len(todo), chunk):
             cached.ensure(todo[start:start + chunk])
             bar.update(min(chunk, len(todo) - start))

@@ -8,11 +8,18 @@ it used, total variation and Spearman against that truth.
     python scripts/bench_estimators.py --n 100
 
 Judges: `bt` Bradley–Terry with a first-position bias; `intransitive` the same plus antisymmetric
-logit noise (SD 0.5) per pair; `flat` a nearly flat judge with a strong position bias, like
-SmolLM2-135M's (P(first chosen) ~ 0.87, preference logits of SD 0.1, noise of SD 0.1).
-Last line: `comparisons_for_tv05=C spearman_at_5000=S` for the pipeline's default (spmcmc.mode=auto)
-on the N=237 intransitive judge: C, the fewest comparisons at which it reaches TV <= 0.05; S, its
-Spearman at a 5,000-comparison budget.
+logit noise (SD 0.5) per pair; `order` the intransitive judge with SmolLM2's strong first-position bias
+(P(first chosen) ~ 0.87) that also differs by candidate (SD 0.5 logits: some answers gain more from being
+shown first); `flat` a nearly flat judge with that position bias, like SmolLM2-135M's (preference logits
+of SD 0.1, noise of SD 0.1); `null` no preference at all (noise of SD 0.05 only): the active design
+should call it flat and stop early.
+Designs: chains, sparse (by degree), active (pipeline/active.py; by budget with no precision target, and
+at the default precision, where it stops by itself), exact.
+Pair accuracy: the share of the preferences stage's default pairs (top quarter against bottom quarter,
+capped as configured), built from the estimate, that point the same way as under the exact distribution.
+Last line: `comparisons_for_tv05=C spearman_at_5000=S pair_accuracy_at_1500=A` for the pipeline's default
+(spmcmc.mode=auto) on the N=237 intransitive judge: C, the fewest comparisons at which it reaches TV <= 0.05;
+S, its Spearman at a 5,000-comparison budget; A, its pair accuracy at a 1,500-comparison budget.
 """
 
 from __future__ import annotations
@@ -26,35 +33,60 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.active import PromptDesign, run_design  # noqa: E402
 from pipeline.chains import CachedJudge, new_chains, run_chains  # noqa: E402
-from pipeline.config import SpmcmcConfig  # noqa: E402
+from pipeline.config import PreferencesConfig, SpmcmcConfig  # noqa: E402
 from pipeline.diagnostics import total_variation  # noqa: E402
 from pipeline.estimates import (  # noqa: E402
     all_estimates,
     bradley_terry,
     exact_stationary,  # noqa: E402
+    imputed_estimate,
     ordered,
     plan_design,
     solve_on_edges,
 )
+from pipeline.stages.preferences import apply_caps, candidate_pairs  # noqa: E402
+
+JUDGES = ("bt", "intransitive", "order", "flat", "null")
 
 
 def make_judge(kind: str, n: int, seed: int):
     rng = np.random.default_rng(seed)
     if kind == "flat":
         theta, noise_sd, bias = rng.normal(0, 0.1, n), 0.1, 1.9
+    elif kind == "null":
+        theta, noise_sd, bias = np.zeros(n), 0.05, 1.9
     else:
-        theta, noise_sd, bias = np.log(rng.gamma(1.0, size=n)), (0.5 if kind == "intransitive" else 0.0), 1.0
+        theta, noise_sd, bias = np.log(rng.gamma(1.0, size=n)), (0.0 if kind == "bt" else 0.5), 1.0
     noise = rng.normal(0, noise_sd, (n, n)) if noise_sd else np.zeros((n, n))
     noise = (noise - noise.T) / np.sqrt(2)  # antisymmetric: a cycle-making preference per pair
+    first_bonus = rng.normal(0, 0.5, n) if kind == "order" else np.zeros(n)
+    bias = 1.9 if kind == "order" else bias
 
     def judge(first, second):
-        return 1.0 / (1.0 + np.exp(-(theta[first] - theta[second] + noise[first, second] + bias)))
+        return 1.0 / (1.0 + np.exp(-(theta[first] - theta[second] + noise[first, second] + bias + first_bonus[first])))
     return judge
 
 
-def score(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    return total_variation(est, truth), float(spearmanr(est, truth).statistic)
+def pair_accuracy(est: np.ndarray, truth: np.ndarray) -> float:
+    """The share of the default preference pairs from `est` that the exact distribution orders the same way."""
+    pc = PreferencesConfig()
+    ids = list(range(len(est)))
+    pairs = apply_caps(candidate_pairs(ids, dict(enumerate(est)), pc, np.random.default_rng(0)), pc.max_pairs,
+                       pc.max_uses_per_candidate)
+    return float(np.mean([truth[a] > truth[b] for a, b in pairs])) if pairs else float("nan")
+
+
+def active_design(judge, n: int, budget: int, precision: float) -> tuple[CachedJudge, list]:
+    sc = SpmcmcConfig(mode="active", budget=budget, precision=precision)
+    cached, d = CachedJudge(judge), PromptDesign(n, 0)
+    run_design([d], cached.probs, cached.ensure, sc)
+    return cached, d
+
+
+def score(est: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    return total_variation(est, truth), float(spearmanr(est, truth).statistic), pair_accuracy(est, truth)
 
 
 def chains_rows(judge, n: int, truth, budgets, order: str):
@@ -80,19 +112,35 @@ def sparse_rows(judge, n: int, truth, degrees, order: str):
     return rows
 
 
+def active_rows(judge, n: int, truth, budgets, order: str):
+    rows = []
+    for budget, precision in [(b, 1e-9) for b in budgets] + [(5000, SpmcmcConfig().precision)]:
+        cached, d = active_design(judge, n, budget, precision)
+        label = "active" if precision < 1e-6 else f"active (precision {precision}: {d.stop})"
+        rows.append((label, "active", cached.calls, *score(imputed_estimate(cached.probs, n, order)[0], truth)))
+    return rows
+
+
+def estimate_at(judge, n: int, budget: int, order: str) -> tuple[str, int, np.ndarray]:
+    """The pipeline's default (mode=auto) at one budget: (mode, comparisons, estimate)."""
+    mode, edges, _ = plan_design(SpmcmcConfig(budget=budget), n)
+    if mode == "active":
+        cached, _ = active_design(judge, n, budget, SpmcmcConfig().precision)
+        return mode, cached.calls, imputed_estimate(cached.probs, n, order)[0]
+    cached = CachedJudge(judge)
+    if edges:
+        cached.ensure(ordered(edges))
+        return mode, cached.calls, solve_on_edges(cached.probs, n, order, edges)
+    trace = run_chains(new_chains(n, 4, seed=0), n, cached, iterations=max(8, budget // 4), order=order)
+    return mode, cached.calls, all_estimates(cached.probs, n, order, "chains", [], trace, 1, 1, 0.01, 0, 0, 0)[0]["bt"][0]
+
+
 def default_curve(judge, n: int, truth, budgets, order: str):
-    """The pipeline's default (mode=auto) at each budget: (comparisons, TV, Spearman)."""
+    """The pipeline's default (mode=auto) at each budget: (budget, mode, comparisons, TV, Spearman, pair accuracy)."""
     out = []
     for budget in budgets:
-        mode, edges, _ = plan_design(SpmcmcConfig(budget=budget), n)
-        cached = CachedJudge(judge)
-        if edges:
-            cached.ensure(ordered(edges))
-            est = solve_on_edges(cached.probs, n, order, edges)
-        else:
-            trace = run_chains(new_chains(n, 4, seed=0), n, cached, iterations=max(8, budget // 4), order=order)
-            est = all_estimates(cached.probs, n, order, "chains", [], trace, 1, 1, 0.01, 0, 0, 0)[0]["bt"][0]
-        out.append((budget, mode, cached.calls, *score(est, truth)))
+        mode, calls, est = estimate_at(judge, n, budget, order)
+        out.append((budget, mode, calls, *score(est, truth)))
     return out
 
 
@@ -102,28 +150,32 @@ def main() -> None:
     ap.add_argument("--order", default="random")
     args = ap.parse_args()
     n, order = args.n, args.order
-    print("| judge | design | estimate | comparisons | TV vs exact | Spearman vs exact |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print("| judge | design | estimate | comparisons | TV vs exact | Spearman vs exact | pair accuracy |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     curves = {}
-    for kind in ("bt", "intransitive", "flat"):
+    for kind in JUDGES:
         judge = make_judge(kind, n, seed=1)
         every = CachedJudge(judge)
         every.ensure([(i, j) for i in range(n) for j in range(n) if i != j])
         truth = exact_stationary(every.probs, n, order)
         rows = chains_rows(judge, n, truth, (1000, 2500, 5000, 10000, 20000), order)
-        rows += sparse_rows(judge, n, truth, (4, 8, 12, 16, 20, 30, 42), order)
-        rows.append(("exact", "stationary", n * (n - 1), 0.0, 1.0))
-        for design, name, calls, tv, rho in rows:
-            print(f"| {kind} | {design} | {name} | {calls:,} | {tv:.3f} | {rho:.3f} |")
-        curves[kind] = default_curve(judge, n, truth, range(250, 20001, 250), order)
+        rows += sparse_rows(judge, n, truth, (4, 6, 8, 12, 16, 20, 30, 42), order)
+        rows += active_rows(judge, n, truth, (1000, 1500, 2500, 5000, 10000), order)
+        rows.append(("exact", "stationary", n * (n - 1), 0.0, 1.0, 1.0))
+        for design, name, calls, tv, rho, acc in rows:
+            print(f"| {kind} | {design} | {name} | {calls:,} | {tv:.3f} | {rho:.3f} | {acc:.3f} |")
+        if kind == "intransitive":
+            curves[kind] = default_curve(judge, n, truth, range(250, 20001, 250), order)
     print("\nDefault (spmcmc.mode=auto) on the intransitive judge, by budget:")
-    print("| budget | mode | comparisons | TV | Spearman |\n| ---: | --- | ---: | ---: | ---: |")
-    for budget, mode, calls, tv, rho in curves["intransitive"]:
-        if budget in (250, 500, 1000, 2000, 2500, 3000, 4000, 5000, 10000, 20000):
-            print(f"| {budget:,} | {mode} | {calls:,} | {tv:.3f} | {rho:.3f} |")
-    reached = [calls for _, _, calls, tv, _ in curves["intransitive"] if tv <= 0.05]
-    at_5000 = next(rho for budget, _, _, _, rho in curves["intransitive"] if budget == 5000)
-    print(f"comparisons_for_tv05={min(reached) if reached else 'not_reached'} spearman_at_5000={at_5000:.3f}")
+    print("| budget | mode | comparisons | TV | Spearman | pair accuracy |\n| ---: | --- | ---: | ---: | ---: | ---: |")
+    for budget, mode, calls, tv, rho, acc in curves["intransitive"]:
+        if budget in (250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 10000, 20000):
+            print(f"| {budget:,} | {mode} | {calls:,} | {tv:.3f} | {rho:.3f} | {acc:.3f} |")
+    reached = [calls for _, _, calls, tv, _, _ in curves["intransitive"] if tv <= 0.05]
+    at_5000 = next(rho for budget, _, _, _, rho, _ in curves["intransitive"] if budget == 5000)
+    acc_1500 = next(acc for budget, _, _, _, _, acc in curves["intransitive"] if budget == 1500)
+    print(f"comparisons_for_tv05={min(reached) if reached else 'not_reached'} spearman_at_5000={at_5000:.3f} "
+          f"pair_accuracy_at_1500={acc_1500:.3f}")
 
 
 if __name__ == "__main__":

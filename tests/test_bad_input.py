@@ -65,12 +65,6 @@ def test_config_mistakes(tmp_path, name, args, message):
     assert_one_error_line(run_cli(*argv, *out, timeout=120), message)
 
 
-# ---------------------------------------------------------------- every setting, wrong type and out of range
-
-
-# ---------------------------------------------------------------- files and models: content enters the fingerprint
-
-
 # ---------------------------------------------------------------- stages: data that must be refused
 
 
@@ -119,17 +113,3 @@ def test_stage_mistakes(tmp_path, tiny_model_dir, name, args, message, stage):
     line = assert_one_error_line(proc, message)
     assert "max_new_tokens" not in line or name == "empty sample space"
     assert not list((tmp_path / "out" / stage).glob(f"*/{MARKER}"))
-
-
-# ---------------------------------------------------------------- W&B never stops a run
-
-
-# ---------------------------------------------------------------- console commands
-
-
-# ---------------------------------------------------------------- resume edge cases
-
-
-# ---------------------------------------------------------------- hostile input to the newer features (issue 20)
-
-

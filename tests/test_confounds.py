@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset
 
 from conftest import tiny_config
-from pipeline import confounds
+from pipeline import confounds, glm
 from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
 
@@ -35,14 +35,14 @@ def test_glm_recovers_strengths_position_and_honest_standard_errors():
     s -= s.mean()
     inside, fits = [], []
     for seed in range(20):
-        fit = confounds.fit_strengths(simulated(n, s, c, 0.15, seed), n)
+        fit = glm.fit_strengths(simulated(n, s, c, 0.15, seed), n)
         se = np.sqrt(np.diag(fit.cov))
         inside.append(np.abs(fit.s - s) < 1.96 * se)
         fits.append(fit)
     assert all(abs(f.position - c) < 0.05 for f in fits)
     assert all(np.corrcoef(f.s, s)[0, 1] > 0.98 for f in fits)
     assert 0.90 <= np.mean(inside) <= 0.99  # 95% intervals cover the true strengths about 95% of the time
-    quiet = confounds.fit_strengths(simulated(n, s, c, 0.015, 0), n)
+    quiet = glm.fit_strengths(simulated(n, s, c, 0.015, 0), n)
     assert np.sqrt(np.diag(quiet.cov)).mean() < np.sqrt(np.diag(fits[0].cov)).mean() / 5  # SE follows the noise
 
 
@@ -52,7 +52,7 @@ def test_control_recovers_the_confound_coefficient_and_leaves_what_it_cannot_exp
     x = rng.normal(size=(n, 2))
     quality = rng.normal(0, 0.5, size=n)
     s = 0.8 * x[:, 0] - 0.3 * x[:, 1] + quality
-    fit = confounds.fit_strengths(simulated(n, s - s.mean(), 1.0, 0.2, 2), n)
+    fit = glm.fit_strengths(simulated(n, s - s.mean(), 1.0, 0.2, 2), n)
     xs = (x - x.mean(0)) / x.std(0)
     c = confounds.control(fit, xs, ["a", "b"])
     truth = np.array([0.8, -0.3]) * x.std(0)  # per SD
@@ -145,7 +145,7 @@ def test_the_glm_equals_statsmodels():
     basis = null_space(np.ones((1, n)))
     design = np.column_stack([np.ones(len(keys)), basis[keys[:, 0]] - basis[keys[:, 1]]])
     ref = sm.GLM(np.array(list(probs.values())), design, family=sm.families.Binomial()).fit(scale="X2")
-    fit = confounds.fit_strengths(probs, n)
+    fit = glm.fit_strengths(probs, n)
     assert fit.position == pytest.approx(ref.params[0], abs=1e-8)
     assert np.allclose(fit.s, basis @ ref.params[1:], atol=1e-8)
     assert fit.dispersion == pytest.approx(ref.scale, rel=1e-8)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import rounds, winrate
+from pipeline.active import PromptDesign, run_design
 from pipeline.artifacts import flat_numbers, publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import Config
@@ -66,6 +67,11 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], workdir: Path, adap
     mode, edges, _ = plan_design(sc, n)
     if edges:
         fill_pairs(cached, ordered(edges), NAME, f"{adapter_key or 'base'}: {mode} design", distributed=False)
+    if mode == "active":  # as the stage: chosen round by round from the answers so far
+        design = PromptDesign(n, 0)
+        run_design([design], cached.probs, lambda pairs: fill_pairs(
+            cached, pairs, NAME, "active round", distributed=False, progress=False), sc)
+        edges = design.edges
     trace = None
     if wants_chains(sc.chains, mode):  # as the stage: calibrated choices in the chains, which then add no comparison
         shift = calibration_shift(cached.probs, cfg.judge.calibration)
@@ -86,13 +92,13 @@ def controlled_scores(cfg: Config, tok, texts: list[str], raw_probs: dict, answe
     """The controlled score of the rated items (pipeline/confounds.py), their confounds measured as for generated
     answers (`answers`: log-probabilities as answers to the rated query; no generation count); None without
     control."""
-    from pipeline import confounds
+    from pipeline import confounds, glm
 
     if not cfg.confounds.control:
         return None
     feats = confounds.candidate_features(texts, [len(tok(t, add_special_tokens=False).input_ids) for t in texts],
                                          [x[0] for x in answers], [x[1] for x in answers], None, cfg.confounds.formats)
-    fit = confounds.fit_strengths(raw_probs, len(texts))
+    fit = glm.fit_strengths(raw_probs, len(texts))
     x, names = confounds.standardised(feats, list(cfg.confounds.control))
     if fit is None or len(texts) - 1 - len(names) < 2:
         return None

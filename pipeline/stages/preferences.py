@@ -152,12 +152,12 @@ def _pair_rows(pairs, text, score, prompt, evidence) -> dict:
 
 
 class Strengths:
-    """Per prompt, the judge's log-strengths from the GLM on spmcmc's comparisons (pipeline/confounds.py), raw or
+    """Per prompt, the judge's log-strengths from the GLM on spmcmc's comparisons (pipeline/glm.py), raw or
     with confounds.control held fixed, with their covariance: a pair's gap_z is its strength gap over the SE that
     the judge's own disagreeing readings imply. Also the controlled confounds, z-scored, for matching."""
 
     def __init__(self, cfg: Config, cands, pairs, prompts: list[dict], control: bool):
-        from pipeline import confounds
+        from pipeline import confounds, glm
 
         self.values, self.cov, self.x, self.lo = {}, {}, {}, {}
         ids_of, probs_of = {}, {}
@@ -171,7 +171,7 @@ class Strengths:
             rows = cands[lo:lo + n]
             probs = {(f - lo, s - lo): v for (f, s), v in probs_of.get(p["prompt_id"], {}).items()}
             x, names = confounds.standardised(confounds.features_of(rows, cfg.confounds.formats), list(cfg.confounds.control))
-            fit = confounds.fit_strengths(probs, n)
+            fit = glm.fit_strengths(probs, n)
             if fit is None:
                 continue
             c = confounds.control(fit, x if control else x[:, :0], names if control else [])

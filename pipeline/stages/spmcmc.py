@@ -7,23 +7,28 @@ Inputs:  sample_space (id, prompt_id, prompt, text, ...); optional `judge` (roun
          spmcmc: its pair cache is reused where the judge and the texts are the same)
 Design:  `spmcmc.mode` (auto picks by `spmcmc.budget`): exact (all N(N-1) comparisons), sparse (each
          candidate compared in both orders with ~`degree` others on a seeded random connected graph;
-         all comparisons known up front, so they batch fully), or chains (the paper's Metropolis–Hastings
-         chains, uniform proposal, Barker acceptance). The chains also run when they cost nothing new
+         all comparisons known up front, so they batch fully), active (chosen in rounds of spmcmc.round_size
+         where the estimate is still open, one budget shared by every prompt; a prompt stops when precise, flat
+         or complete: pipeline/active.py), or chains (the paper's Metropolis–Hastings chains, uniform
+         proposal, Barker acceptance). The chains also run when they cost nothing new
          (exact design) or when asked (`spmcmc.chains=true`). See pipeline/estimates.py.
 Output:  candidates: id, text, count, is_greedy, source, text_sha, visits, and for each estimate its value
                      and standard error: frequency(_se), rao_blackwell(_se), bt_score(_se),
-                     stationary(_se) (exact design), sparse(_se) (sparse design); score, score_se (the
+                     stationary(_se) (exact design), sparse(_se) (sparse design), active(_se) (active design);
+                     score, score_se (the
                      stage's best estimate: summary.json says which and why); controlled, controlled_se (the
                      preference left with confounds.control held fixed, pipeline/confounds.py); n_tokens,
                      sum_logprob, mean_logprob (the confounds' sources, from the sample space)
          trace (chain, step, current, proposal, first_shown, p_accept, accepted),
          pairs (first_id, second_id, p_first, label_mass), diagnostics (id, rhat, ess_bulk);
-         prompts (one row per prompt: consistency, strength, each confound's Spearman with the score, R^2,
-                  the greedy answer's rank, raw and controlled strength);
+         prompts (one row per prompt: judge_calls, design_stop (active: why it stopped), consistency, strength,
+                  each confound's Spearman with the score, R^2, the greedy answer's rank, raw and controlled
+                  strength);
          summary.json (consistency, position bias, label mass, agreement between estimates, what the
          preference tracks and the controlled preference (`confounds`), warnings), estimates.png,
          running_frequency.png, confounds.png
-Resume:  every computed comparison is appended to pair_cache.rank*.jsonl at once (the design in chunks);
+Resume:  every computed comparison is appended to pair_cache.rank*.jsonl at once (the design in chunks; the
+         active design replays its rounds from the cache, so a resumed run chooses the same comparisons);
          chain states, generators and traces are checkpointed every `checkpoint_every` steps in _state/
          and checked against the cache on resume. A restarted run reuses both: same artifact as an
          uninterrupted run.
@@ -43,6 +48,7 @@ from typing import TypedDict
 import numpy as np
 
 from pipeline import confounds, parallel
+from pipeline.active import PromptDesign, run_design
 from pipeline.artifacts import StageError, publish
 from pipeline.chains import CachedJudge, Chain, new_chains, run_chains, shown_pairs, states_after, trace_arrays
 from pipeline.config import Config
@@ -66,7 +72,7 @@ from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, 
 from pipeline.stages.finetune import adapter_of
 from pipeline.workdir import STATE_DIR, failpoint, write_json
 
-NAME, VERSION = "spmcmc", 5
+NAME, VERSION = "spmcmc", 6  # 6: the active design and its candidates columns
 
 
 class Consistency(TypedDict, total=False):
@@ -227,6 +233,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     design = [(g.lo + a, g.lo + b) for g in usable for a, b in ordered(plans[g.index][1])]
     if design:  # every prompt's design at once (batches mix prompts); the chains then run from the cache
         fill_pairs(cached, design, NAME, f"design over {len(usable)} prompt(s)", chunk=sc.design_chunk)
+    active = [g for g in usable if plans[g.index][0] == "active"]
+    adaptive = active_design(sc, cached, active, plans) if active else None
     chain_judge = cached
     if chain_groups and cfg.judge.calibration != "none":  # exact designs only: nothing is computed
         chain_judge = CachedJudge(cached.judge, _calibrated(cached.probs, usable, cfg.judge.calibration))
@@ -242,7 +250,33 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         merged = {k: v[by_chain] for k, v in merged.items()}
     probs = {k: v for p in parts for k, v in p["probs"].items()}
     mass = {k: v for p in parts for k, v in p["mass"].items()}
-    return summarise(cfg, space, groups, plans, merged, probs, mass, workdir)
+    return summarise(cfg, space, groups, plans, merged, probs, mass, workdir, adaptive)
+
+
+def active_design(sc, cached: CachedJudge, groups: list[Group], plans: dict) -> dict:
+    """The active design over `groups` (pipeline/active.py), one budget for all, asked of the judge round by round
+    through the pair cache (a resumed or finished run replays it from there): each plan gets its edges and why it
+    stopped; returns the run's figures and, per prompt, how its share of the budget was spent."""
+    from tqdm.auto import tqdm
+
+    designs = [PromptDesign(g.n, g.lo) for g in groups]
+    with tqdm(total=sc.budget * len(groups), desc=f"[{NAME}] active design over {len(groups)} prompt(s)",
+              unit="cmp") as bar:
+        def ask(pairs):
+            fill_pairs(cached, pairs, NAME, "active round", chunk=sc.design_chunk, progress=False)
+            bar.update(sum(2 * len(d.edges) for d in designs) - bar.n)
+        figures = run_design(designs, cached.probs, ask, sc)
+    per_prompt = {}
+    for g, d in zip(groups, designs):
+        plans[g.index] = ("active", sorted(d.edges), f"{plans[g.index][2]}; stopped: {STOP_REASON[d.stop]}")
+        per_prompt[g.index] = {"stop": d.stop, "comparisons": 2 * len(d.edges), "expected_tv": d.expected_tv,
+                               "relative_error": d.relative_error}
+    return {**figures, "per_prompt": per_prompt}
+
+
+STOP_REASON = {"precise": "its expected TV error reached spmcmc.precision x its distance from uniform",
+               "flat": "flat: no pair's order-averaged choice can reach spmcmc.flat_w (upper 95% bound)",
+               "complete": "every comparison made", "budget": "the run's budget was spent"}
 
 
 def _local(probs: dict, g: Group) -> dict:
@@ -273,13 +307,15 @@ def chain_cache_stats(trace: dict, order: str, design_pairs: set) -> dict:
 
 
 def summarise(cfg: Config, space, groups: list[Group], plans: dict, trace: dict | None, raw_probs: dict, mass: dict,
-              workdir: Path):
+              workdir: Path, adaptive: dict | None = None):
     """Per prompt: estimates with standard errors, consistency, diagnostics; then the run's summary,
-    plots and the artifact."""
+    plots and the artifact. `adaptive`: the active design's figures (active_design), when it ran."""
     from datasets import Dataset, DatasetDict
 
     sc = cfg.spmcmc
-    results = [_prompt_result(cfg, g, plans.get(g.index), trace, raw_probs, mass, space[g.lo:g.lo + g.n]) for g in groups]
+    spent = (adaptive or {}).get("per_prompt", {})
+    results = [_prompt_result(cfg, g, plans.get(g.index), trace, raw_probs, mass, space[g.lo:g.lo + g.n],
+                              spent.get(g.index)) for g in groups]
     names = [*confounds.FEATURES, *(k for k, _ in confounds.parse_formats(cfg.confounds.formats))]
     rows = [_prompt_row(g, r, names) for g, r in zip(groups, results)]
     if len(groups) == 1:
@@ -289,7 +325,7 @@ def summarise(cfg: Config, space, groups: list[Group], plans: dict, trace: dict 
         plots.append(confound_plot(workdir, confounds.features_of(space[:], cfg.confounds.formats), r["est"][r["score"]][0],
                                    r["controlled"][0] if r["controlled"] is not None else None))
     else:
-        summary = _run_summary(groups, results, rows, cfg)
+        summary = _run_summary(groups, results, rows, cfg, adaptive)
         plots = prompt_plots(workdir, rows) + [prompt_confound_plot(workdir, summary["confounds"]["features"])]
     publish(workdir, NAME, summary, _lines(summary), plots)
     keys = sorted(raw_probs)
@@ -325,9 +361,9 @@ def _local_trace(trace: dict | None, g: Group, num_chains: int) -> dict | None:
 
 
 def _prompt_result(cfg: Config, g: Group, plan: tuple | None, trace: dict | None, raw_probs: dict, mass: dict,
-                   rows: dict) -> dict | None:
+                   rows: dict, spent: dict | None = None) -> dict | None:
     """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare); `rows` are its
-    sample-space columns."""
+    sample-space columns; `spent` how the active design spent its share (None for the fixed designs)."""
     sc, n = cfg.spmcmc, g.n
     if n < 2:
         return None
@@ -342,7 +378,7 @@ def _prompt_result(cfg: Config, g: Group, plan: tuple | None, trace: dict | None
                "score_reason": SCORE_REASON[mode], "consistency": rel.get("score"),
                "consistency_frequency": rel.get("frequency"), **_judge_figures(raw, local_mass, probs, n, shift, cfg),
                "strength": _strength(probs, est[score][0]), "estimates": _agreement(est, score, mode),
-               **_chain_figures(local, n, sc, set(ordered(edges)))}
+               **_chain_figures(local, n, sc, set(ordered(edges))), "active": spent}
     cc = cfg.confounds
     summary["confounds"], controlled, pool = confounds.analyse(
         raw, n, confounds.features_of(rows, cc.formats), est[score][0], rows.get("is_greedy"), list(cc.control),
@@ -358,7 +394,8 @@ def _prompt_row(g: Group, r: dict | None, names: list[str]) -> dict:
     s = r["summary"] if r else {}
     rel, strength = s.get("consistency") or {}, s.get("strength") or {}
     return {"prompt_id": g.prompt_id, "prompt": g.prompt, "n_candidates": g.n, "mode": s.get("mode"),
-            "judge_calls": s.get("judge_calls", 0), "consistency": rel.get("consistency"),
+            "judge_calls": s.get("judge_calls", 0), "design_stop": (s.get("active") or {}).get("stop"),
+            "consistency": rel.get("consistency"),
             "position_bias": s.get("position_bias"), "label_mass_mean": s.get("label_mass_mean"),
             "top_over_uniform": strength.get("top_over_uniform"), "entropy": strength.get("entropy"),
             "calibration_shift": s.get("calibration_shift"),
@@ -383,7 +420,7 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _run_summary(groups: list[Group], results: list, rows: list[dict], cfg: Config) -> dict:
+def _run_summary(groups: list[Group], results: list, rows: list[dict], cfg: Config, adaptive: dict | None) -> dict:
     """Means and worst cases over the prompts, and the prompts that need attention."""
     sc = cfg.spmcmc
     done = [r["summary"] for r in results if r]
@@ -408,6 +445,7 @@ def _run_summary(groups: list[Group], results: list, rows: list[dict], cfg: Conf
                              for k in ("tv_vs_reference", "spearman_vs_reference", "mean_se", "min", "max")}
                          for n in sorted(names)}},
         "chains_run": any(s["chains_run"] for s in done), "per_prompt": rows,
+        "active": adaptive and {k: v for k, v in adaptive.items() if k != "per_prompt"},
         "confounds": _run_confounds([r for r in results if r])}
     pooled = confounds.warning(summary["confounds"], cfg.confounds.warn_r2, pooled=True)
     summary["warnings"] = _run_warnings(groups, results, sc) + ([pooled] if pooled else [])
@@ -450,6 +488,11 @@ def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
             f"{sc.min_consistency}; its pairs are close to coin flips" for v, g in sorted(inconsistent, key=lambda t: t[0])[:10]]
     if len(inconsistent) > 10:
         out.append(f"... and {len(inconsistent) - 10} more prompts below spmcmc.min_consistency")
+    flat = [g for g, r in zip(groups, results) if r and (r["summary"]["active"] or {}).get("stop") == "flat"]
+    if flat:
+        out.append(f"{len(flat)} of {len(groups)} prompts are flat (the active design stopped early: no pair's "
+                   f"order-averaged choice can reach spmcmc.flat_w={sc.flat_w}), e.g. {flat[0].prompt_id} "
+                   f"({flat[0].prompt[:50]!r}); no confident DPO pair can come from them")
     others = {}
     for r in results:
         for w in (r["summary"]["warnings"] if r else []):
@@ -465,6 +508,8 @@ SCORE_REASON = {
              "(no chain sampling noise; visit frequencies only approximate it)",
     "sparse": "sparse: the exact stationary distribution of the same Barker chain with its proposal restricted to "
               "the design's graph (equals Bradley–Terry strengths for a BT judge; close to the full answer otherwise)",
+    "active": "active: the exact stationary distribution of the paper's chain with every comparison the active "
+              "design did not make filled in by the judge's GLM (pipeline/estimates.py: imputed_stationary)",
     "chains": "bt: Bradley–Terry on the soft choices of every pair the chains compared (uses each comparison's "
               "probability, not only the accept/reject draw; closer to the exact answer than visit counts at "
               "the same budget, see scripts/bench_estimators.py)",
@@ -528,6 +573,10 @@ def _warnings(s: dict, sc) -> list[str]:
                    "the judge's preferences were not measured reliably (two halves of the evidence disagree); "
                    "more comparisons (spmcmc.budget, spmcmc.degree), more candidates (sample_space.num_samples), "
                    "or a stronger judge model would change that; pairs built from it are close to coin flips")
+    if (s["active"] or {}).get("stop") == "flat":
+        out.append(f"flat: the active design stopped after {s['active']['comparisons']} comparisons because no pair's "
+                   f"order-averaged choice can reach spmcmc.flat_w={sc.flat_w} (upper 95% bound); no confident DPO "
+                   "pair can come from this prompt")
     st = s["strength"]
     if st["top_over_uniform"] < NEAR_FLAT:
         lean = st["mean_abs_w_minus_half"] or 0.0
@@ -586,8 +635,13 @@ def _run_lines(s: dict) -> list[str]:
              f"({rel['worst_prompt']}); position bias {number(s['position_bias'])}; label mass "
              f"{number(s['label_mass_mean'])}; preference strength: mean |W - 1/2| "
              f"{number(strength['mean_abs_w_minus_half'])}, top {number(strength['top_over_uniform'], '.2f')}x uniform"]
+    if s["active"]:
+        a = s["active"]
+        lines.append(f"active design: {a['comparisons']:,} of {a['budget']:,} comparisons ({a['comparisons'] / a['budget']:.0%}) "
+                     f"in {a['rounds']} rounds; prompts stopped: " + ", ".join(f"{k} {v}" for k, v in a["stops"].items()))
     lines += [f"  {r['prompt'][:40]:40s} N={r['n_candidates']:<3d} consistency {number(r['consistency'], '.2f')}  top "
-              f"{number(r['top_over_uniform'], '.2f')}x" for r in s["per_prompt"][:30]]
+              f"{number(r['top_over_uniform'], '.2f')}x  calls {r['judge_calls']}"
+              + (f"  ({r['design_stop']})" if r["design_stop"] else "") for r in s["per_prompt"][:30]]
     return lines + _run_confound_lines(s["confounds"]) + [f"warning: {w}" for w in s["warnings"]]
 
 
