@@ -231,8 +231,8 @@ class SpmcmcConfig(Section):
         "(the paper's MH chains) | auto = exact if N(N-1) <= budget, else active if 4N <= budget, else chains")
     budget: int = setting(5000, "judge comparisons the design may use, per prompt (auto picks the mode by it; "
                                 "active: the run's budget is this times the prompts, shared)")
-    precision: float = setting(0.1, "active: a prompt stops when its expected TV error is at most this share of its "
-                                    "distance from the uniform distribution")
+    precision: float = setting(0.03, "active: a prompt stops when the expected total-variation error of its "
+                                     "estimate (from the exact, every-comparison answer) is at most this")
     round_size: int = setting(32, "active: comparisons chosen per round (16 pairs, both orders); the design "
                                   "depends on it")
     flat_w: float = setting(0.55, "active: a prompt stops as flat when no pair's order-averaged choice W can reach "

@@ -35,12 +35,13 @@ def eos_ids(model, tok) -> list[int]:
     return sorted(set(ids) | {tok.eos_token_id})
 
 
-def generate(model, tok, prompts: list[str], sc, sample: bool, seed: int) -> list[dict]:
+def generate(model, tok, prompts: list[str], sc, sample: bool, seed: int, desc: str | None = None) -> list[dict]:
     """One answer per entry of `prompts` (chat-templated texts; repeat a prompt for several answers),
     as {"text", "finished"}, in `sc.batch_size` batches. Rows that share a prompt need no padding;
     batches that mix prompts are left-padded with an attention mask. `sc` gives temperature, top_p,
-    max_new_tokens and batch_size (SampleSpaceConfig)."""
+    max_new_tokens and batch_size (SampleSpaceConfig). `desc`: a progress bar with this label."""
     import torch
+    from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     eos = eos_ids(model, tok)
@@ -49,13 +50,15 @@ def generate(model, tok, prompts: list[str], sc, sample: bool, seed: int) -> lis
                            max_new_tokens=sc.max_new_tokens, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     out = []
-    for start in range(0, len(prompts), sc.batch_size):
-        ids, mask = _left_padded(tok, prompts[start:start + sc.batch_size], model.device)
-        with torch.no_grad():
-            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        for row in seqs[:, ids.shape[1]:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            out.append({"text": tok.decode(row[:cut], skip_special_tokens=True), "finished": cut < len(row)})
+    with tqdm(total=len(prompts), desc=desc, unit="answer", disable=desc is None) as bar:
+        for start in range(0, len(prompts), sc.batch_size):
+            ids, mask = _left_padded(tok, prompts[start:start + sc.batch_size], model.device)
+            with torch.no_grad():
+                seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            for row in seqs[:, ids.shape[1]:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+                out.append({"text": tok.decode(row[:cut], skip_special_tokens=True), "finished": cut < len(row)})
+            bar.update(len(seqs))
     return out
 
 

@@ -152,7 +152,7 @@ def _warnings(s: dict, single_query: bool) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ the measurement
-def policy_answers(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list[list[str]], list[list[str]]]:
+def policy_answers(cfg, model, tok, prompts: list[str], seed: int, policy: str) -> tuple[list[list[str]], list[list[str]]]:
     """`evaluate.winrate_samples` sampled answers per prompt with the sample space's sampling settings, seeded:
     (normalised texts, raw texts)."""
     from pipeline.generation import generate, normalise
@@ -160,7 +160,7 @@ def policy_answers(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list
 
     sc, k = cfg.sample_space, cfg.evaluate.winrate_samples
     chats = [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)]
-    raw = [a["text"] for a in generate(model, tok, chats, sc, True, seed)]
+    raw = [a["text"] for a in generate(model, tok, chats, sc, True, seed, f"[evaluate] {policy} answers")]
     texts = [normalise(a, sc.preamble_patterns) or a.strip() or "(empty answer)" for a in raw]
     return [texts[j * k:(j + 1) * k] for j in range(len(prompts))], [raw[j * k:(j + 1) * k] for j in range(len(prompts))]
 
@@ -209,16 +209,16 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
 
     queries, seed = [p["prompt"] for p in prompts], cfg.evaluate.seed
     model, tok = load_model(cfg.model, tuned_adapter[0])
-    tuned, tuned_raw = policy_answers(cfg, model, tok, queries, seed)
+    tuned, tuned_raw = policy_answers(cfg, model, tok, queries, seed, "tuned")
     logp_tuned = sequence_logps(cfg, model, tok, queries, tuned_raw)
     answers = {"finetuned": tuned}
     if previous_adapter is not None:
-        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, previous_adapter[0]), queries, seed + 3)[0]
+        answers["previous"] = policy_answers(cfg, *load_model(cfg.model, previous_adapter[0]), queries, seed + 3, "previous")[0]
     model, tok = load_model(cfg.model)
     # seeds of their own: answers drawn with the same random numbers are alike while two policies agree, which
     # would pull every win rate towards 1/2
-    answers["base"] = policy_answers(cfg, model, tok, queries, seed + 1)[0]
-    answers["base_null"] = policy_answers(cfg, model, tok, queries, seed + 2)[0]  # independent draws: the null
+    answers["base"] = policy_answers(cfg, model, tok, queries, seed + 1, "base")[0]
+    answers["base_null"] = policy_answers(cfg, model, tok, queries, seed + 2, "base (null)")[0]  # independent draws: the null
     logp_base_raw = sequence_logps(cfg, model, tok, queries, tuned_raw)  # the tuned samples as generated: KL
     logp_base = sequence_logps(cfg, model, tok, queries, tuned)  # as judged: drift and length control
     logp_reference = sequence_logps(cfg, model, tok, queries, answers["base"])

@@ -165,7 +165,7 @@ def main() -> None:
         for design, name, calls, tv, rho, acc in rows:
             print(f"| {kind} | {design} | {name} | {calls:,} | {tv:.3f} | {rho:.3f} | {acc:.3f} |")
         if kind == "intransitive":
-            curves[kind] = default_curve(judge, n, truth, range(250, 20001, 250), order)
+            curves[kind] = default_curve(judge, n, truth, [*range(250, 6001, 250), 10000, 20000], order)
     print("\nDefault (spmcmc.mode=auto) on the intransitive judge, by budget:")
     print("| budget | mode | comparisons | TV | Spearman | pair accuracy |\n| ---: | --- | ---: | ---: | ---: | ---: |")
     for budget, mode, calls, tv, rho, acc in curves["intransitive"]:

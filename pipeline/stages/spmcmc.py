@@ -270,11 +270,11 @@ def active_design(sc, cached: CachedJudge, groups: list[Group], plans: dict) -> 
     for g, d in zip(groups, designs):
         plans[g.index] = ("active", sorted(d.edges), f"{plans[g.index][2]}; stopped: {STOP_REASON[d.stop]}")
         per_prompt[g.index] = {"stop": d.stop, "comparisons": 2 * len(d.edges), "expected_tv": d.expected_tv,
-                               "relative_error": d.relative_error}
+                               "distance_from_uniform": d.distance}
     return {**figures, "per_prompt": per_prompt}
 
 
-STOP_REASON = {"precise": "its expected TV error reached spmcmc.precision x its distance from uniform",
+STOP_REASON = {"precise": "its expected TV error reached spmcmc.precision",
                "flat": "flat: no pair's order-averaged choice can reach spmcmc.flat_w (upper 95% bound)",
                "complete": "every comparison made", "budget": "the run's budget was spent"}
 
