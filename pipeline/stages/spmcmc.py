@@ -250,6 +250,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         merged = {k: v[by_chain] for k, v in merged.items()}
     probs = {k: v for p in parts for k, v in p["probs"].items()}
     mass = {k: v for p in parts for k, v in p["mass"].items()}
+    if active:  # an active prompt's evidence is the design it chose, whatever else a reused cache holds
+        probs, mass = (_within_designs(d, active, plans) for d in (probs, mass))
     return summarise(cfg, space, groups, plans, merged, probs, mass, workdir, adaptive)
 
 
@@ -277,6 +279,13 @@ def active_design(sc, cached: CachedJudge, groups: list[Group], plans: dict) -> 
 STOP_REASON = {"precise": "its expected TV error reached spmcmc.precision",
                "flat": "flat: no pair's order-averaged choice can reach spmcmc.flat_w (upper 95% bound)",
                "complete": "every comparison made", "budget": "the run's budget was spent"}
+
+
+def _within_designs(values: dict, groups: list[Group], plans: dict) -> dict:
+    """`values` ({(first, second): v}) without the comparisons of `groups`' candidates outside their designs."""
+    ids = {i for g in groups for i in range(g.lo, g.lo + g.n)}
+    keep = {(g.lo + a, g.lo + b) for g in groups for a, b in ordered(plans[g.index][1])}
+    return {k: v for k, v in values.items() if k[0] not in ids or k in keep}
 
 
 def _local(probs: dict, g: Group) -> dict:
