@@ -110,6 +110,7 @@ class Summary(TypedDict):
     confounds: dict  # pipeline/confounds.py's analysis
     n_prompts: int
     per_prompt: list[dict]  # the `prompts` split's rows
+    active: dict | None  # the active design: one prompt, how it spent its share; several, the run's figures
     warnings: list[str]
 SETTINGS = ("model", "sample_space", "judge", "confounds", "spmcmc")
 OPTIONAL_INPUTS = ("previous_spmcmc",)
