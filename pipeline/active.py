@@ -23,7 +23,7 @@ it has every comparison. The run stops when every prompt has stopped or spmcmc.b
 Everything is a function of the seed and the answers already in the pair cache: a killed run replays the same
 rounds from the cache (nothing judged twice) and ends with the same design; a finished one replays in seconds.
 The expected TV is an approximation (independent, normal errors of log pi): on the bench's intransitive judge it
-runs about 1.5x below the TV actually reached, on its order-biased judge about 1.4x above (docs/PERFORMANCE.md).
+runs about 1.5x below the TV actually reached, on its order-biased judge above it (docs/PERFORMANCE.md).
 The estimate on the final design is the stationary distribution of the paper's chain on the complete graph,
 with each pair the design did not compare filled in by the GLM (pipeline/estimates.py: imputed_stationary).
 """
