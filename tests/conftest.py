@@ -110,6 +110,24 @@ def dataset_files(stage_dir: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def design_resumes(tmp_path, args: list[str], kill_at: str) -> tuple[dict, int]:
+    """The spmcmc design killed at `kill_at` and resumed (output_dir a) against an uninterrupted run (b): asserts
+    byte-identical datasets; returns a's summary.json and the comparisons its judge computed (work log)."""
+    import json
+    import signal
+
+    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
+    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
+    assert resumed.returncode == 0 and clean.returncode == 0, resumed.stderr[-2000:] + clean.stderr[-2000:]
+    a, b = stage_paths(tmp_path / "a")["spmcmc"], stage_paths(tmp_path / "b")["spmcmc"]
+    assert dataset_files(a) == dataset_files(b)
+    computed = sum(e["count"] for e in map(json.loads, (a / "work_log.jsonl").read_text().splitlines())
+                   if e["event"] == "judge_comparisons")
+    return json.loads((a / "summary.json").read_text()), computed
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir():
     from pipeline.config import ModelConfig

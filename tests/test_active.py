@@ -1,12 +1,9 @@
 """pipeline/active.py: the active design, with fake judges (the kernel), and through the real command (resume)."""
 
-import json
-import signal
-
 import numpy as np
 import pytest
 
-from conftest import dataset_files, run_cli, stage_paths
+from conftest import design_resumes
 from pipeline.active import PromptDesign, run_design
 from pipeline.chains import CachedJudge
 from pipeline.config import SpmcmcConfig
@@ -123,15 +120,6 @@ def test_the_active_design_resumes_to_the_same_artifact(tmp_path):
             "sample_space.batch_size=8", "spmcmc.mode=active", "spmcmc.budget=260", "spmcmc.precision=1e-9",
             "spmcmc.flat_w=0.5", "spmcmc.design_chunk=16"]  # never flat or precise: rounds until the budget
     # the starting graph is ~10 chunks of 16; the 12th is in the rounds that follow it
-    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "spmcmc.design_chunk:12"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
-    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
-    assert resumed.returncode == 0 and clean.returncode == 0, resumed.stderr[-2000:] + clean.stderr[-2000:]
-    a, b = stage_paths(tmp_path / "a")["spmcmc"], stage_paths(tmp_path / "b")["spmcmc"]
-    assert dataset_files(a) == dataset_files(b)
-    summary = json.loads((a / "summary.json").read_text())
+    summary, computed = design_resumes(tmp_path, args, "spmcmc.design_chunk:12")
     assert summary["mode"] == "active" and summary["active"]["stop"] == "budget"
-    computed = sum(e["count"] for e in map(json.loads, (a / "work_log.jsonl").read_text().splitlines())
-                   if e["event"] == "judge_comparisons")
     assert computed == summary["design_comparisons"] == summary["judge_calls"] > 200  # nothing judged twice

@@ -1,12 +1,10 @@
 """Estimates of the preference distribution on fake judges whose answer is known: each estimator,
 its intervals, the consistency figure, the sparse design and calibration."""
 
-import signal
-
 import numpy as np
 import pytest
 
-from conftest import dataset_files, run_cli, stage_paths
+from conftest import design_resumes
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import SpmcmcConfig
 from pipeline.diagnostics import total_variation
@@ -139,19 +137,8 @@ def test_calibration_removes_the_mean_logit_shift():
 def test_sparse_design_resumes_to_the_same_artifact(tmp_path):
     args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "sample_space.num_samples=40", "sample_space.chunk_size=8",
             "sample_space.batch_size=8", "spmcmc.mode=sparse", "spmcmc.degree=4", "spmcmc.design_chunk=16"]
-    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "spmcmc.design_chunk:2"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
-    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
-    assert resumed.returncode == 0 and clean.returncode == 0, resumed.stderr[-2000:] + clean.stderr[-2000:]
-    a, b = stage_paths(tmp_path / "a")["spmcmc"], stage_paths(tmp_path / "b")["spmcmc"]
-    assert dataset_files(a) == dataset_files(b)
-    import json
-
-    summary = json.loads((a / "summary.json").read_text())
+    summary, computed = design_resumes(tmp_path, args, "spmcmc.design_chunk:2")
     assert summary["mode"] == "sparse" and not summary["chains_run"]
-    computed = sum(e["count"] for e in map(json.loads, (a / "work_log.jsonl").read_text().splitlines())
-                   if e["event"] == "judge_comparisons")
     assert computed == summary["design_comparisons"] == summary["judge_calls"]  # nothing computed twice
 
 
