@@ -400,6 +400,9 @@ class EvaluateConfig(Section):
                                  reads="file")
     max_items: int = setting(30, f"rated items used (0 = all, else >= {MIN_RATED_ITEMS}); chosen deterministically")
     max_chars: int = setting(300, "skip rated items longer than this (0 = no limit)")
+    rating_scale: Optional[list[float]] = setting(
+        None, "[lowest, highest] possible rating: the parametric noise ceiling from vote counts reads it (null = the "
+              "whole numbers around the observed means)")
     evaluators: list[str] = setting(
         None, ", ".join(EVALUATORS), factory=lambda: list(EVALUATORS))
     spmcmc_iterations: int = setting(300, "chain steps per chain for the spmcmc evaluator")
@@ -418,6 +421,9 @@ class EvaluateConfig(Section):
                      f"unknown evaluator {e!r}{_nearest(e, EVALUATORS)}; choose from {list(EVALUATORS)}")
         _require(self.max_items == 0 or self.max_items >= MIN_RATED_ITEMS, "evaluate.max_items",
                  f"must be 0 (all) or >= {MIN_RATED_ITEMS}: fewer items make every correlation meaningless")
+        _require(self.rating_scale is None or (len(self.rating_scale) == 2
+                                                and self.rating_scale[0] < self.rating_scale[1]),
+                 "evaluate.rating_scale", "must be [lowest, highest] with lowest < highest, e.g. [1, 3]")
         _require(self.spmcmc_iterations >= 1, "evaluate.spmcmc_iterations", "must be >= 1")
         _require(self.bootstrap >= 100, "evaluate.bootstrap", "must be >= 100")
         _require(self.top_k >= 1, "evaluate.top_k", "must be >= 1")

@@ -173,3 +173,30 @@ def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ce
     ax.legend(fontsize=7)
     paths.append(_save(fig, workdir / "correlations.png"))
     return paths
+
+
+def prompt_set_plot(workdir: Path, rows: list[dict], pooled: list[dict]) -> Path:
+    """prompt_correlations.png: each prompt's Spearman ρ per evaluator (dots, base and tuned side by side), the
+    mean over prompts with its 95% t interval (bar), and each prompt's human noise ceiling (grey ticks)."""
+    plt = _pyplot()
+    keys = list(dict.fromkeys((r["evaluator"], r["model"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(keys)), 4))
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    ceilings = {r["prompt_id"]: r["ceiling"] for r in rows if r["ceiling"] is not None}
+    for x, key in enumerate(keys):
+        ys = _column([r for r in rows if (r["evaluator"], r["model"]) == key], "spearman")
+        ax.scatter(x + rng.uniform(-0.15, 0.15, len(ys)), ys, s=9, alpha=0.6,
+                   color="C1" if key[1] == "finetuned" else "C0")
+        p = next(r for r in pooled if (r["evaluator"], r["model"]) == key)
+        if p["spearman_r"] is not None and p["spearman_ci_low"] is not None:
+            ax.errorbar(x + 0.3, p["spearman_r"], yerr=[[p["spearman_r"] - p["spearman_ci_low"]],
+                                                       [p["spearman_ci_high"] - p["spearman_r"]]],
+                        fmt="s", color="k", ms=4, lw=1)
+    if ceilings:
+        ax.axhline(float(np.mean(list(ceilings.values()))), color="grey", ls="--", lw=0.8,
+                   label="mean human noise ceiling")
+        ax.legend(fontsize=7)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(range(len(keys)), [f"{e}\n({m})" for e, m in keys], rotation=30, fontsize=7)
+    ax.set_ylabel("within-prompt Spearman ρ with people\n(dots: prompts; square: mean, 95% t CI)", fontsize=8)
+    return _save(fig, workdir / "prompt_correlations.png")

@@ -1,9 +1,12 @@
 """Human ratings: the bundled Jester benchmark or a user file, validated, subset and with a noise ceiling.
 
 Accepted `evaluate.human_ratings`:
-  jester          data/jester (100 jokes, 4.1M ratings from 73,421 people; citation below)
-  PATH            CSV/TSV/JSONL/parquet with `text` and `rating` (optional `id`, `n_ratings`): one row per item
-  PATH (long)     with `item`, `rater`, `rating` (optional `text`; else `item` is the text), averaged per item
+  jester            data/jester (100 jokes, 4.1M ratings from 73,421 people; citation below)
+  caption_contests  data/caption_contests (24 New Yorker cartoons x 30 crowd-rated captions; citation below)
+  PATH              CSV/TSV/JSONL/parquet with `text` and `rating` (optional `id`, `n_ratings`): one row per item
+  PATH (long)       with `item`, `rater`, `rating` (optional `text`; else `item` is the text), averaged per item
+Either kind of file may add `prompt` (the request the item answers) and optional `prompt_id`: items are then
+grouped by prompt and every evaluator is scored within each prompt (pipeline/within_prompts.py).
 """
 
 from __future__ import annotations
@@ -17,27 +20,40 @@ from pipeline.config import MIN_RATED_ITEMS, REPO_ROOT
 from pipeline.tables import TableError, read_table
 
 JESTER_DIR = REPO_ROOT / "data" / "jester"
+CAPTIONS_DIR = REPO_ROOT / "data" / "caption_contests"
+CAPTION_PROMPT = "Write a funny caption for this New Yorker cartoon: {description}"
+CAPTIONS_CITATION = ("NEXT caption-contest data (S. Sievert, L. Jain, K. Jamieson, R. Nowak et al., "
+                     "github.com/nextml/caption-contest-data-api, CC BY 4.0); The New Yorker Cartoon Caption Contest.")
 JESTER_CITATION = ('Ken Goldberg, Theresa Roeder, Dhruv Gupta, and Chris Perkins. "Eigentaste: A Constant Time '
                    'Collaborative Filtering Algorithm." Information Retrieval, 4(2), 133-151, July 2001.')
 
 
 def bundled_path(value: str) -> Path | None:
     """The bundled data a file setting names by its alias (`jester`: data/jester), None when it names a path."""
-    return JESTER_DIR if value == "jester" else None
+    return {"jester": JESTER_DIR, "caption_contests": CAPTIONS_DIR}.get(value)
+
+
+ITEM_COLUMNS = ["id", "text", "rating", "n_ratings", "prompt_id", "prompt"]
 
 
 @dataclass
 class Ratings:
-    items: "object"  # DataFrame: id (str), text, rating (mean), n_ratings
+    items: "object"  # DataFrame: id (str), text, rating (mean), n_ratings, prompt_id, prompt (None: one query)
     long: "object | None"  # DataFrame: item (id), rater, rating; None when only means are known
     source: str
     citation: str | None
 
+    @property
+    def has_prompts(self) -> bool:
+        return self.items["prompt"].notna().any()
+
 
 def load_ratings(spec: str) -> Ratings:
-    if bundled_path(spec):
+    if spec == "jester":
         return _jester()
-    frame = read_table(spec, [], "evaluate.human_ratings", text=("text", "rating"))  # a bad rating is quoted as written
+    if spec == "caption_contests":
+        return _captions()
+    frame = read_table(spec, [], "evaluate.human_ratings", text=("text", "rating", "prompt", "prompt_id"))
     if {"item", "rater", "rating"} <= set(frame.columns):
         return _from_long(frame, spec)
     missing = [c for c in ("text", "rating") if c not in frame.columns]
@@ -45,8 +61,45 @@ def load_ratings(spec: str) -> Ratings:
         raise TableError(f"ratings file {spec!r} lacks column(s) {missing}: give text+rating per item, or a long "
                          f"file with item, rater, rating; it has {list(frame.columns)}")
     items = frame.assign(id=frame["id"].astype(str) if "id" in frame.columns else frame.index.astype(str),
-                         n_ratings=frame["n_ratings"] if "n_ratings" in frame.columns else np.nan)
-    return Ratings(_validate(items[["id", "text", "rating", "n_ratings"]], spec), None, spec, None)
+                         n_ratings=_counts(frame, spec))
+    return Ratings(_validate(_with_prompts(items, frame, spec), spec), None, spec, None)
+
+
+def _counts(frame, spec: str):
+    """`n_ratings` as numbers (votes per item: the parametric noise ceiling reads them), NaN when absent."""
+    import pandas as pd
+
+    if "n_ratings" not in frame.columns:
+        return np.nan
+    counts = pd.to_numeric(frame["n_ratings"], errors="coerce")
+    bad = counts.isna() | (counts < 1)
+    if bad.any():
+        raise TableError(f"ratings file {spec!r}: `n_ratings` must be a count >= 1, found "
+                         f"{str(frame['n_ratings'][bad].iloc[0])!r} in row {int(bad.to_numpy().argmax()) + 1}")
+    return counts.astype(float)
+
+
+def _with_prompts(items, frame, spec: str):
+    """`prompt_id` and `prompt` columns: both None without a `prompt` column; a missing `prompt_id` numbers the
+    distinct prompts in order of appearance."""
+    if "prompt" not in frame.columns:
+        if "prompt_id" in frame.columns:
+            raise TableError(f"ratings file {spec!r} has `prompt_id` but no `prompt`: give the request each item "
+                             "answers in a `prompt` column")
+        return items.assign(prompt_id=None, prompt=None)[ITEM_COLUMNS]
+    prompts = frame["prompt"].astype(str)
+    blank = prompts.str.strip() == ""
+    if blank.any():
+        raise TableError(f"ratings file {spec!r}: `prompt` is empty in row {int(blank.to_numpy().argmax()) + 1}")
+    if "prompt_id" in frame.columns:
+        ids = frame["prompt_id"].astype(str).str.strip()
+        clash = prompts.groupby(ids).nunique()
+        if (clash > 1).any():
+            raise TableError(f"ratings file {spec!r}: prompt_id {clash[clash > 1].index[0]!r} names "
+                             f"{int(clash.max())} different prompts; give each prompt one id")
+    else:
+        ids = prompts.map({p: str(k) for k, p in enumerate(dict.fromkeys(prompts))})
+    return items.assign(prompt_id=ids.to_numpy(), prompt=prompts.to_numpy())[ITEM_COLUMNS]
 
 
 def _jester() -> Ratings:
@@ -57,7 +110,22 @@ def _jester() -> Ratings:
                           "n_ratings": jokes["n_ratings"]})
     long = pd.read_parquet(JESTER_DIR / "jester_ratings_long.parquet")
     long = pd.DataFrame({"item": long["joke_id"].astype(str), "rater": long["user_id"], "rating": long["rating"]})
+    items = items.assign(prompt_id=None, prompt=None)
     return Ratings(_validate(items, "jester"), long, "jester", JESTER_CITATION)
+
+
+def _captions() -> Ratings:
+    """The bundled caption contests: the contest is the prompt id, its cartoon's description the prompt."""
+    import pandas as pd
+
+    c = pd.read_csv(CAPTIONS_DIR / "caption_contests.csv", dtype={"text": str, "caption_id": str},
+                    keep_default_na=False)
+    repeat = c.groupby("caption_id").cumcount()  # tied ranks repeat an id (`<contest>-r<rank>`): numbered apart
+    ids = c["caption_id"].where(repeat == 0, c["caption_id"] + "." + repeat.astype(str))
+    items = pd.DataFrame({"id": ids, "text": c["text"], "rating": c["rating"],
+                          "n_ratings": c["n_ratings"].astype(float), "prompt_id": c["contest"].astype(str),
+                          "prompt": [CAPTION_PROMPT.format(description=d) for d in c["description"]]})
+    return Ratings(_validate(items, "caption_contests"), None, "caption_contests", CAPTIONS_CITATION)
 
 
 def _from_long(frame, spec: str) -> Ratings:
@@ -74,8 +142,11 @@ def _from_long(frame, spec: str) -> Ratings:
     items = pd.DataFrame({"id": grouped.mean().index, "rating": grouped.mean().values,
                           "n_ratings": grouped.size().values})
     items["text"] = items["id"].map(texts) if texts is not None else items["id"]
+    given = [c for c in ("prompt", "prompt_id") if c in frame.columns]
+    firsts = frame.groupby("item")[given].first().reindex(items["id"]).reset_index(drop=True) if given else frame
+    items = _with_prompts(items, firsts, spec)
     long = frame[["item", "rater", "rating"]].astype({"rating": float})
-    return Ratings(_validate(items[["id", "text", "rating", "n_ratings"]], spec), long, spec, None)
+    return Ratings(_validate(items, spec), long, spec, None)
 
 
 def _numeric(column, spec: str) -> None:
@@ -108,10 +179,10 @@ def _validate(items, spec: str):
 
     _numeric(items["rating"], spec)
     items = items.assign(rating=pd.to_numeric(items["rating"]).astype(float), text=items["text"].astype(str))
-    dup = items["text"][items["text"].duplicated()]
+    dup = items["text"][items.duplicated(["prompt_id", "text"])]  # the same caption may answer two prompts
     if len(dup):
         raise TableError(f"ratings file {spec!r}: duplicate item {dup.iloc[0][:60]!r}; give one row per item "
-                         "(or a long file with item, rater, rating)")
+                         "(and prompt), or a long file with item, rater, rating")
     if items["id"].duplicated().any():
         raise TableError(f"ratings file {spec!r}: duplicate id {items['id'][items['id'].duplicated()].iloc[0]!r}")
     return _spread(items, f"ratings file {spec!r}").reset_index(drop=True)
@@ -120,15 +191,45 @@ def _validate(items, spec: str):
 def select_items(items, max_items: int, max_chars: int):
     """Deterministic subset: items within max_chars, then max_items spread evenly over the rating
     range (every q-th item by rating), so a small subset still spans funny and unfunny."""
-    kept = items[items["text"].str.len() <= max_chars] if max_chars else items
+    kept = _within(items, max_items, max_chars)
     if len(kept) < MIN_RATED_ITEMS:
         raise TableError(f"only {len(kept)} rated items are at most evaluate.max_chars={max_chars} characters; "
                          f"at least {MIN_RATED_ITEMS} are needed (raise evaluate.max_chars)")
+    _spread(kept, f"the rated items chosen by evaluate.max_items={max_items} and max_chars={max_chars}")
+    return kept
+
+
+def _within(items, max_items: int, max_chars: int):
+    kept = items[items["text"].str.len() <= max_chars] if max_chars else items
     kept = kept.sort_values(["rating", "id"]).reset_index(drop=True)
     if max_items and len(kept) > max_items:
         kept = kept.iloc[np.linspace(0, len(kept) - 1, max_items).round().astype(int)]
-    _spread(kept, f"the rated items chosen by evaluate.max_items={max_items} and max_chars={max_chars}")
     return kept.sort_values("id", key=lambda s: s.str.zfill(12)).reset_index(drop=True)
+
+
+MIN_PROMPT_ITEMS = 5  # fewer items in a prompt leave its within-prompt correlations meaningless
+
+
+def select_prompt_items(items, max_items: int, max_chars: int) -> tuple[object, dict[str, str]]:
+    """Per prompt, in the file's order, the subset select_items takes of one query (max_items per prompt); a prompt
+    left with fewer than MIN_PROMPT_ITEMS items, or whose items all have one rating, is left out with its reason
+    ({prompt_id: why}). Raises when no prompt is left."""
+    import pandas as pd
+
+    kept, left_out = [], {}
+    for pid, group in items.groupby("prompt_id", sort=False):
+        sub = _within(group, max_items, max_chars)
+        if len(sub) < MIN_PROMPT_ITEMS:
+            left_out[pid] = (f"{len(sub)} of its {len(group)} items are at most evaluate.max_chars={max_chars} "
+                             f"characters; at least {MIN_PROMPT_ITEMS} are needed")
+        elif np.ptp(sub["rating"].to_numpy(dtype=float)) == 0:
+            left_out[pid] = "every item has the same rating: no human ranking to compare against"
+        else:
+            kept.append(sub)
+    if not kept:
+        raise TableError(f"no prompt of the ratings file has {MIN_PROMPT_ITEMS} usable items with different ratings "
+                         f"(evaluate.max_chars={max_chars}); first: {next(iter(left_out.items()))}")
+    return pd.concat(kept, ignore_index=True), left_out
 
 
 def noise_ceiling(long, ids: list[str], seed: int, splits: int = 20) -> dict | None:

@@ -27,10 +27,12 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     ec = cfg.evaluate
     lines = ["# spMCMC evaluation report", "",
              f"- recipe: `{cfg.recipe}`; model: `{cfg.model.name_or_path}`; "
-             + (f"query: {cfg.sample_space.query!r}" if cfg.sample_space.query is not None else
+             + ("rated items answer their own prompts (the ratings file's `prompt`)" if summary.get("prompt_set") else
+                f"query: {cfg.sample_space.query!r}" if cfg.sample_space.query is not None else
                 f"prompt set: {cfg.sample_space.prompts!r}; rated items answer {cfg.evaluate.query!r}"),
-             f"- human ratings: `{summary['ratings']}`; {summary['n_items']} items (max_items={ec.max_items}, "
-             f"max_chars={ec.max_chars}, chosen evenly over the rating range): ids {', '.join(summary['item_ids'])}",
+             f"- human ratings: `{summary['ratings']}`; {summary['n_items']} items (max_items={ec.max_items}"
+             + (" per prompt" if summary.get("prompt_set") else "") + f", max_chars={ec.max_chars}, chosen evenly "
+             "over the rating range)" + ("" if summary.get("prompt_set") else f": ids {', '.join(summary['item_ids'])}"),
              f"- judge question: {cfg.judge.question!r}, labels {list(cfg.judge.labels)}, order {cfg.spmcmc.order}; "
              f"bootstrap resamples: {ec.bootstrap}; k = {ec.top_k}", ""]
     ceiling = summary["noise_ceiling"]
@@ -40,19 +42,23 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
                   f"(split-half r = {ceiling['split_half_r']:.4f}).", ""]
     lines += preference_section(summary.get("upstream") or {})
     lines += dpo_section((summary.get("upstream") or {}).get("finetune"))
-    lines += ["## Agreement with human ratings", "",
-              "| evaluator | model | Pearson r [95% CI] | p | Spearman ρ [95% CI] | p | Kendall τ | P@k | top-1 in human top-k |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['evaluator']} | {r['model']} | {_ci(r, 'pearson')} | {number(r['pearson_p'], '.3g')} | "
-              f"{_ci(r, 'spearman')} | {number(r['spearman_p'], '.3g')} | {number(r['kendall_tau'])} | "
-              f"{number(r['precision_at_k'], '.2f')} | {number(r['top1_in_human_topk'], '')} |" for r in metrics]
+    if summary.get("prompt_set"):
+        lines += prompt_set_section(summary["prompt_set"], metrics)
+    else:
+        lines += ["## Agreement with human ratings", "",
+                  "| evaluator | model | Pearson r [95% CI] | p | Spearman ρ [95% CI] | p | Kendall τ | P@k | "
+                  "top-1 in human top-k |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['evaluator']} | {r['model']} | {_ci(r, 'pearson')} | {number(r['pearson_p'], '.3g')} | "
+                  f"{_ci(r, 'spearman')} | {number(r['spearman_p'], '.3g')} | {number(r['kendall_tau'])} | "
+                  f"{number(r['precision_at_k'], '.2f')} | {number(r['top1_in_human_topk'], '')} |" for r in metrics]
+    within = " (mean within-prompt difference, 95% t CI over prompts)" if summary.get("prompt_set") else ""
     if before_after:
-        lines += ["", "## Before and after fine-tuning (Spearman ρ with human ratings)", "",
+        lines += ["", f"## Before and after fine-tuning (Spearman ρ with human ratings){within}", "",
                   "| evaluator | base | fine-tuned | difference [95% CI] | p |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r['evaluator']} | {number(r['base_spearman'])} | {number(r['finetuned_spearman'])} | "
                   f"{number(r['diff'], '+.3f')} [{number(r['ci_low'])}, {number(r['ci_high'])}] | {number(r['p'], '.3g')} |"
                   for r in before_after]
-    lines += ["", "## Paired comparisons between evaluators (base model; Spearman ρ of a minus b)", "",
+    lines += ["", f"## Paired comparisons between evaluators (base model; Spearman ρ of a minus b){within}", "",
               "| a | b | difference [95% CI] | p |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['a']} | {r['b']} | {number(r['diff'], '+.3f')} [{number(r['ci_low'])}, {number(r['ci_high'])}] | "
               f"{number(r['p'], '.3g')} |" for r in comparisons]
@@ -81,6 +87,36 @@ def write_report(cfg: Config, workdir: Path, summary: dict, metrics: list[dict],
     path = workdir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def prompt_set_section(ps: dict, pooled: list[dict]) -> list[str]:
+    """A prompt set rated by people: the pooled table (mean within-prompt correlations, t intervals over prompts,
+    pair agreement) and every prompt's row (its ceiling, each evaluator's Spearman ρ for the base model)."""
+    kinds = sorted({p["ceiling_kind"] for p in ps["prompts"]})
+    lines = ["## Agreement with human ratings within each prompt", "",
+             f"{len(ps['prompts'])} prompts; each figure is computed within a prompt, then averaged over prompts with "
+             "a 95% Student t interval over prompts (p: one-sample t test against 0). Pair agreement: the share of a "
+             "prompt's item pairs whose human means differ by more than 1.96 standard errors that the evaluator "
+             f"orders the same way (chance 0.5). Rating scale {ps['scale']}; noise ceiling: {', '.join(kinds)} "
+             "(the correlation the true mean rating would reach, √reliability).", ""]
+    lines += [f"- warning: {w}" for w in ps["warnings"]]
+    lines += [f"- left out: prompt {pid!r}: {why}" for pid, why in ps["left_out"].items()]
+    lines += ["", "| evaluator | model | prompts | Spearman ρ [95% CI] | p | Pearson r [95% CI] | Kendall τ [95% CI] | "
+              "pair agreement [95% CI] | mean ceiling |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['evaluator']} | {r['model']} | {r['n_prompts']} | {_ci(r, 'spearman')} | "
+              f"{number(r['spearman_p'], '.3g')} | {_ci(r, 'pearson')} | "
+              f"{_value_ci(r['kendall_tau'], r['kendall_ci_low'], r['kendall_ci_high'])} | "
+              f"{_value_ci(r['pair_agreement'], r['pair_agreement_ci_low'], r['pair_agreement_ci_high'])} | "
+              f"{number(r['mean_ceiling'])} |" for r in pooled]
+    evaluators = list(dict.fromkeys(r["evaluator"] for r in pooled))
+    by = {(r["prompt_id"], r["evaluator"]): r for r in ps.get("rows") or [] if r["model"] == "base"}
+    lines += ["", "### Per prompt (base model, Spearman ρ with the human means)", "",
+              "| prompt | items | ceiling | in training | " + " | ".join(evaluators) + " |",
+              "| --- | --- | --- | --- | " + " | ".join("---" for _ in evaluators) + " |"]
+    lines += [f"| {p['prompt_id']} | {p['n_items']} | {number(p['ceiling'])} | {'yes' if p['in_training'] else ''} | "
+              + " | ".join(number(by[p["prompt_id"], e]["spearman"]) if (p["prompt_id"], e) in by else "" for e in evaluators)
+              + " |" for p in ps["prompts"]]
+    return lines + [""]
 
 
 def yardstick_section(y: dict | None) -> list[str]:

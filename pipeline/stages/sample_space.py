@@ -132,8 +132,7 @@ def _extra_pools(sc: SampleSpaceConfig, prompts: list[Prompt]) -> list[list[str]
     """The external pool's texts for each prompt (a `prompt` column assigns them when there are several)."""
     if not sc.extra_path:
         return [[] for _ in prompts]
-    folder = bundled_path(sc.extra_path)
-    path = folder / "jester_jokes.csv" if folder else sc.extra_path
+    path = bundled_path("jester") / "jester_jokes.csv" if sc.extra_path == "jester" else sc.extra_path
     frame = read_table(path, ["text"], "sample_space.extra_path", text=("text", "prompt"))
     frame = frame[frame["text"].notna()]
     if len(prompts) == 1 and "prompt" not in frame.columns:
