@@ -37,7 +37,7 @@ import numpy as np
 from scipy.special import expit
 
 from pipeline.estimates import MIN_DEGREE, design_graph
-from pipeline.glm import fit_strengths
+from pipeline.glm import fit_strengths, log_share_sd
 
 Z95 = 1.959963984540054
 
@@ -85,8 +85,7 @@ def assess(local: dict, n: int) -> Assessment | None:
     s, cov = fit.s, fit.cov
     pi = np.exp(s - s.max())
     pi /= pi.sum()
-    cp = cov @ pi
-    var_fit = np.clip(np.diag(cov) - 2 * cp + pi @ cp, 0.0, None)  # Var(s_i - pi.s): log pi_i up to the normaliser
+    var_fit = log_share_sd(cov, pi) ** 2
     keys = np.array(list(local))
     mu = expit(fit.position + s[keys[:, 0]] - s[keys[:, 1]])
     var_pair = float(max(fit.dispersion, 0.0) / max(np.mean(mu * (1 - mu)), 1e-6))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
-from pipeline.glm import fit_strengths
+from pipeline.glm import fit_strengths, log_share_sd
 
 MODES = ("exact", "sparse", "active", "chains")
 MIN_DEGREE = 4  # two random cycles; one cycle alone estimated worse than chains at the same budget (bench_estimators)
@@ -180,9 +180,7 @@ def imputed_estimate(probs: dict, n: int, order: str) -> tuple[np.ndarray, np.nd
     if fit is None:
         return np.full(n, 1.0 / n), np.full(n, np.nan)
     value = imputed_stationary(probs, n, order, fit.s, fit.position)
-    cp = fit.cov @ value
-    sd = np.sqrt(np.clip(np.diag(fit.cov) - 2 * cp + value @ cp, 0.0, None))
-    return value, value * sd
+    return value, value * log_share_sd(fit.cov, value)
 
 
 def on_edges(probs: dict, edges: list[tuple[int, int]], keep) -> dict:

@@ -91,6 +91,12 @@ def _information(first, second, w, n: int, basis: np.ndarray) -> np.ndarray:
     return out
 
 
+def log_share_sd(cov: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """The SD of log pi_i = s_i - log sum exp(s), to first order s_i - pi.s, from the strengths' covariance."""
+    cp = cov @ pi
+    return np.sqrt(np.clip(np.diag(cov) - 2 * cp + pi @ cp, 0.0, None))
+
+
 def softmax_se(q: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """p = softmax(q) (a preference distribution, like the other scores) and its delta-method SE."""
     p = np.exp(q - q.max())

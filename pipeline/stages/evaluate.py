@@ -13,7 +13,7 @@ Inputs:  all optional: sample_space + spmcmc (paper checks on the generated answ
          pipeline/winrate.py); in a later round previous (round r-1's finetune: an opponent) and history
          (round r-1's evaluate: the rounds table)
 Output:  DatasetDict
-           scores:       item_id, text, human, model, evaluator, score
+           scores:       item_id, prompt_id (None: one query), text, human, model, evaluator, score
            metrics:      evaluator, model, n_items, pearson_r/_p/_ci_low/_ci_high, spearman_r/_p/_ci_low/_ci_high,
                          kendall_tau, kendall_p, precision_at_k, k, top1_in_human_topk
            comparisons:  model, a, b, diff (spearman a - b), ci_low, ci_high, p
@@ -23,6 +23,10 @@ Output:  DatasetDict
                          ceiling_<num_samples>, pool_logp (the yardstick per evaluation prompt; the pool is the
                          base policy's answers, the reference; base_fresh_win the null's win against it)
            rounds, rounds_alignment: every round so far (one row each; Jester alignment per evaluator)
+           prompt_metrics: model, evaluator, prompt_id, n_items, pearson, spearman, kendall, pair_agreement,
+                         resolved_pairs, ceiling, in_training (ratings with a `prompt` column: every figure within
+                         each prompt; `metrics` then holds the means over prompts with t intervals over prompts,
+                         pipeline/within_prompts.py, and comparisons/before_after the mean within-prompt differences)
          summary.json, scatter.png, correlations.png, report.md (also copied to OUTPUT_DIR/report.md)
 Resume:  judge comparisons are cached in pair_cache.rank0.jsonl as they are computed; the
          other evaluators are single forward passes, recomputed.
