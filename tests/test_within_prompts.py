@@ -185,3 +185,18 @@ def test_a_prompt_set_end_to_end_with_training_prompts_flagged(three_prompts, tm
     report = (folder / "report.md").read_text()
     assert "Agreement with human ratings within each prompt" in report and "| p0 | 8 |" in report
     assert (folder / "prompt_correlations.png").is_file()
+
+
+def test_the_caption_contests_recipe_on_the_tiny_model(tiny_model_dir, tmp_path):
+    """The recipe's own command over every bundled contest (10 captions each), the active design shared across
+    contests: per-prompt rows for all 24, the parametric ceiling, the pooled table."""
+    proc = run_cli("recipe=caption_contests", f"output_dir={tmp_path / 'out'}", "model.name_or_path=embedded:tiny-random",
+                   "wandb.mode=disabled", "evaluate.max_items=10", "spmcmc.budget=40", "evaluate.bootstrap=100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((stage_paths(tmp_path / "out")["evaluate"] / "summary.json").read_text())
+    ps = summary["prompt_set"]
+    assert len(ps["prompts"]) == 24 and {p["n_items"] for p in ps["prompts"]} == {10}
+    assert {p["ceiling_kind"] for p in ps["prompts"]} == {"parametric split-half from vote counts"}
+    assert {r["prompt_id"] for r in ps["rows"] if r["evaluator"] == "spmcmc"} == {p["prompt_id"] for p in ps["prompts"]}
+    spmcmc = next(r for r in ps["pooled"] if r["evaluator"] == "spmcmc")
+    assert spmcmc["n_prompts"] == 24 and spmcmc["spearman_ci_low"] < spmcmc["spearman_r"] < spmcmc["spearman_ci_high"]
