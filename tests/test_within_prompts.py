@@ -188,10 +188,11 @@ def test_a_prompt_set_end_to_end_with_training_prompts_flagged(three_prompts, tm
 
 
 def test_the_caption_contests_recipe_on_the_tiny_model(tiny_model_dir, tmp_path):
-    """The recipe's own command over every bundled contest (10 captions each), the active design shared across
-    contests: per-prompt rows for all 24, the parametric ceiling, the pooled table."""
+    """The recipe's own command over every bundled contest (10 captions each), here with the active design (one
+    budget shared across contests): per-prompt rows for all 24, the parametric ceiling, the pooled table."""
     proc = run_cli("recipe=caption_contests", f"output_dir={tmp_path / 'out'}", "model.name_or_path=embedded:tiny-random",
-                   "wandb.mode=disabled", "evaluate.max_items=10", "spmcmc.budget=40", "evaluate.bootstrap=100")
+                   "wandb.mode=disabled", "evaluate.max_items=10", "spmcmc.mode=active", "spmcmc.budget=60",
+                   "evaluate.bootstrap=100")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((stage_paths(tmp_path / "out")["evaluate"] / "summary.json").read_text())
     ps = summary["prompt_set"]

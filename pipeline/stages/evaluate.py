@@ -92,9 +92,15 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], groups: list[RatedP
     edges = [e for _, e, _ in plans]
     active = [k for k, (mode, _, _) in enumerate(plans) if mode == "active"]
     if active:  # as the stage: chosen round by round from the answers so far, one budget for every prompt
+        from tqdm.auto import tqdm
+
         designs = [PromptDesign(groups[k].n, groups[k].lo) for k in active]
-        run_design(designs, cached.probs, lambda pairs: fill_pairs(
-            cached, pairs, NAME, "active round", distributed=False, progress=False), sc)
+        with tqdm(total=sc.budget * len(designs), unit="cmp",
+                  desc=f"[{NAME}] {adapter_key or 'base'}: active design over {len(designs)} prompt(s)") as bar:
+            def ask(pairs):
+                fill_pairs(cached, pairs, NAME, "active round", distributed=False, progress=False)
+                bar.update(sum(2 * len(d.edges) for d in designs) - bar.n)
+            run_design(designs, cached.probs, ask, sc)
         for k, d in zip(active, designs):
             edges[k] = d.edges
     out: dict[str, list] = {}
