@@ -116,6 +116,7 @@ def prompt_set_section(ps: dict, pooled: list[dict]) -> list[str]:
     lines += [f"| {p['prompt_id']} | {p['n_items']} | {number(p['ceiling'])} | {'yes' if p['in_training'] else ''} | "
               + " | ".join(number(by[p["prompt_id"], e]["spearman"]) if (p["prompt_id"], e) in by else "" for e in evaluators)
               + " |" for p in ps["prompts"]]
+    lines += [f"| {pid} | left out: {why} |" + " |" * (2 + len(evaluators)) for pid, why in ps["left_out"].items()]
     return lines + [""]
 
 

@@ -201,3 +201,21 @@ def test_the_caption_contests_recipe_on_the_tiny_model(tiny_model_dir, tmp_path)
     assert {r["prompt_id"] for r in ps["rows"] if r["evaluator"] == "spmcmc"} == {p["prompt_id"] for p in ps["prompts"]}
     spmcmc = next(r for r in ps["pooled"] if r["evaluator"] == "spmcmc")
     assert spmcmc["n_prompts"] == 24 and spmcmc["spearman_ci_low"] < spmcmc["spearman_r"] < spmcmc["spearman_ci_high"]
+
+
+def test_the_report_lists_every_prompt_including_those_left_out():
+    from pipeline.report import prompt_set_section
+
+    pooled = [{"evaluator": "random", "model": "base", "n_prompts": 1, "spearman_r": 0.1, "spearman_ci_low": None,
+               "spearman_ci_high": None, "spearman_p": None, "pearson_r": 0.1, "pearson_ci_low": None,
+               "pearson_ci_high": None, "kendall_tau": 0.1, "kendall_ci_low": None, "kendall_ci_high": None,
+               "pair_agreement": 0.5, "pair_agreement_ci_low": None, "pair_agreement_ci_high": None,
+               "mean_ceiling": 0.9}]
+    ps = {"prompts": [{"prompt_id": "a", "n_items": 8, "ceiling": 0.9, "in_training": False,
+                       "ceiling_kind": "parametric split-half from vote counts"}],
+          "rows": [{"prompt_id": "a", "evaluator": "random", "model": "base", "spearman": 0.1}],
+          "left_out": {"b": "2 of its 2 items are at most evaluate.max_chars=0 characters; at least 5 are needed"},
+          "warnings": [], "scale": [1.0, 3.0]}
+    table = [line for line in prompt_set_section(ps, pooled) if line.startswith("| a |") or line.startswith("| b |")]
+    assert table[0] == "| a | 8 | 0.900 |  | 0.100 |"
+    assert table[1].startswith("| b | left out: 2 of its 2 items") and table[1].count("|") == table[0].count("|")
