@@ -58,6 +58,12 @@ def agreement(scores, human, k: int, n_resamples: int, seed: int) -> dict:
     return out
 
 
+def mean_of(values) -> float | None:
+    """The mean of the values that are known (None skipped); None when none is."""
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
 def mean_ci(values, n_resamples: int, seed: int) -> dict:
     """The mean of per-unit values (e.g. one win rate per held-out prompt) with a 95% percentile bootstrap
     interval over the units."""

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from pipeline.estimates import order_averaged
-from pipeline.metrics import mean_ci_t, two_sample_ci
+from pipeline.metrics import mean_ci_t, mean_of, two_sample_ci
 
 BEST_OF = (4, 8)
 MIN_PROMPTS = 10
@@ -125,16 +125,11 @@ def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_lo
            "headroom_share_ci": [None, None], "base_fresh_win_rate": null,
            "length_controlled_win_rate": lc, **kl, "tuned_chars": tuned_chars,
            "base_chars": float(np.mean([r["pool_chars"] for r in rows])), "tuned_logp_base": tuned_logp,
-           "base_logp": _mean([r["pool_logp"] for r in rows]), "prompts": len(rows)}
+           "base_logp": mean_of([r["pool_logp"] for r in rows]), "prompts": len(rows)}
     h = headroom(win, out["ceiling"])
     out["headroom_share"], out["headroom_share_ci"] = h["mean"], [h["ci_low"], h["ci_high"]]
     out["warnings"] = _warnings(out, single_query)
     return out
-
-
-def _mean(values) -> float | None:
-    v = [x for x in values if x is not None]
-    return float(np.mean(v)) if v else None
 
 
 def _warnings(s: dict, single_query: bool) -> list[str]:

@@ -17,11 +17,10 @@ corrected, without drawing splits (tests/test_within_prompts.py checks it agains
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
-from pipeline.metrics import mean_ci_t
+from pipeline.metrics import _corr, mean_ci_t, mean_of
 from pipeline.ratings import noise_ceiling
 
 KINDS = ("pearson", "spearman", "kendall")
@@ -78,15 +77,10 @@ def prompt_ceiling(items, long, scale: tuple[float, float], seed: int) -> dict:
 
 def correlations(score, human) -> dict:
     """Pearson, Spearman and Kendall of one prompt's scores with its human means (None for a constant score)."""
-    from scipy import stats
-
     x, y = np.asarray(score, float), np.asarray(human, float)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return {k: None for k in KINDS}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {"pearson": float(stats.pearsonr(x, y).statistic), "spearman": float(stats.spearmanr(x, y).statistic),
-                "kendall": float(stats.kendalltau(x, y).statistic)}
+    return {k: float(_corr(k)(x, y)) for k in KINDS}
 
 
 def pair_agreement(score, human, se) -> tuple[float, int]:
@@ -113,7 +107,7 @@ def prompt_rows(prompts: list[dict], scores: dict) -> list[dict]:
                 x = np.asarray(s)[p["rows"]]
                 agree, pairs = pair_agreement(x, p["human"], p["se"])
                 rows.append({"model": model, "evaluator": evaluator, "prompt_id": p["prompt_id"],
-                             "n_items": len(p["rows"]), **correlations(x, p["human"]),
+                             "n_items": len(x), **correlations(x, p["human"]),
                              "pair_agreement": agree / pairs if pairs else None, "resolved_pairs": pairs,
                              "ceiling": p["ceiling"], "in_training": p["in_training"]})
     return rows
@@ -136,7 +130,7 @@ def pooled(rows: list[dict], top_k: int) -> list[dict]:
         agree = mean_ci_t([r["pair_agreement"] for r in mine])
         ceilings = [r["ceiling"] for r in mine if r["ceiling"] is not None]
         row.update({"pair_agreement": agree["mean"], "pair_agreement_ci_low": agree["ci_low"],
-                    "pair_agreement_ci_high": agree["ci_high"], "mean_ceiling": _mean(ceilings)})
+                    "pair_agreement_ci_high": agree["ci_high"], "mean_ceiling": mean_of(ceilings)})
         out.append(row)
     return out
 
@@ -152,7 +146,7 @@ def paired_differences(rows: list[dict], a: str, b: str, model_a: str, model_b: 
     both = [v for v in per.values() if len(v) == 2]
     diffs = [v[a, model_a] - v[b, model_b] for v in both]
     ci = mean_ci_t(diffs)
-    return {"mean_a": _mean([v[a, model_a] for v in both]), "mean_b": _mean([v[b, model_b] for v in both]),
+    return {"mean_a": mean_of([v[a, model_a] for v in both]), "mean_b": mean_of([v[b, model_b] for v in both]),
             "diff": ci["mean"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "p": _t_p(diffs),
             "n_prompts": len(diffs)}
 
@@ -165,6 +159,3 @@ def _t_p(values) -> float | None:
         return None
     return float(stats.ttest_1samp(v, 0.0).pvalue)
 
-
-def _mean(values) -> float | None:
-    return float(np.mean(values)) if len(values) else None

@@ -253,7 +253,7 @@ def within_prompt_figures(cfg: Config, items, groups: list[RatedPrompt], left_ou
     prompts = []
     for g in groups:
         sub = items.iloc[g.rows]
-        prompts.append({"prompt_id": g.prompt_id, "prompt": g.query, "rows": list(range(g.lo, g.lo + g.n)),
+        prompts.append({"prompt_id": g.prompt_id, "prompt": g.query, "rows": g.rows, "n_items": g.n,
                         "human": sub["rating"].to_numpy(dtype=float), "se": None if se is None else se[g.rows],
                         "in_training": g.query.strip() in trained,
                         **within_prompts.prompt_ceiling(sub, ratings.long, scale, ec.seed)})
@@ -273,8 +273,7 @@ def within_prompt_figures(cfg: Config, items, groups: list[RatedPrompt], left_ou
     if len(prompts) < winrate.MIN_PROMPTS:
         warnings.append(f"only {len(prompts)} rated prompts: the intervals over prompts are wide")
     return {"scale": list(scale), "left_out": left_out, "warnings": warnings,
-            "prompts": [{k: v for k, v in p.items() if k not in ("rows", "human", "se")} | {"n_items": len(p["rows"])}
-                        for p in prompts],
+            "prompts": [{k: v for k, v in p.items() if k not in ("rows", "human", "se")} for p in prompts],
             "rows": rows, "pooled": within_prompts.pooled(rows, ec.top_k), "comparisons": comparisons,
             "before_after": before_after}
 

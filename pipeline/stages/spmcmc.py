@@ -67,7 +67,7 @@ from pipeline.estimates import (
 )
 from pipeline.formatting import number
 from pipeline.judge import cached_judge, fill_pairs
-from pipeline.metrics import mean_ci_t
+from pipeline.metrics import mean_ci_t, mean_of
 from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, prompt_plots
 from pipeline.stages.finetune import adapter_of
 from pipeline.workdir import STATE_DIR, failpoint, write_json
@@ -425,11 +425,6 @@ def _confound_row(c: dict, names: list[str]) -> dict:
             "controlled_greedy_rank": ctrl.get("greedy_rank")}
 
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
 def _run_summary(groups: list[Group], results: list, rows: list[dict], cfg: Config, adaptive: dict | None) -> dict:
     """Means and worst cases over the prompts, and the prompts that need attention."""
     sc = cfg.spmcmc
@@ -443,15 +438,15 @@ def _run_summary(groups: list[Group], results: list, rows: list[dict], cfg: Conf
         "mode": "/".join(sorted({s["mode"] for s in done})), "mode_reason": "per prompt, by spmcmc.budget (see per_prompt)",
         "score_estimate": "/".join(sorted({s["score_estimate"] for s in done})),
         "score_reason": " | ".join(sorted({s["score_reason"] for s in done})),
-        "consistency": {"consistency": _mean(r for r, _ in rel), "min": worst[0], "worst_prompt": worst[1],
+        "consistency": {"consistency": mean_of(r for r, _ in rel), "min": worst[0], "worst_prompt": worst[1],
                         "evidence": "compared pairs, per prompt", "splits": sc.consistency_splits},
-        "position_bias": _mean(s["position_bias"] for s in done), "calibration": done[0]["calibration"],
-        "label_mass_mean": _mean(s["label_mass_mean"] for s in done),
+        "position_bias": mean_of(s["position_bias"] for s in done), "calibration": done[0]["calibration"],
+        "label_mass_mean": mean_of(s["label_mass_mean"] for s in done),
         "label_mass_min": min((s["label_mass_min"] for s in done if s["label_mass_min"] is not None), default=None),
-        "intransitive_share": _mean(s["intransitive_share"] for s in done),
-        "strength": {k: _mean(s["strength"][k] for s in done) for k in done[0]["strength"]},
+        "intransitive_share": mean_of(s["intransitive_share"] for s in done),
+        "strength": {k: mean_of(s["strength"][k] for s in done) for k in done[0]["strength"]},
         "estimates": {"reference": "per prompt: stationary when exact, else the score",
-                      **{n: {k: _mean(s["estimates"][n][k] for s in done if n in s["estimates"])
+                      **{n: {k: mean_of(s["estimates"][n][k] for s in done if n in s["estimates"])
                              for k in ("tv_vs_reference", "spearman_vs_reference", "mean_se", "min", "max")}
                          for n in sorted(names)}},
         "chains_run": any(s["chains_run"] for s in done), "per_prompt": rows,
@@ -474,7 +469,7 @@ def _run_confounds(done: list[dict]) -> dict:
     ctrl = [c["controlled"] for c in conf if c["controlled"]]
     out = {"features": {k: spearman(k) for k in conf[0]["features"]},
            "explained": confounds.pooled_explained([r["pool"] for r in done]),
-           "greedy_rank_mean": _mean(c["greedy_rank"] for c in conf),
+           "greedy_rank_mean": mean_of(c["greedy_rank"] for c in conf),
            "raw_strength": t((c["raw_strength"] or {}).get("mean_abs_w_minus_half") for c in conf), "controlled": None}
     if ctrl:
         out["controlled"] = {
@@ -484,7 +479,7 @@ def _run_confounds(done: list[dict]) -> dict:
             "wald_p_below_05": float(np.mean([(c["strength"]["p"] or 1.0) < 0.05 for c in ctrl])),
             "explained_by_all": confounds.pooled_explained([{**r["pool"], "s": r["pool"]["q"]} for r in done
                                                             if "q" in r["pool"]]),
-            "greedy_rank_mean": _mean(c["greedy_rank"] for c in ctrl)}
+            "greedy_rank_mean": mean_of(c["greedy_rank"] for c in ctrl)}
     return out
 
 
