@@ -14,7 +14,10 @@ shown first); `flat` a nearly flat judge with that position bias, like SmolLM2-1
 of SD 0.1, noise of SD 0.1); `null` no preference at all (noise of SD 0.05 only): the active design
 should call it flat and stop early.
 Designs: chains, sparse (by degree), active (pipeline/active.py; by budget with no precision target, and
-at the default precision, where it stops by itself), exact.
+at the default precision, where it stops by itself), exact; and two oracle references, built from what no design knows: the
+judge without its per-pair noise (the TV the uncompared pairs' noise alone leaves) and an allocation by the true
+distribution (degrees proportional to pi, estimated as the active design is; a reference, not a bound: on
+the order judge the active design does better).
 Pair accuracy: the share of the preferences stage's default pairs (top quarter against bottom quarter,
 capped as configured), built from the estimate, that point the same way as under the exact distribution.
 Last line: `comparisons_for_tv05=C spearman_at_5000=S pair_accuracy_at_1500=A` for the pipeline's default
@@ -38,9 +41,11 @@ from pipeline.chains import CachedJudge, new_chains, run_chains  # noqa: E402
 from pipeline.config import PreferencesConfig, SpmcmcConfig  # noqa: E402
 from pipeline.diagnostics import total_variation  # noqa: E402
 from pipeline.estimates import (  # noqa: E402
+    MIN_DEGREE,
     all_estimates,
     bradley_terry,
-    exact_stationary,  # noqa: E402
+    design_graph,
+    exact_stationary,
     imputed_estimate,
     ordered,
     plan_design,
@@ -51,7 +56,9 @@ from pipeline.stages.preferences import apply_caps, candidate_pairs  # noqa: E40
 JUDGES = ("bt", "intransitive", "order", "flat", "null")
 
 
-def make_judge(kind: str, n: int, seed: int):
+def make_judge(kind: str, n: int, seed: int, pair_noise: bool = True):
+    """The fake judge P(first chosen); pair_noise=False is the same judge without its per-pair noise (what a fit
+    could at best recover)."""
     rng = np.random.default_rng(seed)
     if kind == "flat":
         theta, noise_sd, bias = rng.normal(0, 0.1, n), 0.1, 1.9
@@ -61,6 +68,7 @@ def make_judge(kind: str, n: int, seed: int):
         theta, noise_sd, bias = np.log(rng.gamma(1.0, size=n)), (0.0 if kind == "bt" else 0.5), 1.0
     noise = rng.normal(0, noise_sd, (n, n)) if noise_sd else np.zeros((n, n))
     noise = (noise - noise.T) / np.sqrt(2)  # antisymmetric: a cycle-making preference per pair
+    noise = noise if pair_noise else np.zeros((n, n))  # drawn either way, so both judges share the other draws
     first_bonus = rng.normal(0, 0.5, n) if kind == "order" else np.zeros(n)
     bias = 1.9 if kind == "order" else bias
 
@@ -121,6 +129,39 @@ def active_rows(judge, n: int, truth, budgets, order: str):
     return rows
 
 
+def degree_graph(n: int, degrees: np.ndarray) -> set:
+    """The starting graph (two seeded cycles) grown greedily until each candidate has about `degrees[i]` partners:
+    each time the largest remaining deficit gets the next largest one it has not met."""
+    edges = {(min(e), max(e)) for e in design_graph(n, MIN_DEGREE, 0)}
+    degree = np.bincount(np.array(list(edges)).ravel(), minlength=n).astype(float)
+    while True:
+        rank = np.argsort(degree - degrees, kind="stable")
+        i = rank[0]
+        partner = next((j for j in rank[1:] if (min(i, j), max(i, j)) not in edges), None)
+        if degree[i] >= degrees[i] or partner is None:
+            return edges
+        edges.add((min(i, partner), max(i, partner)))
+        degree[[i, partner]] += 1
+
+
+def oracle_rows(kind: str, n: int, truth, budgets, order: str):
+    """Two references built from what no design knows (the judge's noise, the true pi), for what the noise costs:
+    - the judge without its per-pair noise, on every pair: the TV that the uncompared pairs' noise alone leaves;
+    - an oracle allocation: a graph whose degrees follow the true distribution (more comparisons where pi is
+      large, which is where TV is made), estimated as the active design is (GLM-imputed)."""
+    clean = CachedJudge(make_judge(kind, n, seed=1, pair_noise=False))
+    clean.ensure([(i, j) for i in range(n) for j in range(n) if i != j])
+    rows = [("oracle: the judge without its pair noise", "stationary", 0, *score(exact_stationary(clean.probs, n, order),
+                                                                              truth))]
+    judge = make_judge(kind, n, seed=1)
+    for budget in budgets:
+        cached = CachedJudge(judge)
+        cached.ensure(ordered(degree_graph(n, np.maximum(truth / truth.sum() * budget, MIN_DEGREE))))
+        rows.append(("oracle allocation: degrees ∝ true π", "active", cached.calls,
+                     *score(imputed_estimate(cached.probs, n, order)[0], truth)))
+    return rows
+
+
 def estimate_at(judge, n: int, budget: int, order: str) -> tuple[str, int, np.ndarray]:
     """The pipeline's default (mode=auto) at one budget: (mode, comparisons, estimate)."""
     mode, edges, _ = plan_design(SpmcmcConfig(budget=budget), n)
@@ -161,6 +202,7 @@ def main() -> None:
         rows = chains_rows(judge, n, truth, (1000, 2500, 5000, 10000, 20000), order)
         rows += sparse_rows(judge, n, truth, (4, 6, 8, 12, 16, 20, 30, 42), order)
         rows += active_rows(judge, n, truth, (1000, 1500, 2500, 5000, 10000), order)
+        rows += oracle_rows(kind, n, truth, (1500, 2000, 2500), order)
         rows.append(("exact", "stationary", n * (n - 1), 0.0, 1.0, 1.0))
         for design, name, calls, tv, rho, acc in rows:
             print(f"| {kind} | {design} | {name} | {calls:,} | {tv:.3f} | {rho:.3f} | {acc:.3f} |")
