@@ -185,6 +185,10 @@ class JudgeConfig(Section):
         "(needs a design computed up front: spmcmc.mode exact or sparse)")
     batch_size: int = setting(16, "comparisons per forward pass", semantic=False)
     prefix_cache: bool = setting(True, "reuse the key/value cache of shared prompt prefixes", semantic=False)
+    prefix_cache_mb: int = setting(1024, "with prefix_cache: memory kept between judge calls for the key/values of "
+                                         "instruction + first answer (the active design's rounds and the chains ask for "
+                                         "the same first answers again); least recently used first out; 0 = none",
+                                   semantic=False)
 
     def validate(self):
         _require(self.kind != "function" or bool(self.function), "judge.function",

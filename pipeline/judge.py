@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,10 @@ def prompt_segments(tok, jcfg: JudgeConfig, query: str) -> tuple[str, str, str]:
     return head, mid, tail
 
 
+def _nbytes(kv: list) -> int:
+    return sum(t.numel() * t.element_size() for pair in kv for t in pair)
+
+
 class ModelJudge:
     """Over candidates `texts` answering one query, or several (`queries`, with `prompt_of[i]` the query
     candidate i answers; a comparison is always between two answers to the same query)."""
@@ -85,6 +90,8 @@ class ModelJudge:
         self.last_mass = np.empty(0)  # probability on the two labels, per comparison of the last call
         self.tokens = 0  # tokens actually run through the model
         self._head_kv: dict[int, list] = {}
+        self._row_kv: OrderedDict[int, tuple[list, int]] = OrderedDict()  # first answer -> its row's key/values, length
+        self._row_bytes = 0
         self._cache_arg: str | None = None  # the decoder's name for its key/value cache argument
 
     # -- forward passes -------------------------------------------------------------------------
@@ -139,7 +146,34 @@ class ModelJudge:
         return kv, mask, True
 
     def _row_prefixes(self, firsts: list[int]):
-        """Key/values of instruction + first candidate for a block of rows, their mask and lengths."""
+        """Key/values of instruction + first candidate for a block of rows, right-padded to the longest, their mask
+        and lengths. Each row's are kept between calls (judge.prefix_cache_mb, least recently used out): an active
+        design's round or a chain step has one comparison per first candidate, and asks for the same ones again."""
+        import torch
+
+        size = self.jcfg.batch_size
+        if self.jcfg.prefix_cache_mb == 0:  # nothing kept: this block's rows, together
+            self._compute_rows(list(firsts))
+        for group in dict.fromkeys(f // size for f in firsts if f not in self._row_kv):
+            # a kept row is always computed in the same company (its id's group, padded alike), so its key/values, and
+            # the choices, are the same bits whichever call first needed it: a resumed run equals an uninterrupted one
+            # (tests/test_prompts.py's kill-and-resume test fails when a row keeps the company of its first call)
+            self._compute_rows(list(range(group * size, min((group + 1) * size, len(self.cands)))))
+        rows = [self._row_kv[f] for f in firsts]
+        for f in firsts:
+            self._row_kv.move_to_end(f)
+        width = max(length for _, length in rows)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
+        kv = [(torch.cat([pad(kv[layer][0]) for kv, _ in rows]), torch.cat([pad(kv[layer][1]) for kv, _ in rows]))
+              for layer in range(len(rows[0][0]))]
+        lengths = torch.tensor([length for _, length in rows], device=self.model.device)
+        mask = (torch.arange(width, device=self.model.device)[None, :] < lengths[:, None]).long()
+        self._evict(self.jcfg.prefix_cache_mb * 2**20)
+        return kv, mask, lengths
+
+    def _compute_rows(self, firsts: list[int]) -> None:
+        """One forward of these rows' first candidates over their instruction cache; each row's key/values are
+        stored without their padding (`_row_prefixes` pads them again to each block's longest)."""
         import torch
 
         prompts = [self.prompt_of[f] for f in firsts]
@@ -151,9 +185,18 @@ class ModelJudge:
                                     position_ids=positions, use_cache=True)
         else:
             _, cache = self._decode(self._cache(head), input_ids=ids, use_cache=True)
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        mask = torch.cat([head_mask.to(row_mask.dtype), row_mask], 1)
-        return kv, mask, mask.sum(1)
+        mask = torch.cat([head_mask.to(row_mask.dtype), row_mask], 1).bool()
+        for r, f in enumerate(firsts):
+            if f in self._row_kv:  # kept from before: the same bits
+                continue
+            keep = mask[r].nonzero().squeeze(1)
+            kv = [(layer.keys[r:r + 1, :, keep], layer.values[r:r + 1, :, keep]) for layer in cache.layers]
+            self._row_kv[f] = (kv, len(keep))
+            self._row_bytes += _nbytes(kv)
+
+    def _evict(self, limit: int) -> None:
+        while self._row_kv and self._row_bytes > limit:
+            self._row_bytes -= _nbytes(self._row_kv.popitem(last=False)[1][0])
 
     def _label_logits(self, seqs: list[list[int]], prefix=None, rows=None):
         """Label logits and log label mass at each sequence's last token, optionally continuing the

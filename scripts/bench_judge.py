@@ -10,6 +10,9 @@ pipeline:  ModelJudge filling every ordered comparison among --n candidates (the
            mode): batched, last-position logits only, length buckets, shared prefixes run once.
 chain:     the same judge on one step's worth of comparisons with distinct first candidates (only
            the instruction is shared), as the chains ask for them when the exact mode is off.
+rounds:    the active design's rounds: --rounds calls of up to 32 comparisons (random edges, both orders, no
+           candidate twice), with each row's instruction + first answer kept between calls (judge.prefix_cache_mb)
+           and with nothing kept (prefix_cache_mb=0), side by side.
 The last line reads `judge_speedup_vs_naive=X matmul_fraction=Y`.
 """
 
@@ -56,15 +59,28 @@ def naive(model, tok, judge, pairs) -> tuple[np.ndarray, float, int]:
     return np.array(probs), time.perf_counter() - start, tokens
 
 
-def timed(judge, first, second) -> tuple[np.ndarray, float, int]:
+def timed(judge, first, second, calls=None) -> tuple[np.ndarray, float, int]:
+    """One call (or `calls`, a list of (first, second) lists, one after the other) from empty prefix caches."""
     import torch
 
     judge._head_kv, judge.tokens = {}, 0  # include the shared prefix in the timing
+    judge._row_kv.clear()
+    judge._row_bytes = 0
     start = time.perf_counter()
-    p = judge(np.asarray(first), np.asarray(second))
+    p = [judge(np.asarray(f), np.asarray(s)) for f, s in (calls or [(first, second)])]
     if judge.model.device.type == "cuda":
         torch.cuda.synchronize()
-    return p, time.perf_counter() - start, judge.tokens
+    return np.concatenate(p), time.perf_counter() - start, judge.tokens
+
+
+def active_rounds(n: int, rounds: int, rng) -> list:
+    """Rounds of 16 random edges with no candidate twice, both orders: as pipeline/active.py asks."""
+    out = []
+    for _ in range(rounds):
+        order = rng.permutation(n)[: min(32, n - n % 2)]
+        edges = list(zip(order[::2].tolist(), order[1::2].tolist()))
+        out.append(([a for a, b in edges] + [b for a, b in edges], [b for a, b in edges] + [a for a, b in edges]))
+    return out
 
 
 def main() -> None:
@@ -74,6 +90,7 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=40, help="comparisons timed for the naive baseline")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-chars", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=20, help="active-design rounds timed")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -107,6 +124,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         chain_pairs = [(f, int(rng.choice([j for j in range(n) if j != f]))) for f in rng.permutation(n)]
         _, t_chain, tok_chain = timed(judge, *zip(*chain_pairs))
+        rounds = active_rounds(n, args.rounds, rng)
+        p_kept, t_kept, tok_kept = timed(judge, None, None, rounds)
+        judge.jcfg = JudgeConfig(question="Which joke is funnier?", batch_size=args.batch_size, prefix_cache_mb=0)
+        p_none, t_none, tok_none = timed(judge, None, None, rounds)
     gflops = matmul_gflops(dtype, device)
 
     def rate(tokens, comparisons, seconds):
@@ -115,7 +136,9 @@ def main() -> None:
 
     rows = [("naive (generate, batch 1)", args.naive, t_naive, tok_naive),
             ("pipeline, all pairs (exact)", len(all_pairs), t_all, tok_all),
-            ("pipeline, chain step (distinct firsts)", len(chain_pairs), t_chain, tok_chain)]
+            ("pipeline, chain step (distinct firsts)", len(chain_pairs), t_chain, tok_chain),
+            ("pipeline, active rounds, rows kept", len(p_kept), t_kept, tok_kept),
+            ("pipeline, active rounds, nothing kept", len(p_none), t_none, tok_none)]
     print(f"model {args.model} ({non_emb / 1e6:.1f}M non-embedding params, {dtype}, {device}); "
           f"{n} candidates, mean {np.mean([len(c) for c in judge.cands]):.0f} tokens; batch {args.batch_size}")
     print(f"matmul rate: {gflops:.1f} GFLOP/s ({dtype}, 2048x2048)")
@@ -127,6 +150,8 @@ def main() -> None:
     agree = np.abs(p_naive - p_all[: args.naive]).max()
     print(f"max |p_naive - p_pipeline| on the common comparisons: {agree:.2e}")
     print(f"time to fill the {n}x{n - 1} comparison matrix: {t_all:.1f} s")
+    print(f"active rounds: rows kept between calls {t_none / t_kept:.2f}x the rate of nothing kept; "
+          f"max |difference| {np.abs(p_kept - p_none).max():.2e}")
     speedup = (len(all_pairs) / t_all) / (args.naive / t_naive)
     print(f"judge_speedup_vs_naive={speedup:.2f} matmul_fraction={rate(tok_all, len(all_pairs), t_all) / gflops:.3f}")
 
