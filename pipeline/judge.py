@@ -94,6 +94,12 @@ class ModelJudge:
         self._row_bytes = 0
         self._cache_arg: str | None = None  # the decoder's name for its key/value cache argument
 
+    def reset(self) -> None:
+        """Forget every kept key/value and the token count: what the benchmarks time from."""
+        self._head_kv, self.tokens = {}, 0
+        self._row_kv.clear()
+        self._row_bytes = 0
+
     # -- forward passes -------------------------------------------------------------------------
     def _padded(self, seqs: list[list[int]]):
         """Right-padded ids and their mask (counted: the tokens actually run through the model)."""

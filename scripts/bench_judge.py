@@ -63,9 +63,7 @@ def timed(judge, first, second, calls=None) -> tuple[np.ndarray, float, int]:
     """One call (or `calls`, a list of (first, second) lists, one after the other) from empty prefix caches."""
     import torch
 
-    judge._head_kv, judge.tokens = {}, 0  # include the shared prefix in the timing
-    judge._row_kv.clear()
-    judge._row_bytes = 0
+    judge.reset()  # include the shared prefixes in the timing
     start = time.perf_counter()
     p = [judge(np.asarray(f), np.asarray(s)) for f, s in (calls or [(first, second)])]
     if judge.model.device.type == "cuda":

@@ -59,3 +59,5 @@ def test_row_prefixes_kept_between_calls_give_the_same_choices(tiny_model, limit
     rows = len(judge.cands[0]) + len(judge.cands[1]) + 2 * len(judge.mids[0])  # nothing kept: rows 0 and 1 again
     assert judge.tokens - tokens == (suffixes if limit_mb else suffixes + rows)
 
+    judge.reset()  # what the benchmarks time from
+    assert not judge._row_kv and not judge._head_kv and judge._row_bytes == 0 and judge.tokens == 0
