@@ -70,6 +70,15 @@ def prompt_segments(tok, jcfg: JudgeConfig, query: str) -> tuple[str, str, str]:
     return head, mid, tail
 
 
+def _stacked(per_row: list[list], width: int) -> list:
+    """One batch of key/values per layer from rows of one each ([1, heads, length, dim]), right-padded to `width`."""
+    import torch
+
+    pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
+    return [(torch.cat([pad(row[layer][0]) for row in per_row]), torch.cat([pad(row[layer][1]) for row in per_row]))
+            for layer in range(len(per_row[0]))]
+
+
 def _nbytes(kv: list) -> int:
     return sum(t.numel() * t.element_size() for pair in kv for t in pair)
 
@@ -142,10 +151,7 @@ class ModelJudge:
             return ([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
                     torch.ones(n, length, dtype=torch.long, device=device), False)
         width = max(len(self.heads[p]) for p in prompts)
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
-        per_row = [self._head_cache(p) for p in prompts]
-        kv = [(torch.cat([pad(row[layer][0]) for row in per_row]), torch.cat([pad(row[layer][1]) for row in per_row]))
-              for layer in range(len(per_row[0]))]
+        kv = _stacked([self._head_cache(p) for p in prompts], width)
         mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
         for r, p in enumerate(prompts):
             mask[r, :len(self.heads[p])] = 1
@@ -169,9 +175,7 @@ class ModelJudge:
         for f in firsts:
             self._row_kv.move_to_end(f)
         width = max(length for _, length in rows)
-        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
-        kv = [(torch.cat([pad(kv[layer][0]) for kv, _ in rows]), torch.cat([pad(kv[layer][1]) for kv, _ in rows]))
-              for layer in range(len(rows[0][0]))]
+        kv = _stacked([kv for kv, _ in rows], width)
         lengths = torch.tensor([length for _, length in rows], device=self.model.device)
         mask = (torch.arange(width, device=self.model.device)[None, :] < lengths[:, None]).long()
         self._evict(self.jcfg.prefix_cache_mb * 2**20)

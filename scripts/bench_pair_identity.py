@@ -69,7 +69,8 @@ def active_edges(probs: dict, n: int, budget: int, seed: int) -> list:
 
 def random_edges(n: int, budget: int, seed: int) -> list:
     start = design_graph(n, MIN_DEGREE, seed * 1_000_003)  # the active design's starting graph
-    rest = [(i, j) for i in range(n) for j in range(i + 1, n) if (i, j) not in set(start)]
+    started = set(start)
+    rest = [(i, j) for i in range(n) for j in range(i + 1, n) if (i, j) not in started]
     pick = np.random.default_rng(seed).permutation(len(rest))[: max(budget // 2 - len(start), 0)]
     return start + [rest[t] for t in pick]
 
