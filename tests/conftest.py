@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# generated tests: a fixed example budget, the same examples every run (`--hypothesis-profile=explore` searches wider)
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=600, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +65,41 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, launcher:
     cmd = (launcher or [sys.executable]) + ["pipeline/run.py", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def run_main(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pipeline.run.main(args)` in this process, read back as `run_cli` reads a subprocess: exit code, stdout and
+    stderr, and an exception that escapes main printed as the interpreter prints it (a traceback, exit 1). For the
+    tests of what main does with a mistake (its one `error:` line and exit 2) without paying a fresh interpreter
+    and a torch import per case; the process boundary itself is tested through `run_cli`."""
+    from pipeline.run import main
+
+    assert "SPMCMC_KILL_AT" not in os.environ and "SPMCMC_KILL_AT" not in (env or {}), "kills need run_cli"
+    out, err, saved = io.StringIO(), io.StringIO(), {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _cwd(REPO):
+            try:
+                code = main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:  # what the interpreter would print before exiting 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return subprocess.CompletedProcess(["pipeline/run.py", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_error_line(proc, message: str) -> str:
@@ -110,22 +157,72 @@ def dataset_files(stage_dir: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def design_resumes(tmp_path, args: list[str], kill_at: str) -> tuple[dict, int]:
-    """The spmcmc design killed at `kill_at` and resumed (output_dir a) against an uninterrupted run (b): asserts
-    byte-identical datasets; returns a's summary.json and the comparisons its judge computed (work log)."""
+def design_resumes(tmp_path, finished, killed, args: list[str], kill_at: str) -> tuple[dict, int]:
+    """The spmcmc design killed at `kill_at` and resumed against an uninterrupted run (the shared one): asserts
+    byte-identical datasets; returns the resumed run's summary.json and the comparisons its judge computed."""
     import json
-    import signal
 
-    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": kill_at})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
-    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
-    assert resumed.returncode == 0 and clean.returncode == 0, resumed.stderr[-2000:] + clean.stderr[-2000:]
-    a, b = stage_paths(tmp_path / "a")["spmcmc"], stage_paths(tmp_path / "b")["spmcmc"]
+    out = killed.copy(args, [kill_at], tmp_path / "a")
+    resumed = run_cli(*args, f"output_dir={out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = stage_paths(out)["spmcmc"], stage_paths(finished(*args))["spmcmc"]
     assert dataset_files(a) == dataset_files(b)
     computed = sum(e["count"] for e in map(json.loads, (a / "work_log.jsonl").read_text().splitlines())
                    if e["event"] == "judge_comparisons")
     return json.loads((a / "summary.json").read_text()), computed
+
+
+class FinishedRuns:
+    """Finished runs shared by the whole session: each distinct command line runs once, uninterrupted, in this
+    process, the first time a test asks for it. A test reads the shared folder and never writes to it; a test
+    that changes a run (damages it, resumes it, adds a stage) works on `copy(...)`."""
+
+    def __init__(self, root: Path):
+        self.root, self.done = root, {}
+
+    def __call__(self, *args: str) -> Path:
+        if args not in self.done:
+            out = self.root / f"run{len(self.done)}"
+            proc = run_main(*args, f"output_dir={out}")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            self.done[args] = out
+        return self.done[args]
+
+    def copy(self, args, dest: Path) -> Path:
+        """A private copy of the finished run of `args` (manifest paths are relative: the copy is a run of its own)."""
+        shutil.copytree(self(*args), dest, ignore=shutil.ignore_patterns(".lock"), dirs_exist_ok=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> FinishedRuns:
+    return FinishedRuns(tmp_path_factory.mktemp("finished"))
+
+
+class KilledRuns:
+    """Runs killed (SIGKILL, through the real command) at a point, shared by the session: each (command line, kill
+    points) is killed once; tests resume or damage a private `copy`."""
+
+    def __init__(self, root: Path):
+        self.root, self.done = root, {}
+
+    def copy(self, args, points, dest: Path) -> Path:
+        import signal
+
+        key = (tuple(args), tuple(points))
+        if key not in self.done:
+            out = self.root / f"killed{len(self.done)}"
+            for point in points:
+                proc = run_cli(*args, f"output_dir={out}", env={"SPMCMC_KILL_AT": point})
+                assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
+            self.done[key] = out
+        shutil.copytree(self.done[key], dest, dirs_exist_ok=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def killed(tmp_path_factory) -> KilledRuns:
+    return KilledRuns(tmp_path_factory.mktemp("killed"))
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +259,7 @@ def prompt_args(path):
 def three_prompts(tmp_path_factory):
     """recipe=tiny over a file of 3 prompts, all five stages, through the real command."""
     folder = tmp_path_factory.mktemp("three")
-    proc = run_cli("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
+    proc = run_main("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
                    "evaluate.winrate_samples=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "out"

@@ -115,11 +115,11 @@ def test_the_active_estimate_uses_only_the_design_and_has_a_consistency():
 
 
 @pytest.mark.slow
-def test_the_active_design_resumes_to_the_same_artifact(tmp_path):
+def test_the_active_design_resumes_to_the_same_artifact(tmp_path, finished, killed):
     args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "sample_space.num_samples=40", "sample_space.chunk_size=8",
             "sample_space.batch_size=8", "spmcmc.mode=active", "spmcmc.budget=260", "spmcmc.precision=1e-9",
             "spmcmc.flat_w=0.5", "spmcmc.design_chunk=16"]  # never flat or precise: rounds until the budget
     # the starting graph is ~10 chunks of 16; the 12th is in the rounds that follow it
-    summary, computed = design_resumes(tmp_path, args, "spmcmc.design_chunk:12")
+    summary, computed = design_resumes(tmp_path, finished, killed, args, "spmcmc.design_chunk:12")
     assert summary["mode"] == "active" and summary["active"]["stop"] == "budget"
     assert computed == summary["design_comparisons"] == summary["judge_calls"] > 200  # nothing judged twice

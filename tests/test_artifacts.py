@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from conftest import TINY, dataset_files, run_cli, run_pipeline, spmcmc_cli, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_main, run_pipeline, spmcmc_cli, stage_paths, tiny_config
 from pipeline.artifacts import MARKER, Run, StageError, fingerprint
 
 
@@ -119,14 +119,14 @@ def test_unwritable_output_dir(tmp_path):
             pass
 
 
-def test_complete_marker_without_dataset_files_is_recomputed(tmp_path):
-    args = [*TINY, "stages=[sample_space]", f"output_dir={tmp_path}"]
-    assert run_cli(*args).returncode == 0
+@pytest.mark.slow
+def test_complete_marker_without_dataset_files_is_recomputed(tmp_path, finished):
+    args = [*TINY, "stages=[sample_space]", f"output_dir={finished.copy(TINY, tmp_path)}"]
     path = stage_paths(tmp_path)["sample_space"]
     before = dataset_files(path)
     for arrow in (path / "dataset").glob("*.arrow"):
         arrow.unlink()
-    proc = run_cli(*args)
+    proc = run_main(*args)
     assert proc.returncode == 0 and "marked complete but its dataset files are missing" in proc.stdout
     assert dataset_files(path) == before
 
@@ -145,7 +145,9 @@ def test_subset_run_keeps_the_other_stages_in_the_manifest(tmp_path):
 LOOP = ["stages=[sample_space,spmcmc,preferences,finetune]"]
 
 
-def test_the_manifest_lists_only_this_run(tmp_path):
+@pytest.mark.slow
+def test_the_manifest_lists_only_this_run(tmp_path, finished):
+    finished.copy(TINY, tmp_path)  # round 1 complete: the shared plain run
     run_pipeline(tiny_config(tmp_path, *LOOP, "rounds.count=2"))
     assert "finetune@2" in json.loads((tmp_path / "manifest.json").read_text())["stages"]
     run_pipeline(tiny_config(tmp_path, *LOOP, "rounds.count=1", "preferences.max_pairs=8"))

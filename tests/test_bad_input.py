@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import TINY, assert_one_error_line, run_cli, write
+from conftest import TINY, assert_one_error_line, run_cli, run_main, write
 from pipeline.artifacts import MARKER
 
 
@@ -109,7 +109,7 @@ STAGE_CASES = [
 
 @pytest.mark.parametrize("name, args, message, stage", STAGE_CASES, ids=[c[0] for c in STAGE_CASES])
 def test_stage_mistakes(tmp_path, tiny_model_dir, name, args, message, stage):
-    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", *args(tmp_path, tiny_model_dir), timeout=300)
+    proc = run_main(*TINY, f"output_dir={tmp_path / 'out'}", *args(tmp_path, tiny_model_dir))
     line = assert_one_error_line(proc, message)
     assert "max_new_tokens" not in line or name == "empty sample space"
     assert not list((tmp_path / "out" / stage).glob(f"*/{MARKER}"))

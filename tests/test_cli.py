@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY, assert_one_error_line, run_cli, run_pipeline, spmcmc_cli, stage_paths, tiny_config, write
+from conftest import REPO, TINY, assert_one_error_line, run_main, run_pipeline, spmcmc_cli, stage_paths, tiny_config, write
 from pipeline.cli import main
 from pipeline.ratings import load_ratings
 
@@ -72,7 +72,8 @@ def test_annotate_import_refuses_double_counting(tmp_path):
 
 
 def test_inspect_a_relative_output_dir_from_elsewhere(tmp_path):
-    run_cli(*TINY, "stages=[sample_space]", f"output_dir={Path('runs') / tmp_path.name}")  # relative to the repo
+    relative = f"output_dir={Path('runs') / tmp_path.name}"  # relative to the repo
+    assert run_main(*TINY, "stages=[sample_space]", relative).returncode == 0
     try:
         proc = spmcmc_cli("inspect", str(REPO / "runs" / tmp_path.name), cwd=tmp_path)
         assert proc.returncode == 0 and "sample_space  complete" in proc.stdout, proc.stderr[-2000:]

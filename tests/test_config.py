@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config, write
+from conftest import REPO, TINY, assert_one_error_line, run_cli, run_main, run_pipeline, stage_paths, tiny_config, write
 from pipeline.config import ConfigError, all_keys, available_recipes, help_text, load_config
 
 
@@ -169,10 +169,10 @@ def test_loss_types_match_trl():
 def test_typed_text_is_never_resolved_by_omegaconf(tmp_path):
     typed = r"Joke about \${oc.env:HOME} and ${oc.env:HOME} please"
     rec = write(tmp_path / "r.yaml", f"sample_space:\n  query: 'x'\njudge:\n  question: '{typed}'\n")
-    proc = run_cli(f"recipe={rec}", f"sample_space.query={typed}", "model.name_or_path=embedded:tiny-random",
-                   "wandb.mode=disabled", "sample_space.num_samples=2", "sample_space.max_new_tokens=4",
-                   "sample_space.drop_truncated=false", "sample_space.min_chars=1", f"output_dir={tmp_path / 'out'}",
-                   "stages=[sample_space]", timeout=300)
+    proc = run_main(f"recipe={rec}", f"sample_space.query={typed}", "model.name_or_path=embedded:tiny-random",
+                    "wandb.mode=disabled", "sample_space.num_samples=2", "sample_space.max_new_tokens=4",
+                    "sample_space.drop_truncated=false", "sample_space.min_chars=1", f"output_dir={tmp_path / 'out'}",
+                    "stages=[sample_space]")
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((stage_paths(tmp_path / "out")["sample_space"] / "meta.json").read_text())
     assert meta["config"]["sample_space"]["query"] == typed

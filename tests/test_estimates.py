@@ -134,10 +134,10 @@ def test_calibration_removes_the_mean_logit_shift():
 
 
 @pytest.mark.slow
-def test_sparse_design_resumes_to_the_same_artifact(tmp_path):
+def test_sparse_design_resumes_to_the_same_artifact(tmp_path, finished, killed):
     args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "sample_space.num_samples=40", "sample_space.chunk_size=8",
             "sample_space.batch_size=8", "spmcmc.mode=sparse", "spmcmc.degree=4", "spmcmc.design_chunk=16"]
-    summary, computed = design_resumes(tmp_path, args, "spmcmc.design_chunk:2")
+    summary, computed = design_resumes(tmp_path, finished, killed, args, "spmcmc.design_chunk:2")
     assert summary["mode"] == "sparse" and not summary["chains_run"]
     assert computed == summary["design_comparisons"] == summary["judge_calls"]  # nothing computed twice
 

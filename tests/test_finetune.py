@@ -2,7 +2,7 @@
 and the checks against the model before training."""
 
 import json
-import signal
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 from safetensors.numpy import load_file
 
-from conftest import TINY, assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import TINY, assert_one_error_line, run_cli, run_main, stage_paths, tiny_config
 from pipeline.artifacts import MARKER, Artifact, StageError
 from pipeline.stages import finetune
 
@@ -46,6 +46,7 @@ def train(tmp_path, *overrides):
     return out, json.loads((work / "summary.json").read_text()), work
 
 
+@pytest.mark.slow
 def test_dpo_changes_the_adapter_and_learns_a_held_out_preference(tmp_path):
     out, summary, work = train(tmp_path)
     weights = load_file(str(work / "adapter" / "adapter_model.safetensors"))
@@ -68,9 +69,8 @@ def test_qlora_without_cuda_is_a_clear_error(tmp_path):
         train(tmp_path, "finetune.quantization=4bit")
 
 
-def tiny_finetune_args(out):
-    return ["recipe=tiny", f"output_dir={out}", "finetune.save_steps=1", "preferences.max_pairs=12",
-            "preferences.top_fraction=0.5", "sample_space.num_samples=16"]
+FT = ["recipe=tiny", "finetune.save_steps=1", "preferences.max_pairs=12", "preferences.top_fraction=0.5",
+      "sample_space.num_samples=16", "stages=[sample_space,spmcmc,preferences,finetune]"]
 
 
 def adapter(out: Path) -> dict:
@@ -79,15 +79,11 @@ def adapter(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
-    args = tiny_finetune_args(tmp_path / "a")
-    killed = run_cli(*args, env={"SPMCMC_KILL_AT": "finetune.save:2"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run_cli(*args)
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, finished, killed):
+    out = killed.copy(FT, ["finetune.save:2"], tmp_path / "a")
+    resumed = run_cli(*FT, f"output_dir={out}")
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
-    clean = run_cli(*tiny_finetune_args(tmp_path / "b"))
-    assert clean.returncode == 0, clean.stderr[-2000:]
-    (a, path), (b, _) = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    (a, path), (b, _) = adapter(out), adapter(finished(*FT))
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = json.loads((path / "summary.json").read_text())["optimizer_steps"]
     log = [json.loads(line) for line in (path / "work_log.jsonl").read_text().splitlines()]
@@ -97,24 +93,19 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_data_parallel_training_with_two_processes(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    proc = run_cli(*tiny_finetune_args(tmp_path), launcher=launcher)
+    proc = run_cli(*FT, f"output_dir={tmp_path}", launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, path = adapter(tmp_path)
     assert json.loads((path / "meta.json").read_text())["world_size"] == 2
     assert json.loads((path / "summary.json").read_text())["optimizer_steps"] > 0
 
 
-@pytest.fixture(scope="module")
-def prefs_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prefs")
-    run_pipeline(tiny_config(out, "stages=[sample_space,spmcmc,preferences]"))
-    return out
-
-
 @pytest.mark.parametrize("arg, message", [("finetune.target_modules=[x]", "finetune.target_modules: ['x'] match no"),
                                           ("finetune.max_length=8", "finetune.max_length=8 leaves no room")])
-def test_finetune_checks_against_the_model_before_training(prefs_dir, arg, message):
-    proc = run_cli(*TINY, f"output_dir={prefs_dir}", "stages=[finetune]", arg, timeout=300)
+def test_finetune_checks_against_the_model_before_training(tmp_path, finished, arg, message):
+    out = finished.copy(TINY, tmp_path / "out")
+    shutil.rmtree(out / "finetune")  # the shared run's preferences, and no finetune yet
+    proc = run_main(*TINY, f"output_dir={out}", "stages=[finetune]", arg)
     assert_one_error_line(proc, message)
-    assert not list((prefs_dir / "finetune").glob(f"*/{MARKER}"))
-    assert "train_step" not in "".join(p.read_text() for p in (prefs_dir / "finetune").rglob("work_log.jsonl"))
+    assert not list((out / "finetune").glob(f"*/{MARKER}"))
+    assert "train_step" not in "".join(p.read_text() for p in (out / "finetune").rglob("work_log.jsonl"))

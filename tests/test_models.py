@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, assert_one_error_line, run_cli, write
+from conftest import REPO, TINY, assert_one_error_line, run_main, write
 from pipeline.models import SCORING_BYTES, scoring_batches
 
 PEAK = """
@@ -28,6 +28,7 @@ print(len(tok(long, add_special_tokens=False).input_ids), (peak - before) * 1024
 """
 
 
+@pytest.mark.slow
 def test_scoring_a_long_prompt_stays_within_its_memory_bound():
     """A 1,886-token prompt and 16 answers on the tiny model (vocabulary 49,152): full float32 logits with their
     log-softmax took 17 GB more (measured 2026-12-03, docs/PERFORMANCE.md); answer positions only, in batches
@@ -62,7 +63,7 @@ def broken_model(tmp_path, tiny_model_dir, config_text):
                                            ("{}", "config.json has no model_type")])
 def test_damaged_model_folder(tmp_path, tiny_model_dir, text, message):
     args = broken_model(tmp_path, tiny_model_dir, text)
-    assert_one_error_line(run_cli(*TINY, f"output_dir={tmp_path / 'out'}", *args, timeout=300), message)
+    assert_one_error_line(run_main(*TINY, f"output_dir={tmp_path / 'out'}", *args), message)
 
 
 def custom_code_model(tmp_path, tiny_model_dir) -> Path:
@@ -80,6 +81,6 @@ def custom_code_model(tmp_path, tiny_model_dir) -> Path:
 
 def test_a_model_that_needs_its_own_code_is_one_line(tmp_path, tiny_model_dir):
     folder = custom_code_model(tmp_path, tiny_model_dir)
-    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", f"model.name_or_path={folder}", timeout=300)
+    proc = run_main(*TINY, f"output_dir={tmp_path / 'out'}", f"model.name_or_path={folder}")
     assert_one_error_line(proc, "ships its own Python code, which runs only with model.trust_remote_code=true")
     assert not (tmp_path / "code_ran").exists() and not (tmp_path / "out" / "sample_space").exists()

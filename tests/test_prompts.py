@@ -3,7 +3,6 @@ within prompts, held-out prompts kept out of training; prompt files and lengths 
 query stays the same run as before."""
 
 import json
-import signal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +19,7 @@ from conftest import (
     prompt_file,
     prompt_ids_of,
     run_cli,
+    run_main,
     run_pipeline,
     stage_paths,
     tiny_config,
@@ -97,8 +97,7 @@ PROMPT_ERRORS = [
 
 @pytest.mark.parametrize("name, make, message", PROMPT_ERRORS, ids=[e[0] for e in PROMPT_ERRORS])
 def test_prompt_file_errors(tmp_path, name, make, message):
-    proc = run_cli("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space]", *prompt_args(make(tmp_path)),
-                   timeout=300)
+    proc = run_main("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space]", *prompt_args(make(tmp_path)))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not list((tmp_path / "out" / "sample_space").glob(f"*/{MARKER}"))
@@ -115,15 +114,12 @@ def test_query_and_prompts_are_exclusive(args, message):
 
 
 @pytest.mark.slow
-def test_per_prompt_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+def test_per_prompt_resume_after_kill_equals_an_uninterrupted_run(tmp_path, finished, killed):
     args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=40",
             *prompt_args(prompt_file(tmp_path))]
-    for point in ("sample_space.chunk:3", "spmcmc.step:25"):
-        proc = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": point})
-        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
-    assert run_cli(*args, f"output_dir={tmp_path / 'a'}").returncode == 0
-    assert run_cli(*args, f"output_dir={tmp_path / 'b'}").returncode == 0
-    a, b = stage_paths(tmp_path / "a"), stage_paths(tmp_path / "b")
+    out = killed.copy(args, ["sample_space.chunk:3", "spmcmc.step:25"], tmp_path / "a")  # both kills, one folder
+    assert run_cli(*args, f"output_dir={out}").returncode == 0
+    a, b = stage_paths(out), stage_paths(finished(*args))
     for stage in ("sample_space", "spmcmc"):
         assert dataset_files(a[stage]) == dataset_files(b[stage]), stage
     trace = load_from_disk(str(a["spmcmc"] / "dataset"))["trace"]
@@ -154,8 +150,8 @@ def test_integer_prompt_ids_are_the_same_in_every_format(tmp_path, fmt):
     ids = []
     for path in (csv, other):
         out = tmp_path / path.suffix[1:]
-        proc = run_cli(*TINY, f"output_dir={out}", "stages=[sample_space]", "sample_space.query=null",
-                       f"sample_space.prompts={path}", "evaluate.query=x", timeout=300)
+        proc = run_main(*TINY, f"output_dir={out}", "stages=[sample_space]", "sample_space.query=null",
+                        f"sample_space.prompts={path}", "evaluate.query=x", "sample_space.num_samples=2")
         assert proc.returncode == 0, proc.stderr[-2000:]
         ids.append(prompt_ids_of(out))
     assert ids[0] == ids[1] == ["1", "2"]
@@ -172,8 +168,8 @@ PROMPT_FILE_CASES = [
 @pytest.mark.parametrize("text, message", PROMPT_FILE_CASES, ids=[c[1][:24] for c in PROMPT_FILE_CASES])
 def test_prompt_file_mistakes(tmp_path, text, message):
     path = write(tmp_path / "p.jsonl", text)
-    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
-                   "evaluate.query=x", timeout=300)
+    proc = run_main(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
+                    "evaluate.query=x")
     assert_one_error_line(proc, message)
 
 
@@ -181,7 +177,7 @@ def test_a_prompt_beyond_the_model_context_stops_before_any_work(tmp_path):
     long = "Tell me a joke about " + " ".join(["cats and dogs and birds"] * 700) + "."  # ~16 KB, ~3.5k tokens
     path = write(tmp_path / "p.jsonl", json.dumps({"id": 1, "prompt": long}) + "\n" +
                  json.dumps({"id": 2, "prompt": "Tell me a joke."}) + "\n")
-    proc = run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
-                   "preferences.split=candidate", "evaluate.query=x", timeout=300)
+    proc = run_main(*TINY, f"output_dir={tmp_path / 'out'}", "sample_space.query=null", f"sample_space.prompts={path}",
+                    "preferences.split=candidate", "evaluate.query=x")
     assert_one_error_line(proc, "exceeds the model's context of 2048 tokens")
     assert not (tmp_path / "out" / "sample_space").exists()

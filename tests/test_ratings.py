@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, assert_one_error_line, run_cli, write
+from conftest import TINY, assert_one_error_line, run_main, write
 from pipeline.artifacts import MARKER
 from pipeline.ratings import load_ratings, noise_ceiling, select_items
 from pipeline.tables import TableError
@@ -74,7 +74,7 @@ def ratings_file(tmp_path, ratings):
                                               ([1, 2, "inf"] + [3] * 9, "`rating` must be finite")])
 def test_degenerate_ratings(tmp_path, ratings, message):
     path = ratings_file(tmp_path, ratings)
-    proc = run_cli(*TINY, "stages=[evaluate]", f"evaluate.human_ratings={path}", f"output_dir={tmp_path / 'o'}")
+    proc = run_main(*TINY, "stages=[evaluate]", f"evaluate.human_ratings={path}", f"output_dir={tmp_path / 'o'}")
     assert_one_error_line(proc, message)
     assert not list((tmp_path / "o" / "evaluate").glob(f"*/{MARKER}"))
 
@@ -99,5 +99,5 @@ def test_subset_of_constant_ratings_is_refused():
 ], ids=["repeated rater and item", "nan cell", "empty cell"])
 def test_ratings_file_mistakes(tmp_path, text, message):
     path = write(tmp_path / "r.csv", text)
-    assert_one_error_line(run_cli(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
-                                  f"evaluate.human_ratings={path}", timeout=300), message)
+    assert_one_error_line(run_main(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
+                                   f"evaluate.human_ratings={path}"), message)

@@ -1,7 +1,6 @@
 """Kill at any moment and lose nothing; every bad input gets one clear line; same seed, same bytes."""
 
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -27,31 +26,22 @@ def work(path: Path, event: str) -> int:
     return sum(e["count"] for e in map(json.loads, lines) if e["event"] == event)
 
 
-@pytest.fixture(scope="module")
-def clean_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clean")
-    for name in ("a", "b"):
-        proc = run_cli(*ARGS, f"output_dir={root / name}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return stages(root / "a"), stages(root / "b")
-
-
 @pytest.mark.slow
-def test_same_seed_gives_byte_identical_datasets(clean_runs):
-    a, b = clean_runs
+def test_same_seed_gives_byte_identical_datasets(finished, tmp_path):
+    """The shared run (in the test process) and the real command in a fresh interpreter: the same bytes."""
+    proc = run_cli(*ARGS, f"output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = stages(finished(*ARGS)), stages(tmp_path)
     for stage in STAGES:
         assert dataset_files(a[stage]) == dataset_files(b[stage]), stage
 
 
 @pytest.mark.slow
-def test_killed_everywhere_resumes_to_the_same_artifacts_without_redoing_work(clean_runs, tmp_path):
-    out = tmp_path / "killed"
-    for point in KILL_POINTS:
-        proc = run_cli(*ARGS, f"output_dir={out}", env={"SPMCMC_KILL_AT": point})
-        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
+def test_killed_everywhere_resumes_to_the_same_artifacts_without_redoing_work(finished, killed, tmp_path):
+    out = killed.copy(ARGS, KILL_POINTS, tmp_path / "killed")
     final = run_cli(*ARGS, f"output_dir={out}")  # the stale lock of the killed runs is no obstacle
     assert final.returncode == 0, final.stderr[-3000:]
-    got, ref = stages(out), clean_runs[0]
+    got, ref = stages(out), stages(finished(*ARGS))
     for stage in ("sample_space", "spmcmc", "preferences"):
         assert dataset_files(got[stage]) == dataset_files(ref[stage]), stage
     a = load_file(str(got["finetune"] / "adapter" / "adapter_model.safetensors"))

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from conftest import assert_one_error_line, run_cli, run_pipeline, stage_paths, tiny_config, write
+from conftest import TINY, assert_one_error_line, run_main, run_pipeline, stage_paths, tiny_config, write
 
 
 @pytest.mark.slow
 def test_a_reward_function_judges_end_to_end_on_tiny(tmp_path):
-    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "judge.kind=function", "judge.function=pipeline.rewards:length",
-                   "judge.temperature=0.5")
+    proc = run_main("recipe=tiny", f"output_dir={tmp_path}", "judge.kind=function", "judge.function=pipeline.rewards:length",
+                    "judge.temperature=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     paths = stage_paths(tmp_path)
     sp = load_from_disk(str(paths["spmcmc"] / "dataset"))
@@ -48,7 +48,7 @@ def test_a_reward_function_file_enters_the_fingerprint(tmp_path):
     assert not np.allclose(p1, p2)
 
 
-def test_another_model_judges(tmp_path, tiny_model_dir):
+def test_another_model_judges(tmp_path, tiny_model_dir, finished):
     """Two tiny models: the policy writes, a second model (other random weights) judges."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,9 +66,8 @@ def test_another_model_judges(tmp_path, tiny_model_dir):
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
 
     run_pipeline(tiny_config(tmp_path / "a", "stages=[sample_space,spmcmc]", f"judge.model={other}"))
-    run_pipeline(tiny_config(tmp_path / "b", "stages=[sample_space,spmcmc]"))
     a = load_from_disk(str(stage_paths(tmp_path / "a")["spmcmc"] / "dataset"))
-    b = load_from_disk(str(stage_paths(tmp_path / "b")["spmcmc"] / "dataset"))
+    b = load_from_disk(str(stage_paths(finished(*TINY))["spmcmc"] / "dataset"))  # the policy judging itself
     assert a["candidates"]["text"] == b["candidates"]["text"]  # the same policy wrote them
     assert not np.allclose(a["pairs"]["p_first"], b["pairs"]["p_first"])
     texts = a["candidates"]["text"]
@@ -93,8 +92,8 @@ BAD_FUNCTIONS = [
 @pytest.mark.parametrize("name, source, message", BAD_FUNCTIONS, ids=[c[0] for c in BAD_FUNCTIONS])
 def test_every_bad_reward_function_is_one_clear_line(tmp_path, name, source, message):
     fn = write(tmp_path / "bad_reward.py", source)
-    proc = run_cli("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space,spmcmc]", "judge.kind=function",
-                   f"judge.function={fn}:f", timeout=300)
+    proc = run_main("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space,spmcmc]", "judge.kind=function",
+                    f"judge.function={fn}:f")
     assert_one_error_line(proc, message)
     assert not any((tmp_path / "out" / "spmcmc").glob("*/_COMPLETE"))
 
@@ -112,7 +111,7 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("args, message", CONFIG_CASES, ids=[c[1][:30] for c in CONFIG_CASES])
 def test_judge_settings_mistakes(tmp_path, args, message):
-    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "stages=[sample_space,spmcmc]", *args, timeout=300)
+    proc = run_main("recipe=tiny", f"output_dir={tmp_path}", "stages=[sample_space,spmcmc]", *args)
     assert_one_error_line(proc, message)
 
 

@@ -10,7 +10,7 @@ import pytest
 from datasets import load_from_disk
 from safetensors.numpy import load_file
 
-from conftest import dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
 
 PROMPTS = "sample_space.prompts=[Tell me a joke about cats.,Tell me a joke about dogs.,Tell me a joke about fish.]"
 ARGS = ["recipe=tiny", "sample_space.query=null", PROMPTS, "evaluate.query=Tell me a joke.", "rounds.count=2"]
@@ -26,12 +26,9 @@ def work(path: Path, event: str) -> int:
         if log.exists() else 0
 
 
-@pytest.fixture(scope="module")
-def two_rounds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rounds") / "out"
-    proc = run_cli(*ARGS, f"output_dir={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+@pytest.fixture
+def two_rounds(finished):
+    return finished(*ARGS)
 
 
 @pytest.mark.slow
@@ -77,7 +74,7 @@ def test_kill_in_round_two_resumes_without_redoing_round_one(two_rounds, tmp_pat
         assert dataset_files(after[stage]) == dataset_files(clean[stage]), stage
 
 
-def test_rounds_stop_early_when_no_pair_passes(tmp_path, monkeypatch, capsys):
+def test_rounds_stop_early_when_no_pair_passes(tmp_path, finished, monkeypatch, capsys):
     from pipeline.stages import preferences
     from pipeline.stages.preferences import NoPairs
 
@@ -89,6 +86,8 @@ def test_rounds_stop_early_when_no_pair_passes(tmp_path, monkeypatch, capsys):
         return original(cfg, inputs, workdir)
 
     monkeypatch.setattr(preferences, "run", run)
+    finished.copy(TINY, tmp_path)  # round 1 is the shared plain run's, already complete
+    (tmp_path / "report.md").unlink()
     run_pipeline(tiny_config(tmp_path, "rounds.count=3"))
     out = capsys.readouterr().out
     assert "[pipeline] stopping after round 1: round 2 yields no pair that passes the evidence filters" in out
@@ -101,7 +100,8 @@ def test_rounds_stop_early_when_no_pair_passes(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_a_fixed_judge_uses_the_base_judges_pair_cache(tmp_path):
+def test_a_fixed_judge_uses_the_base_judges_pair_cache(tmp_path, finished):
+    finished.copy(TINY, tmp_path)  # round 1 is the shared plain run's
     run_pipeline(tiny_config(tmp_path, "rounds.count=2", "rounds.judge=base",
                              "stages=[sample_space,spmcmc,preferences,finetune]"))
     paths = stage_paths(tmp_path)

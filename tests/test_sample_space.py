@@ -2,14 +2,16 @@
 resume from kills and damaged chunks."""
 
 import json
-import signal
 
 import pytest
 from datasets import load_from_disk
 
-from conftest import TINY, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config, write
+from conftest import TINY, dataset_files, run_cli, run_main, run_pipeline, stage_paths, tiny_config, write
 from pipeline.config import SampleSpaceConfig
 from pipeline.stages.sample_space import build_candidates, normalise
+
+SPACE = [*TINY, "stages=[sample_space]"]
+KILL = ["sample_space.chunk:2"]
 
 
 def sc(**kw):
@@ -52,15 +54,15 @@ def test_truncated_kept_when_asked():
     assert len(cands) == 1 and stats["truncated"] == 0
 
 
-def test_stage_on_tiny_model(tmp_path):
-    cfg = tiny_config(tmp_path, "stages=[sample_space]")
-    run_pipeline(cfg)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+def test_stage_on_tiny_model(finished):
+    out = finished(*TINY)  # the shared plain run: its sample space is this stage's own
+    cfg = tiny_config(out, "stages=[sample_space]")
+    manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["stages"]["sample_space"]
-    ds = load_from_disk(str(stage_paths(tmp_path)["sample_space"] / "dataset"))
+    ds = load_from_disk(str(stage_paths(out)["sample_space"] / "dataset"))
     assert {"id", "text", "count", "mean_logprob", "sum_logprob", "is_greedy", "source"} <= set(ds.column_names)
     assert ds["id"] == list(range(len(ds)))
-    greedy = json.loads((tmp_path / "sample_space" / entry["fingerprint"] / "summary.json").read_text())["greedy"]
+    greedy = json.loads((out / "sample_space" / entry["fingerprint"] / "summary.json").read_text())["greedy"]
     survives = bool(normalise(greedy, cfg.sample_space.preamble_patterns))  # the random model may emit only spaces
     assert sum(ds["is_greedy"]) == int(survives)
     assert sum(ds["count"]) <= cfg.sample_space.num_samples
@@ -78,32 +80,23 @@ def test_extra_pool_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
-    args = ["recipe=tiny", "stages=[sample_space]"]
-    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
-    assert killed.returncode == -signal.SIGKILL
-    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, finished, killed):
+    out = killed.copy(SPACE, KILL, tmp_path / "a")
+    resumed = run_cli(*SPACE, f"output_dir={out}")
     assert resumed.returncode == 0, resumed.stderr
-    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
-    assert clean.returncode == 0, clean.stderr
-    a, b = (stage_paths(tmp_path / d)["sample_space"] for d in ("a", "b"))
-    from pathlib import Path
-
-    assert dataset_files(Path(a)) == dataset_files(Path(b))
-    log = [json.loads(line) for line in (Path(a) / "work_log.jsonl").read_text().splitlines()]
+    a, b = stage_paths(out)["sample_space"], stage_paths(finished(*TINY))["sample_space"]
+    assert dataset_files(a) == dataset_files(b)
+    log = [json.loads(line) for line in (a / "work_log.jsonl").read_text().splitlines()]
     assert sum(e["count"] for e in log if e["event"] == "generated_chunk") == 3  # 12 samples / 4 per chunk
 
 
-def test_damaged_generation_chunk_is_generated_again(tmp_path):
-    args = [*TINY, "stages=[sample_space]"]
-    assert run_cli(*args, f"output_dir={tmp_path / 'clean'}").returncode == 0
-    proc = run_cli(*args, f"output_dir={tmp_path}", env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
-    assert proc.returncode == -9
-    chunk = next((tmp_path / "sample_space").glob("*.partial/_state/chunks/chunk_00000.json"))
+def test_damaged_generation_chunk_is_generated_again(tmp_path, finished, killed):
+    out = killed.copy(SPACE, KILL, tmp_path / "a")
+    chunk = next((out / "sample_space").glob("*.partial/_state/chunks/chunk_00000.json"))
     write(chunk, '[{"text": "cut')
-    proc = run_cli(*args, f"output_dir={tmp_path}")
+    proc = run_main(*SPACE, f"output_dir={out}")
     assert proc.returncode == 0 and "chunk_00000.json is damaged" in proc.stdout
-    assert dataset_files(stage_paths(tmp_path)["sample_space"]) == dataset_files(stage_paths(tmp_path / "clean")["sample_space"])
+    assert dataset_files(stage_paths(out)["sample_space"]) == dataset_files(stage_paths(finished(*TINY))["sample_space"])
 
 
 def test_texts_that_look_like_missing_values_are_kept(tmp_path):

@@ -2,7 +2,6 @@
 from kills and damaged resume state."""
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -10,18 +9,20 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import TINY, dataset_files, run_cli, run_pipeline, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_main, stage_paths, tiny_config
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.stages.spmcmc import plan, prompt_groups, summarise
+
+RESUME = [*TINY, "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=60"]
+KILL = ["spmcmc.step:33"]
 
 
 def stage_path(out: Path, stage: str) -> Path:
     return stage_paths(out)[stage]
 
 
-def test_stage_on_tiny_model(tmp_path):
-    run_pipeline(tiny_config(tmp_path, "stages=[sample_space,spmcmc]"))
-    path = stage_path(tmp_path, "spmcmc")
+def test_stage_on_tiny_model(finished):
+    path = stage_path(finished(*TINY), "spmcmc")  # the shared plain run
     ds = load_from_disk(str(path / "dataset"))
     cands, pairs, trace = ds["candidates"], ds["pairs"], ds["trace"]
     n = cands.num_rows
@@ -66,19 +67,15 @@ def test_summary_reports_the_bias_put_in_and_debiases(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
-    args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=60"]
-    killed = run_cli(*args, f"output_dir={tmp_path / 'a'}", env={"SPMCMC_KILL_AT": "spmcmc.step:33"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = run_cli(*args, f"output_dir={tmp_path / 'a'}")
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, finished, killed):
+    out = killed.copy(RESUME, KILL, tmp_path / "a")
+    resumed = run_cli(*RESUME, f"output_dir={out}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    clean = run_cli(*args, f"output_dir={tmp_path / 'b'}")
-    a, b = stage_path(tmp_path / "a", "spmcmc"), stage_path(tmp_path / "b", "spmcmc")
+    a, b = stage_path(out, "spmcmc"), stage_path(finished(*RESUME), "spmcmc")
     assert dataset_files(a) == dataset_files(b)
     log = [json.loads(line) for line in (a / "work_log.jsonl").read_text().splitlines()]
     computed = sum(e["count"] for e in log if e["event"] == "judge_comparisons")
     assert computed == load_from_disk(str(a / "dataset"))["pairs"].num_rows  # no comparison computed twice
-    assert clean.returncode == 0
 
 
 @pytest.mark.slow
@@ -97,33 +94,24 @@ def test_two_processes_split_chains_and_merge_caches(tmp_path):
     assert len(seen) == ds["pairs"].num_rows  # merged without duplicates
 
 
-RESUME = [*TINY, "stages=[sample_space,spmcmc]", "spmcmc.mode=chains", "spmcmc.iterations=60"]
+def killed_in_spmcmc(tmp_path, killed) -> tuple[Path, Path]:
+    """A private copy of the run killed in the chains (step 33 of 60), and its spmcmc folder at work."""
+    out = killed.copy(RESUME, KILL, tmp_path / "a")
+    return out, next((out / "spmcmc").glob("*.partial"))
 
 
-@pytest.fixture(scope="module")
-def clean_spmcmc(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean")
-    assert run_cli(*RESUME, f"output_dir={out}").returncode == 0
-    return stage_paths(out)
-
-
-def killed_in_spmcmc(out: Path) -> Path:
-    proc = run_cli(*RESUME, f"output_dir={out}", env={"SPMCMC_KILL_AT": "spmcmc.step:33"})
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    return next((out / "spmcmc").glob("*.partial"))
-
-
-def test_pair_cache_line_of_the_wrong_shape_is_skipped(tmp_path, clean_spmcmc):
-    partial = killed_in_spmcmc(tmp_path)
+@pytest.mark.slow
+def test_pair_cache_line_of_the_wrong_shape_is_skipped(tmp_path, finished, killed):
+    out, partial = killed_in_spmcmc(tmp_path, killed)
     with open(partial / "pair_cache.rank0.jsonl", "a") as fh:
         fh.write("[1, 2]\n{\"k\": 3}\n\"text\"\n")
-    assert run_cli(*RESUME, f"output_dir={tmp_path}").returncode == 0
-    assert dataset_files(stage_paths(tmp_path)["spmcmc"]) == dataset_files(clean_spmcmc["spmcmc"])
+    assert run_main(*RESUME, f"output_dir={out}").returncode == 0
+    assert dataset_files(stage_paths(out)["spmcmc"]) == dataset_files(stage_paths(finished(*RESUME))["spmcmc"])
 
 
-def test_deleted_pair_cache_with_kept_checkpoints_ends_the_same(tmp_path, clean_spmcmc):
-    partial = killed_in_spmcmc(tmp_path)
+def test_deleted_pair_cache_with_kept_checkpoints_ends_the_same(tmp_path, finished, killed):
+    out, partial = killed_in_spmcmc(tmp_path, killed)
     (partial / "pair_cache.rank0.jsonl").unlink()
-    proc = run_cli(*RESUME, f"output_dir={tmp_path}")
+    proc = run_main(*RESUME, f"output_dir={out}")
     assert proc.returncode == 0 and "restarting chains" in proc.stdout
-    assert dataset_files(stage_paths(tmp_path)["spmcmc"]) == dataset_files(clean_spmcmc["spmcmc"])
+    assert dataset_files(stage_paths(out)["spmcmc"]) == dataset_files(stage_paths(finished(*RESUME))["spmcmc"])

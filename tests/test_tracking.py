@@ -7,9 +7,9 @@ import pytest
 from conftest import TINY, run_cli
 
 
-@pytest.mark.parametrize("env", [{"WANDB_API_KEY": ""},
-                                 {"WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}],
-                         ids=["no api key", "no network"])
+@pytest.mark.parametrize("env", [pytest.param({"WANDB_API_KEY": ""}, id="no api key", marks=pytest.mark.slow),
+                                 pytest.param({"WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"},
+                                              id="no network", marks=pytest.mark.slow)])  # waits out W&B's timeout
 def test_wandb_online_falls_back_to_offline(tmp_path, env):
     env = {**env, "NETRC": str(tmp_path / "no-netrc"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
     proc = run_cli(*TINY, f"output_dir={tmp_path}", "stages=[sample_space]", "wandb.mode=online", env=env)

@@ -109,9 +109,9 @@ def test_a_policy_no_different_from_the_base_wins_one_half(tmp_path):
 
     from datasets import load_from_disk
 
-    from conftest import run_cli, stage_paths
+    from conftest import run_main, stage_paths
 
-    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "judge.kind=function", "judge.function=pipeline.rewards:length",
+    proc = run_main("recipe=tiny", f"output_dir={tmp_path}", "judge.kind=function", "judge.function=pipeline.rewards:length",
                    "finetune.learning_rate=1e-12", "sample_space.min_chars=80", "evaluate.evaluators=[random]",
                    "evaluate.winrate_samples=16")
     assert proc.returncode == 0, proc.stderr[-3000:]

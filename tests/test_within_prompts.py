@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TOPICS, run_cli, stage_paths
+from conftest import TOPICS, run_main, stage_paths
 from pipeline import within_prompts as wp
 from pipeline.ratings import load_ratings, select_prompt_items
 from pipeline.tables import TableError
@@ -167,8 +167,8 @@ def test_a_prompt_set_end_to_end_with_training_prompts_flagged(three_prompts, tm
     trained = sorted(set(prefs["train"]["prompt_id"]))
     topic = {t.split()[-1][:-1]: t for t in TOPICS}[trained[0]]
     ratings = write_prompt_set(tmp_path / "r.csv", {topic: 8, "A cartoon of a cat.": 8, "A cartoon of a dog.": 8})
-    proc = run_cli("recipe=tiny", f"output_dir={out}", "sample_space.query=null",
-                   f"sample_space.prompts={three_prompts.parent / 'prompts.csv'}", "evaluate.query=Tell me a joke.",
+    proc = run_main("recipe=tiny", f"output_dir={out}", "sample_space.query=null",
+                    f"sample_space.prompts={three_prompts.parent / 'prompts.csv'}", "evaluate.query=Tell me a joke.",
                    "evaluate.winrate_samples=3", f"evaluate.human_ratings={ratings}", "evaluate.max_items=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = stage_paths(out)["evaluate"]
@@ -190,8 +190,8 @@ def test_a_prompt_set_end_to_end_with_training_prompts_flagged(three_prompts, tm
 def test_the_caption_contests_recipe_on_the_tiny_model(tiny_model_dir, tmp_path):
     """The recipe's own command over every bundled contest (10 captions each), here with the active design (one
     budget shared across contests): per-prompt rows for all 24, the parametric ceiling, the pooled table."""
-    proc = run_cli("recipe=caption_contests", f"output_dir={tmp_path / 'out'}", "model.name_or_path=embedded:tiny-random",
-                   "wandb.mode=disabled", "evaluate.max_items=10", "spmcmc.mode=active", "spmcmc.budget=60",
+    proc = run_main("recipe=caption_contests", f"output_dir={tmp_path / 'out'}", "model.name_or_path=embedded:tiny-random",
+                    "wandb.mode=disabled", "evaluate.max_items=10", "spmcmc.mode=active", "spmcmc.budget=60",
                    "evaluate.bootstrap=100")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((stage_paths(tmp_path / "out")["evaluate"] / "summary.json").read_text())
