@@ -15,9 +15,12 @@ expected error of the score most:
   (p the GLM's own P(i over j)); its value is the drop it buys in pi_i sd_i + pi_j sd_j;
 - the best new edges, no candidate twice in a round, spmcmc.round_size comparisons a round (shared by all prompts).
 
-A prompt stops when its expected TV error from the exact answer (every comparison) is at most spmcmc.precision,
-when it is flat (no pair's order-averaged choice can reach spmcmc.flat_w even at the upper 95% bound of the
-strength gap: no DPO pair could pass a confidence filter there, so comparisons are not spent on it), or when
+A prompt stops when its expected TV error from the exact answer (every comparison) is at most spmcmc.precision (an
+absolute total variation: for a judge whose whole preference is a TV of ~0.02 from uniform, 0.03 is not precise
+about its order; the summary warns when a prompt stopped "precise" below 2 x precision from uniform),
+when it is flat (no pair, of all N(N-1)/2, has an order-averaged choice that can reach spmcmc.flat_w at the
+upper 95% bound of its strength gap; flat_w defaults to preferences.min_confidence, the filter it protects: no
+DPO pair could pass there, so comparisons are not spent on it), or when
 it has every comparison. The run stops when every prompt has stopped or spmcmc.budget x prompts is spent.
 
 Everything is a function of the seed and the answers already in the pair cache: a killed run replays the same
@@ -86,21 +89,27 @@ def assess(local: dict, n: int) -> Assessment | None:
     pi = np.exp(s - s.max())
     pi /= pi.sum()
     var_fit = log_share_sd(cov, pi) ** 2
-    keys = np.array(list(local))
-    mu = expit(fit.position + s[keys[:, 0]] - s[keys[:, 1]])
-    var_pair = float(max(fit.dispersion, 0.0) / max(np.mean(mu * (1 - mu)), 1e-6))
-    compared = {(min(k), max(k)) for k in local}
-    degree = np.bincount(np.array([e for edge in compared for e in edge]), minlength=n)
-    missing = (n - 1 - degree).astype(float)
+    var_pair, missing = imputation(fit, local, n)
     sd = np.sqrt(var_fit + var_pair * missing / (n - 1) ** 2)
-    top, bottom = int(np.argmax(s)), int(np.argmin(s))
-    gap_sd = math.sqrt(max(cov[top, top] + cov[bottom, bottom] - 2 * cov[top, bottom], 0.0))
-    gap = s[top] - s[bottom] + Z95 * gap_sd
+    # flat: no pair, of all N(N-1)/2, can reach flat_w at the upper 95% bound of its strength gap
+    gap_sd = np.sqrt(np.clip(np.diag(cov)[:, None] + np.diag(cov)[None, :] - 2 * cov, 0.0, None))
+    gap = float((np.abs(s[:, None] - s[None, :]) + Z95 * gap_sd)[np.triu_indices(n, 1)].max())
     max_w = 0.5 * (expit(fit.position + gap) + 1.0 - expit(fit.position - gap))
     return Assessment(pi=pi, var_fit=var_fit, var_pair=var_pair, missing=missing,
                       expected_tv=float(0.5 * math.sqrt(2 / math.pi) * np.sum(pi * sd)),
                       distance=float(0.5 * np.abs(pi - 1.0 / n).sum()), max_w_upper=float(max_w), s=s,
                       position=fit.position, dispersion=max(fit.dispersion, 1e-6))
+
+
+def imputation(fit, local: dict, n: int) -> tuple[float, np.ndarray]:
+    """(var_pair, missing): one uncompared pair's logit variance around the GLM (the judge's pair-level noise,
+    dispersion / mean w) and, per candidate, how many of its pairs were not compared (so imputed)."""
+    keys = np.array(list(local))
+    mu = expit(fit.position + fit.s[keys[:, 0]] - fit.s[keys[:, 1]])
+    var_pair = float(max(fit.dispersion, 0.0) / max(np.mean(mu * (1 - mu)), 1e-6))
+    compared = {(min(k), max(k)) for k in local}
+    degree = np.bincount(np.array([e for edge in compared for e in edge]), minlength=n)
+    return var_pair, (n - 1 - degree).astype(float)
 
 
 def edge_values(a: Assessment, compared: set) -> np.ndarray:
@@ -146,7 +155,11 @@ def run_design(designs: list[PromptDesign], probs: dict, ask, sc) -> dict:
     """Rounds of sc.round_size comparisons until every prompt has stopped or the shared budget (sc.budget per prompt) is
     spent. `ask(pairs)` puts the judge's answers for global ordered pairs into `probs` (cache first). Returns the
     run's figures; each design's edges, stop reason and expected error are filled in."""
+    from pipeline.config import PreferencesConfig
+
     total = sc.budget * len(designs)
+    # load_config sets flat_w to preferences.min_confidence; a section built alone falls back to that default
+    flat_w = sc.flat_w if sc.flat_w is not None else PreferencesConfig().min_confidence
     for d in designs:
         d.edges = design_graph(d.n, MIN_DEGREE, sc.seed * 1_000_003 + d.lo)  # two cycles: see the module docstring
     ask([p for d in designs for p in d.comparisons()])
@@ -165,7 +178,7 @@ def run_design(designs: list[PromptDesign], probs: dict, ask, sc) -> dict:
                 d.stop = "complete"
                 continue
             d.expected_tv, d.distance = a.expected_tv, a.distance
-            if a.max_w_upper < sc.flat_w:
+            if a.max_w_upper < flat_w:
                 d.stop = "flat"
             elif d.expected_tv <= sc.precision:
                 d.stop = "precise"

@@ -236,11 +236,13 @@ class SpmcmcConfig(Section):
     budget: int = setting(5000, "judge comparisons the design may use, per prompt (auto picks the mode by it; "
                                 "active: the run's budget is this times the prompts, shared)")
     precision: float = setting(0.03, "active: a prompt stops when the expected total-variation error of its "
-                                     "estimate (from the exact, every-comparison answer) is at most this")
+                                     "estimate (from the exact, every-comparison answer) is at most this: an absolute "
+                                     "TV, loose for a judge whose whole preference is a TV of ~0.02 from uniform")
     round_size: int = setting(32, "active: comparisons chosen per round (16 pairs, both orders); the design "
                                   "depends on it")
-    flat_w: float = setting(0.55, "active: a prompt stops as flat when no pair's order-averaged choice W can reach "
-                                  "this (upper 95% bound): no DPO pair there would pass a confidence filter")
+    flat_w: Optional[float] = setting(None, "active: a prompt stops as flat when no pair's order-averaged choice W "
+                                            "can reach this (upper 95% bound, every pair): no DPO pair there would pass "
+                                            "the confidence filter (null = preferences.min_confidence, that filter)")
     degree: int = setting(0, "sparse: others each candidate is compared with (0 = as many as the budget allows)")
     chains: Literal["auto", "true", "false"] = setting(
         "auto", "run the paper's chains too: auto = when they cost no new comparisons (exact) or are the design")
@@ -268,7 +270,7 @@ class SpmcmcConfig(Section):
         _require(self.min_consistency <= 1, "spmcmc.min_consistency", "must be <= 1")
         _require(self.precision > 0, "spmcmc.precision", "must be > 0")
         _require(self.round_size >= 2, "spmcmc.round_size", "must be >= 2 (one pair in both orders)")
-        _require(0.5 <= self.flat_w < 1, "spmcmc.flat_w", "must be in [0.5, 1)")
+        _require(self.flat_w is None or 0.5 <= self.flat_w < 1, "spmcmc.flat_w", "must be in [0.5, 1)")
 
 
 CONFOUND_FEATURES = ("length", "tokens", "logprob", "mean_logprob", "count")  # pipeline/confounds.py measures these
@@ -318,6 +320,8 @@ class PreferencesConfig(Section):
                                     "the GLM on the comparisons: how much the judge's readings disagree with each other)")
     control: bool = setting(False, "build pairs from the controlled score (spmcmc's `controlled`: the preference left "
                                    "with confounds.control held fixed) instead of the raw score")
+    alpha: float = setting(0.05, "with control: a prompt gives pairs only if its controlled preference passes the "
+                                 "Wald test at this level, Holm-corrected across prompts")
     max_confound_gap: float = setting(0.0, "with control: keep only pairs whose controlled confounds differ by at most "
                                            "this many standard deviations (0 = no matching)")
     warn_share: float = setting(0.8, "warn when the chosen answer is the shorter, or the likelier, in at least this "
@@ -348,6 +352,7 @@ class PreferencesConfig(Section):
                  f"ranks pairs by the controlled score, so preferences.score={self.score} would be ignored; keep "
                  "preferences.score=auto")
         _require(0.5 < self.warn_share <= 1, "preferences.warn_share", "must be in (0.5, 1]")
+        _require(0 < self.alpha < 1, "preferences.alpha", "must be in (0, 1)")
         _require(self.control or self.max_confound_gap == 0, "preferences.max_confound_gap",
                  "matches pairs on the controlled confounds: it needs preferences.control=true")
 
@@ -398,8 +403,9 @@ class EvaluateConfig(Section):
     SECTION = "evaluate"
     query: Optional[str] = setting(None, "the request the human-rated items answer (null = sample_space.query; "
                                          "needed when the run has a prompt set)")
-    winrate_samples: int = setting(8, "answers per policy per evaluation prompt (held out, or the one query) for the "
-                                      "tuned policy's win rate and its yardstick (0 = off)")
+    winrate_samples: int = setting(12, "answers per policy per evaluation prompt (held out, or the one query) for the "
+                                       "tuned policy's win rate and its yardstick (0 = off); the best-of-8 ceiling "
+                                       "needs at least 9 (8 in the contest, one outside it to face)")
     human_ratings: str = setting("jester", "jester (bundled), or a CSV/JSONL/parquet of text+rating or item+rater+rating",
                                  reads="file")
     max_items: int = setting(30, f"rated items used (0 = all, else >= {MIN_RATED_ITEMS}); chosen deterministically")
@@ -504,6 +510,8 @@ class Config:
         _require(self.rounds.count == 1 or not loop, "stages", f"rounds.count={self.rounds.count} runs "
                  f"{', '.join(STAGES[:4])} in every round; add {', '.join(loop)}: "
                  f"stages=[{','.join(s for s in STAGES if s in self.stages or s in loop)}]")
+        if self.spmcmc.flat_w is None:  # the filter the flat stop protects
+            self.spmcmc.flat_w = self.preferences.min_confidence
         if not self.output_dir and self.recipe != "???":
             self.output_dir = str(Path("runs") / Path(self.recipe).stem)
 

@@ -10,10 +10,12 @@ Confounds   per candidate: length (log characters), tokens (log tokens), logprob
 Strengths   the GLM of pipeline/glm.py on the comparisons already made: logit P(first shown chosen) =
             c + s_first - s_second, c the position bias, with the covariance of s from the judge's own
             disagreeing readings.
-Control     s split into what the controlled confounds X predict and the rest: s = X beta + q with
-            q orthogonal to [1, X] (an ordinary least-squares split; the same fit as the GLM
-            logit = c + (q_f - q_s) + beta (x_f - x_s) with that constraint, the AlpacaEval
-            length-controlled construction). q is the preference at zero confound difference; its
+Control     s split into what the controlled confounds predict and the rest: s = B beta + q with
+            q orthogonal to [1, B] (an ordinary least-squares split; the same fit as the GLM
+            logit = c + (q_f - q_s) + beta (b_f - b_s) with that constraint, the AlpacaEval
+            length-controlled construction). B holds each confound's z-score and, where the
+            candidates allow, a cubic in its rank (control_basis): a judge monotone in a confound,
+            not only linear in it, has nothing left. q is the preference at zero confound difference; its
             covariance is the GLM's, projected. A true quality that correlates with a confound in this
             sample is partly removed with it: control is for what you did not ask the judge to reward.
 """
@@ -88,6 +90,25 @@ def standardised(feats: dict[str, np.ndarray], names) -> tuple[np.ndarray, list[
     return (np.column_stack(cols) if cols else np.zeros((n, 0))), kept
 
 
+def control_basis(x: np.ndarray) -> np.ndarray:
+    """The columns the control removes: each confound's z-score and, for a confound with more than 4 distinct values,
+    smooth monotone-capable terms: its square and cube, and a cubic in its mid-rank u in (0, 1) (each z-scored). A
+    judge monotone in a confound (linear in characters where the confound is log characters, or in the rank of the
+    length) then has nothing left either. Terms are added in that order, all confounds' terms of one kind before the
+    next kind, while they leave at least 2/3 of the N - 1 free directions to test: with few candidates the control
+    is linear only (the degrees-of-freedom guard)."""
+    from scipy.stats import rankdata
+
+    n, k = x.shape
+    smooth = [j for j in range(k) if len(np.unique(x[:, j])) > 4]
+    u = {j: (rankdata(x[:, j]) - 0.5) / n for j in smooth}
+    kinds = (lambda j: x[:, j] ** 2, lambda j: u[j], lambda j: x[:, j] ** 3, lambda j: u[j] ** 2, lambda j: u[j] ** 3)
+    extra = [v for kind in kinds for v in (kind(j) for j in smooth)]
+    room = max((n - 1) // 3 - k, 0)
+    cols = [(v - v.mean()) / v.std() for v in extra[:room] if v.std() > 0]
+    return np.column_stack([x, *cols]) if cols else x
+
+
 def residual_maker(x: np.ndarray) -> np.ndarray:
     """M = I - H for the columns [1, x]: M s is what the columns do not predict."""
     n = x.shape[0]
@@ -108,10 +129,11 @@ class Controlled:
 
 
 def control(fit: StrengthFit, x: np.ndarray, names: list[str]) -> Controlled:
-    """q = M s and its covariance M cov M'; beta, its SE and p from the candidate-level regression."""
+    """q = M s and its covariance M cov M', M removing control_basis(x); beta (the linear part, per SD of each
+    confound), its SE and p from the candidate-level regression of s on x."""
     import statsmodels.api as sm
 
-    m = residual_maker(x)
+    m = residual_maker(control_basis(x))
     n, k = x.shape
     beta = se = p = np.zeros(0)
     r2 = None
@@ -149,40 +171,49 @@ def pair_z(values: np.ndarray, cov: np.ndarray, a: int, b: int) -> float:
     return gap / math.sqrt(var)
 
 
-def strength(values: np.ndarray, cov: np.ndarray, position: float, pairs: list[tuple[int, int]]) -> dict:
+def strength(values: np.ndarray, cov: np.ndarray, position: float, pairs: list[tuple[int, int]],
+             resid_df: int | None = None) -> dict:
     """How much preference the strengths carry: mean |W - 1/2| over `pairs`, on the judge's order-averaged scale (as
-    the model would choose between the two), corrected for measurement noise, with a 95% interval.
+    the model would choose between the two), corrected for measurement noise, with a 90% interval.
 
     Noise makes any estimate look like a preference (|.| of noise is positive), so the figure is computed for
-    the estimate shrunk to its noise-free size: lambda = v' cov^+ v is noncentral chi^2(df, lambda_true); the
-    unbiased lambda_true = max(lambda - df, 0) and its 95% interval (inverting the noncentral chi^2) rescale v by
-    sqrt(lambda_true / lambda). The interval reaches 0 exactly when the Wald test of "no preference" does not
-    reject at 5%; `naive` is mean |W - 1/2| of the estimate as it stands."""
+    the estimate shrunk to its noise-free size: lambda = v' cov^+ v estimates the noncentrality of the Wald
+    statistic; lambda_true = max(lambda - df, 0) and its interval (inverting the noncentral F, or chi^2 without
+    `resid_df`) rescale v by sqrt(lambda_true / lambda). The interval is two-sided 90% so that its lower end is 0
+    exactly when the 5% Wald test of "no preference" does not reject; `naive` is mean |W - 1/2| as it stands."""
     if not pairs:
-        return {"mean_abs_w_minus_half": None, "naive": None, "ci_low": None, "ci_high": None, **wald_test(values, cov)}
+        return {"mean_abs_w_minus_half": None, "naive": None, "ci_low": None, "ci_high": None, "level": LEVEL,
+                **wald_test(values, cov, resid_df)}
     a, b = np.array(pairs).T
 
     def stat(scale):
         return float(np.mean(np.abs(order_averaged_w(scale * (values[a] - values[b]), position) - 0.5)))
-    test = wald_test(values, cov)
+    test = wald_test(values, cov, resid_df)
     if test["chi2"] is None or test["chi2"] <= 0:  # no measurement noise at all: the estimate is the preference
         return {"mean_abs_w_minus_half": stat(1.0), "naive": stat(1.0), "ci_low": stat(1.0), "ci_high": stat(1.0),
-                **test}
+                "level": LEVEL, **test}
     lam, df = test["chi2"], test["df"]
-    low, high = noncentrality_interval(lam, df)
+    low, high = noncentrality_interval(lam, df, resid_df)
     scale = lambda size: math.sqrt(size / lam)  # noqa: E731
     return {"mean_abs_w_minus_half": stat(scale(max(lam - df, 0.0))), "naive": stat(1.0), "ci_low": stat(scale(low)),
-            "ci_high": stat(scale(high)), **test}
+            "ci_high": stat(scale(high)), "level": LEVEL, **test}
 
 
-def noncentrality_interval(observed: float, df: int) -> tuple[float, float]:
-    """95% interval for the noncentrality of a chi^2(df) variable observed at `observed` (test inversion with
-    scipy's ncx2; beyond where it is accurate, the normal approximation mean df + lam, variance 2(df + 2 lam))."""
+LEVEL = 0.90  # the strength interval's: its lower end is 0 exactly when the 5% test does not reject
+ALPHA = 0.05
+
+
+def noncentrality_interval(observed: float, df: int, resid_df: int | None = None) -> tuple[float, float]:
+    """Two-sided 90% interval for the noncentrality lambda of a Wald statistic observed at `observed` = chi2 (test
+    inversion: F = chi2 / df against the noncentral F(df, resid_df, lambda), or the noncentral chi^2 without resid_df;
+    beyond where scipy is accurate, the normal approximation mean df + lam, variance 2(df + 2 lam)). The lower end is
+    0 exactly when the 5% Wald test does not reject."""
     from scipy.optimize import brentq
-    from scipy.stats import chi2, ncx2
+    from scipy.stats import chi2, f, ncf, ncx2
 
+    tail = (1 - LEVEL) / 2
     if observed > 1e4:
-        z = 1.959964
+        z = 1.6448536
 
         def bound(sign):  # observed = df + lam + sign z sqrt(2 (df + 2 lam)), solved for lam
             lam = max(observed - df, 0.0)
@@ -190,23 +221,28 @@ def noncentrality_interval(observed: float, df: int) -> tuple[float, float]:
                 lam = max(observed - df - sign * z * math.sqrt(2 * (df + 2 * lam)), 0.0)
             return lam
         return bound(1), bound(-1)
-    low = 0.0 if chi2.sf(observed, df) >= 0.025 else brentq(lambda nc: ncx2.sf(observed, df, nc) - 0.025, 1e-9,
-                                                                                observed * 2 + 100)
-    high = 0.0 if chi2.cdf(observed, df) <= 0.025 else brentq(lambda nc: ncx2.cdf(observed, df, nc) - 0.025, 1e-9,
-                                                                                  observed * 4 + 200)
+    if resid_df is None:
+        sf = lambda nc: ncx2.sf(observed, df, nc) if nc > 0 else chi2.sf(observed, df)  # noqa: E731
+    else:
+        sf = lambda nc: ncf.sf(observed / df, df, resid_df, nc) if nc > 0 else f.sf(observed / df, df, resid_df)  # noqa: E731
+    top = observed * 4 + 200
+    low = 0.0 if sf(0.0) >= tail else brentq(lambda nc: sf(nc) - tail, 0.0, top)
+    high = 0.0 if 1 - sf(0.0) <= tail else brentq(lambda nc: (1 - sf(nc)) - tail, 0.0, top)
     return float(low), float(high)
 
 
-def wald_test(q: np.ndarray, cov: np.ndarray) -> dict:
-    """Is any preference left? chi2 = q' cov^+ q on rank(cov) degrees of freedom."""
-    from scipy.stats import chi2
+def wald_test(q: np.ndarray, cov: np.ndarray, resid_df: int | None = None) -> dict:
+    """Is any preference left? chi2 = q' cov^+ q on df = rank(cov); p from F = chi2 / df against F(df, resid_df)
+    when the covariance is estimated from resid_df clusters (the GLM's), else from chi^2(df)."""
+    from scipy.stats import chi2, f
 
     eig = np.linalg.eigvalsh(cov)
     df = int((eig > eig.max() * 1e-9).sum()) if eig.size and eig.max() > 0 else 0
     if df == 0:
-        return {"chi2": None, "df": 0, "p": None}
+        return {"chi2": None, "df": 0, "resid_df": resid_df, "p": None}
     stat = float(q @ np.linalg.pinv(cov, hermitian=True, rcond=1e-9) @ q)
-    return {"chi2": stat, "df": df, "p": float(chi2.sf(stat, df))}
+    p = chi2.sf(stat, df) if resid_df is None else f.sf(stat / df, df, resid_df)
+    return {"chi2": stat, "df": df, "resid_df": resid_df, "p": float(p)}
 
 
 def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int) -> dict | None:
@@ -217,7 +253,7 @@ def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int) -> d
     edges = sorted({(min(f, s), max(f, s)) for f, s in probs})
     if len(edges) < 4:
         return None
-    m = residual_maker(x)
+    m = residual_maker(control_basis(x))
 
     def estimate(mask):
         chosen = {e for e, keep in zip(edges, mask) if keep}
@@ -253,7 +289,7 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
                "explained": {**explained(fit.s, x_all), "names": all_names} if fit else None,
                "glm": {"position": fit.position, "dispersion": fit.dispersion, "comparisons": fit.comparisons}
                if fit else None,
-               "raw_strength": strength(fit.s, fit.cov, fit.position, pairs) if fit else None}
+               "raw_strength": strength(fit.s, fit.cov, fit.position, pairs, fit.resid_df) if fit else None}
     pool = {"s": fit.s if fit else None, "x": x_all, "names": all_names}
     x, names = standardised(feats, control_names)
     if fit is None or not control_names or n - 1 - len(names) < 2:
@@ -265,7 +301,7 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
         "control": names, "constant": [k for k in control_names if k not in names],
         "beta": {k: {"per_sd": float(b), "se": float(e), "p": float(pv)} for k, b, e, pv in
                  zip(names, c.beta, c.beta_se, c.beta_p)},
-        "r2": c.r2, "strength": strength(c.q, c.cov, fit.position, pairs),
+        "r2": c.r2, "strength": strength(c.q, c.cov, fit.position, pairs, fit.resid_df),
         # 0 for the controlled confounds by construction; what the others still explain of it is a finding
         "explained_by_all": {**explained(c.q, x_all), "names": all_names},
         "consistency": consistency(probs, n, x, splits, seed),

@@ -175,12 +175,16 @@ def imputed_stationary(probs: dict, n: int, order: str, s: np.ndarray, position:
 
 def imputed_estimate(probs: dict, n: int, order: str) -> tuple[np.ndarray, np.ndarray]:
     """The active design's estimate and its SE: imputed_stationary on the GLM's fit, the SE by the delta method
-    (estimate x the SD of log-strength s_i - pi.s from the GLM's covariance); uniform without a fit."""
+    (estimate x the SD of log pi_i: the GLM's covariance plus the imputation's variance, each uncompared pair's
+    deviation from the GLM, as pipeline/active.py's stopping rule counts it); uniform without a fit."""
+    from pipeline.active import imputation  # active imports this module
+
     fit = fit_strengths(probs, n)
     if fit is None:
         return np.full(n, 1.0 / n), np.full(n, np.nan)
     value = imputed_stationary(probs, n, order, fit.s, fit.position)
-    return value, value * log_share_sd(fit.cov, value)
+    var_pair, missing = imputation(fit, probs, n)  # the imputed pairs' own deviations, as the stopping rule counts them
+    return value, value * np.sqrt(log_share_sd(fit.cov, value) ** 2 + var_pair * missing / (n - 1) ** 2)
 
 
 def on_edges(probs: dict, edges: list[tuple[int, int]], keep) -> dict:

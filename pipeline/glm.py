@@ -1,9 +1,11 @@
 """The judge's strengths from its comparisons: the Bradley-Terry GLM with a position effect,
 logit P(first shown chosen) = c + s_first - s_second, binomial with the quasi-likelihood scale (as statsmodels fits
-it). Its dispersion (Pearson chi2 / df) is what actually varies between readings of the judge (the two presentation
-orders disagreeing, intransitive triads), so s has a covariance from the comparisons themselves, whatever the
-design. Used by pipeline/confounds.py (what a preference tracks), pipeline/active.py (where to compare next) and
-pipeline/estimates.py (the active design's estimate).
+it). A judge errs per unordered pair: an intransitive deviation from Bradley–Terry appears in both presentation
+orders, so the two readings of a pair are one unit of evidence, not two independent ones. The dispersion of s is
+therefore estimated from the pairs (each pair's two readings combined) and tests on s use an F reference with the
+pairs' residual degrees of freedom (`resid_df`); tests/test_calibration.py checks the size and coverage against
+judges with per-pair deviations and position bias. Used by pipeline/confounds.py (what a preference tracks),
+pipeline/active.py (where to compare next) and pipeline/estimates.py (the active design's estimate).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class StrengthFit:
     position: float  # c: log-odds of choosing the first shown answer between equal ones
     dispersion: float  # Pearson chi2 / residual df (quasi-binomial scale)
     comparisons: int
+    resid_df: int  # clusters (unordered pairs) - parameters: the denominator df of the F tests on s
 
 
 def fit_strengths(probs: dict, n: int, tol: float = 1e-10) -> StrengthFit | None:
@@ -60,9 +63,31 @@ def _fit(probs: dict, n: int, tol: float, null_space) -> StrengthFit | None:
     eta = theta[0] + s[first] - s[second]
     mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
     dispersion = float(np.sum((y - mu) ** 2 / (mu * (1 - mu))) / (len(y) - n))  # Pearson chi2 / residual df
-    cov = dispersion * _inverse(_information(first, second, mu * (1 - mu), n, basis))
+    info = _information(first, second, mu * (1 - mu), n, basis)
+    scale = np.sqrt(_pair_dispersions(first, second, y - mu, mu * (1 - mu), n))
+    bread = _inverse(info)
+    cov = bread @ (scale[:, None] * info * scale[None, :]) @ bread
+    clusters = len(set(zip(np.minimum(first, second).tolist(), np.maximum(first, second).tolist())))
     return StrengthFit(s=s, cov=basis @ cov[1:, 1:] @ basis.T, position=float(theta[0]), dispersion=dispersion,
-                       comparisons=len(keys))
+                       comparisons=len(keys), resid_df=max(clusters - n, 1))
+
+
+def _pair_dispersions(first, second, resid, w, n: int) -> np.ndarray:
+    """[phi_c, phi_s, ..., phi_s]: the dispersions of the position and of the strengths, each estimated from the
+    unordered pairs (clusters), not from the rows. A pair's two readings (a first, b first) share the judge's
+    deviation for that pair, so the strengths' residual is the pair's difference u_ab - u_ba and the position's
+    its sum u_ab + u_ba; phi = sum of squares / sum of the pair's weights w_ab + w_ba, with the clusters' residual
+    degrees of freedom. The covariance is then bread (D^1/2 info D^1/2) bread: the quasi-likelihood form with one
+    dispersion per direction, which an unstructured clustered sandwich (a variance per candidate from its own few
+    pairs) only approximates, with a Wald test far above its size at N = 20."""
+    lo, hi = np.minimum(first, second), np.maximum(first, second)
+    _, g = np.unique(lo * n + hi, return_inverse=True)
+    clusters = int(g.max()) + 1
+    sign = np.where(first == lo, 1.0, -1.0)
+    diff, total, weight = (np.bincount(g, v, clusters) for v in (sign * resid, resid, w))
+    phi_s = float(diff @ diff / weight.sum() * clusters / max(clusters - (n - 1), 1))
+    phi_c = float(total @ total / weight.sum() * clusters / max(clusters - 1, 1))
+    return np.array([phi_c] + [phi_s] * (n - 1))
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:

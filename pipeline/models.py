@@ -291,9 +291,11 @@ def scoring_batches(order: list[int], lengths: list[int], start: int, vocab: int
     return batches + [batch] if batch else batches
 
 
-def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int = 16, desc: str = "scoring"):
-    """Per answer: sum and mean token log-probability as a reply to `prompt` (end-of-turn included),
-    and self-certainty (mean KL(uniform || p) over the answer's positions, Kang et al. 2025).
+def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int = 16, desc: str = "scoring",
+                  finished: list[bool] | None = None):
+    """Per answer: sum and mean token log-probability as a reply to `prompt` (end-of-turn included, except for an
+    answer that `finished` marks as cut off at max_new_tokens: it never ended), and self-certainty (mean
+    KL(uniform || p) over the answer's positions, Kang et al. 2025).
 
     Logits are computed for the answer positions only (`logits_to_keep`: the prompt is shared, so they are the
     last positions of every row), in batches bounded by SCORING_BYTES: memory does not grow with the prompt."""
@@ -304,7 +306,8 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
 
     prompt_ids = tok(prompt, add_special_tokens=False).input_ids
     end = tok.eos_token_id
-    rows = [prompt_ids + tok(a, add_special_tokens=False).input_ids + [end] for a in answers]
+    ends = [[end] if finished is None or finished[i] else [] for i in range(len(answers))]
+    rows = [prompt_ids + tok(a, add_special_tokens=False).input_ids + e for a, e in zip(answers, ends)]
     out = [None] * len(rows)
     vocab = model.config.vocab_size
     lo = len(prompt_ids) - 1  # the position predicting the answer's first token

@@ -34,6 +34,21 @@ def bundled_path(value: str) -> Path | None:
 
 
 ITEM_COLUMNS = ["id", "text", "rating", "n_ratings", "prompt_id", "prompt"]
+# per-category vote counts, where a file gives them: `votes_<rating>` columns (e.g. votes_1, votes_2, votes_3), or
+# the caption contests' own names. They give each item's rating variance exactly (pipeline/within_prompts.py).
+CAPTION_VOTES = {"unfunny": 1.0, "somewhat_funny": 2.0, "funny": 3.0}
+
+
+def vote_columns(columns) -> dict[str, float]:
+    """{column: the rating its votes give} for the per-category vote-count columns among `columns`."""
+    out = {c: v for c, v in CAPTION_VOTES.items() if c in columns}
+    for c in columns:
+        if isinstance(c, str) and c.startswith("votes_"):
+            try:
+                out[c] = float(c[len("votes_"):])
+            except ValueError:
+                raise TableError(f"vote-count column {c!r} must be votes_<rating>, e.g. votes_3") from None
+    return out if len(out) >= 2 else {}
 
 
 @dataclass
@@ -86,7 +101,7 @@ def _with_prompts(items, frame, spec: str):
         if "prompt_id" in frame.columns:
             raise TableError(f"ratings file {spec!r} has `prompt_id` but no `prompt`: give the request each item "
                              "answers in a `prompt` column")
-        return items.assign(prompt_id=None, prompt=None)[ITEM_COLUMNS]
+        return items.assign(prompt_id=None, prompt=None)[ITEM_COLUMNS + list(vote_columns(items.columns))]
     prompts = frame["prompt"].astype(str)
     blank = prompts.str.strip() == ""
     if blank.any():
@@ -99,7 +114,7 @@ def _with_prompts(items, frame, spec: str):
                              f"{int(clash.max())} different prompts; give each prompt one id")
     else:
         ids = prompts.map({p: str(k) for k, p in enumerate(dict.fromkeys(prompts))})
-    return items.assign(prompt_id=ids.to_numpy(), prompt=prompts.to_numpy())[ITEM_COLUMNS]
+    return items.assign(prompt_id=ids.to_numpy(), prompt=prompts.to_numpy())[ITEM_COLUMNS + list(vote_columns(items.columns))]
 
 
 def _jester() -> Ratings:
@@ -124,7 +139,8 @@ def _captions() -> Ratings:
     ids = c["caption_id"].where(repeat == 0, c["caption_id"] + "." + repeat.astype(str))
     items = pd.DataFrame({"id": ids, "text": c["text"], "rating": c["rating"],
                           "n_ratings": c["n_ratings"].astype(float), "prompt_id": c["contest"].astype(str),
-                          "prompt": [CAPTION_PROMPT.format(description=d) for d in c["description"]]})
+                          "prompt": [CAPTION_PROMPT.format(description=d) for d in c["description"]],
+                          **{k: c[k].astype(float) for k in vote_columns(c.columns)}})
     return Ratings(_validate(items, "caption_contests"), None, "caption_contests", CAPTIONS_CITATION)
 
 

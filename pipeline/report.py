@@ -102,12 +102,13 @@ def prompt_set_section(ps: dict, pooled: list[dict]) -> list[str]:
     lines += [f"- warning: {w}" for w in ps["warnings"]]
     lines += [f"- left out: prompt {pid!r}: {why}" for pid, why in ps["left_out"].items()]
     lines += ["", "| evaluator | model | prompts | Spearman ρ [95% CI] | p | Pearson r [95% CI] | Kendall τ [95% CI] | "
-              "pair agreement [95% CI] | mean ceiling |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "pair agreement [95% CI] | mean ceiling (Pearson; Kendall's on its scale) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['evaluator']} | {r['model']} | {r['n_prompts']} | {_ci(r, 'spearman')} | "
               f"{number(r['spearman_p'], '.3g')} | {_ci(r, 'pearson')} | "
               f"{_value_ci(r['kendall_tau'], r['kendall_ci_low'], r['kendall_ci_high'])} | "
               f"{_value_ci(r['pair_agreement'], r['pair_agreement_ci_low'], r['pair_agreement_ci_high'])} | "
-              f"{number(r['mean_ceiling'])} |" for r in pooled]
+              f"{number(r['mean_ceiling'])}; {number(r.get('mean_kendall_ceiling'))} |" for r in pooled]
     evaluators = list(dict.fromkeys(r["evaluator"] for r in pooled))
     by = {(r["prompt_id"], r["evaluator"]): r for r in ps.get("rows") or [] if r["model"] == "base"}
     lines += ["", "### Per prompt (base model, Spearman ρ with the human means)", "",
@@ -130,7 +131,9 @@ def yardstick_section(y: dict | None) -> list[str]:
              f"On {y['prompts']} evaluation prompt(s), {y['n_units']} {y['win_rate_units']} as the units of a Student t "
              "interval: each tuned answer against the base policy's own answers to the same prompt (sampled alike, "
              "nothing filtered), both presentation orders, order-averaged W (0.5 = no better). The ceiling is what the "
-             "judge could award: its best of n base answers against one more.", "",
+             "judge could award: the base's best of n answers, picked by the judge against the null answers and scored "
+             "against the other base answers (the pick and the score on different comparisons, so the pick's own luck "
+             "does not count), drawn without replacement from the reference: only n up to its size.", "",
              "| figure | value [95% CI] |", "| --- | --- |",
              f"| **win rate** of the tuned policy | **{ci(y['win_rate'], y['win_rate_ci'])}** |",
              f"| other base answers against the same reference (the null, ≈ 0.5) | "
@@ -139,7 +142,9 @@ def yardstick_section(y: dict | None) -> list[str]:
              f"{ci(lc['mean'], (lc['ci_low'], lc['ci_high']))} |"]
     lines += [f"| ceiling: best of {k[8:]} base samples | {v:.3f} |" for k, v in
               sorted(y["ceilings"].items(), key=lambda t: int(t[0][8:]))]
-    lines += [f"| **headroom share** (win − ½) / (best-of-8 − ½) | **{ci(y['headroom_share'], y['headroom_share_ci'])}** |",
+    lines += [f"| **headroom share** (win − ½) / (best-of-8 − ½), delta-method interval with the ceiling's variance | "
+              f"**{ci(y['headroom_share'], y['headroom_share_ci'])}**"
+              + (" (unbounded: the ceiling's interval reaches ½)" if y.get("headroom_share_unbounded") else "") + " |",
               f"| answer length, tuned vs base (characters) | {y['tuned_chars']:.0f} vs {y['base_chars']:.0f} |",
               f"| log-probability under the base, tuned vs base answers | {number(y['tuned_logp_base'], '.1f')} vs "
               f"{number(y['base_logp'], '.1f')} |",
@@ -288,7 +293,7 @@ def confound_section(c: dict | None, pooled: bool) -> list[str]:
               f"against {number(raw.get('mean_abs_w_minus_half'), '.4f')} [{number(raw.get('ci_low'), '.4f')}, "
               f"{number(raw.get('ci_high'), '.4f')}] raw (both corrected for measurement noise); consistency "
               f"{number(cons.get('mean') if pooled else cons.get('consistency'), '.3f')}"
-              + (f"; a preference is left (Wald p < 0.05) in {ctrl['wald_p_below_05']:.0%} of {ctrl['prompts']} prompts"
+              + (f"; a preference is left (Wald p < 0.05) in {wald_prompts(ctrl)}"
                  if pooled else f"; Wald test of no preference left: p = {number(ctrl['strength']['p'], '.3g')}; "
                  f"greedy answer's rank by it: {number(ctrl['greedy_rank'], 'd')}")
               + f"; all confounds together still explain R² = {number((ctrl.get('explained_by_all') or {}).get('r2'), '.2f')} "
@@ -308,10 +313,16 @@ def pairs_section(pr: preferences.Summary) -> list[str]:
              f"{number(pr['inverted_direct_unfiltered'], '.2f')} of the unfiltered pairs (a kept pair needs W > 0.5)"
              + (f"; the raw exact score orders {pr['inverted_exact_kept']:.2f} of the kept pairs the other way"
                 if pr["inverted_exact_kept"] is not None else ""),
-             f"- confidence of kept pairs (W, 0.5 = a coin flip): {pr['confidence_min']:.3f}–"
+             "- confidence of kept pairs (W, 0.5 = a coin flip"
+             + ("; the controlled W, at zero confound difference: the raw measured W is `raw_confidence`"
+                if pr["control"] else "") + f"): {pr['confidence_min']:.3f}–"
              f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
              f"{number(pr['confidence_unfiltered_mean'])}); strength gap median {pr['gap_z_median']:.1f} and min "
              f"{pr['gap_z_min']:.1f} standard errors (GLM: against the disagreement between the judge's own readings)"]
+    if pr.get("prompts_without_preference_left"):
+        from pipeline.stages.preferences import left_out_line
+
+        lines.append(f"- {left_out_line(pr)}")
     if k:
         lines.append(f"- what the kept pairs teach besides the score: chosen is the **shorter in {k['chosen_shorter']:.0%}** "
                      f"({k['chosen_chars_mean']:.0f} vs {k['rejected_chars_mean']:.0f} characters) and the likelier "
@@ -329,3 +340,11 @@ def publish_report(artifact, output_dir: str) -> None:
     rel = artifact.path.relative_to(Path(output_dir)) if artifact.path.is_relative_to(output_dir) else artifact.path
     text = re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", lambda m: f"![{m.group(1)}]({rel}/{m.group(2)})", src.read_text())
     (Path(output_dir) / "report.md").write_text(text)
+
+
+def wald_prompts(ctrl: dict) -> str:
+    """'40% of 10 prompts' (tested ones), with those that had no test (a noise-free judge) named apart."""
+    tested = ctrl["prompts"] - ctrl.get("wald_untested", 0)
+    out = f"{number(ctrl['wald_p_below_05'], '.0%')} of {tested} prompts"
+    return out + (f" ({ctrl['wald_untested']} without a test: the judge never disagreed with the fit)"
+                  if ctrl.get("wald_untested") else "")

@@ -7,14 +7,21 @@ tuned answers and the reference are measured alike (the sample space itself drop
 answers, which a policy's real answers include). Against that reference, with the same judge:
 
 - win rate: mean over prompts of the tuned answers' order-averaged W against the base answers (0.5 = no better);
-- the ceiling: best-of-n of the base's answers against a random base answer, in closed form over the reference
-  (a draw of n with replacement, the judge's best by its own mean W against the reference, against one more
-  draw), for n = 4, 8 and sample_space.num_samples. `headroom_share` = (win - 1/2) / (BoN-8 - 1/2);
+- the ceiling: the base policy's best of n answers, as the judge picks it, against another base answer. The pick
+  and the score use different comparisons (the winner's curse otherwise: pure judge noise read 0.549 for 0.500):
+  each reference answer is picked by its W against the null answers below and scored by its W against the other
+  reference answers outside the contest (never itself, never the contest's losers); every n-subset of the K
+  reference answers, in closed form over the ranks, for n = 4, 8 and sample_space.num_samples where
+  n < K = evaluate.winrate_samples. `headroom_share` = (win - 1/2) / (BoN-8 - 1/2), its interval by the delta
+  method with the ceiling's own variance;
 - the null: a second, independent draw of base answers against the reference (it should be 1/2);
 - a length-controlled win rate (a GLM of W on the length and base-log-probability differences,
-  read at zero difference, the AlpacaEval construction with pipeline/confounds.py's confounds);
-- drift: the tuned answers' length and base log-probability against the base answers', and KL(tuned || base)
-  from the tuned samples (mean log-ratio, and Schulman's k3);
+  read at zero difference, the AlpacaEval construction with pipeline/confounds.py's confounds), fitted per prompt
+  and pooled with the t interval over prompts (a prompt's cells share its answers: they are not independent);
+  for one query, the GLM's coefficient with a covariance clustered two ways, by tuned and by base answer;
+- drift: the tuned answers' length and base log-probability against the base answers', and KL(tuned || base) of
+  the policies from separate tuned samples at temperature 1 without top-p (the distribution the log-probabilities
+  describe; a truncated answer gets no end of turn), as the mean log-ratio and Schulman's k3;
 - intervals: Student t over prompts, which holds its coverage with few units where a percentile bootstrap does
   not; for one query a two-sample interval over the tuned and the base answers (both are samples; holding the
   base answers fixed would cover ~85%): tests/test_winrate.py. Fewer than 10 prompts warn.
@@ -34,16 +41,33 @@ MIN_PROMPTS = 10
 
 
 # ------------------------------------------------------------------------------------ closed forms
-def best_of_n(score: np.ndarray, weight: np.ndarray, w: np.ndarray, n: int) -> float:
-    """Expected W of the judge's best of n draws (with replacement, by `weight`) against one more draw.
+def best_of_n(select: np.ndarray, w: np.ndarray, n: int) -> float | None:
+    """The base policy's best of n against another of its answers, from K reference answers: over every n-subset S,
+    the best in S by `select`, against the answers outside S (W[best, other]), averaged; in closed form over the
+    ranks. The opponents are never in the contest (they would be its losers, and the best would look better than it
+    is against a random answer); `select` must come from other comparisons than W. None where K < n + 1."""
+    k = len(select)
+    if n < 1 or k < n + 1:
+        return None
+    rank = np.empty(k, dtype=int)
+    rank[np.argsort(select, kind="stable")] = np.arange(1, k + 1)  # ascending: the best of S has the highest
+    below = np.array([math.comb(r - 2, n - 1) if r >= 2 else 0 for r in range(k + 2)], dtype=float)
+    level = np.array([math.comb(r - 1, n - 1) if r >= 1 else 0 for r in range(k + 2)], dtype=float)
+    # subsets where b is best and b' is outside: b' ranked below b leaves r_b - 2 others to choose from, above r_b - 1
+    weight = np.where(rank[None, :] < rank[:, None], below[rank][:, None], level[rank][:, None])
+    np.fill_diagonal(weight, 0.0)
+    return float((weight * np.asarray(w, float)).sum() / (math.comb(k, n) * (k - n)))
 
-    Sorted by score ascending, the best of n is candidate j with probability F_j^n - F_{j-1}^n (F the
-    cumulative weight); its win against a draw is sum_b weight_b W[j, b] (W[j, j] = 1/2)."""
-    order = np.argsort(score, kind="stable")
-    cdf = np.cumsum(weight[order]) / weight.sum()
-    p_best = np.diff(np.concatenate([[0.0], cdf ** n]))
-    win_vs_pool = (w @ (weight / weight.sum()))[order]
-    return float(p_best @ win_vs_pool)
+
+def best_of_n_se(select: np.ndarray, w: np.ndarray, n: int) -> float | None:
+    """The jackknife SE of best_of_n over the reference answers (each left out in turn): the one query's ceiling
+    varies with which answers the base happened to write."""
+    k = len(select)
+    if k - 1 < n + 1:
+        return None
+    keep = [np.delete(np.arange(k), i) for i in range(k)]
+    loo = np.array([best_of_n(select[m], w[np.ix_(m, m)], n) for m in keep])
+    return float(math.sqrt((k - 1) / k * ((loo - loo.mean()) ** 2).sum()))
 
 
 def kl_estimates(logp_tuned: np.ndarray, logp_base: np.ndarray) -> dict:
@@ -55,20 +79,31 @@ def kl_estimates(logp_tuned: np.ndarray, logp_base: np.ndarray) -> dict:
     return {"kl": float(np.mean(-log_r)), "kl_k3": float(np.mean(np.expm1(log_r) - log_r)), "samples": int(len(log_r))}
 
 
-def headroom(win: dict, ceiling: float | None) -> dict:
-    """(win - 1/2) / (ceiling - 1/2) with the win rate's interval carried through (the ceiling taken as known)."""
-    if ceiling is None or win.get("mean") is None or ceiling - 0.5 < 0.005:  # no headroom to share
-        return {"mean": None, "ci_low": None, "ci_high": None}
-    scale = ceiling - 0.5
-    share = lambda v: None if v is None else (v - 0.5) / scale  # noqa: E731
-    return {"mean": share(win["mean"]), "ci_low": share(win["ci_low"]), "ci_high": share(win["ci_high"])}
+def headroom(win: dict, ceiling: dict) -> dict:
+    """(win - 1/2) / (ceiling - 1/2) with a 95% interval by the delta method that carries both estimates' variances
+    and their covariance ({mean, var} each, cov in `ceiling`, df for the t quantile). No interval when the
+    ceiling's own interval reaches 1/2 (the ratio is then unbounded: Fieller), no share when it is below 1/2."""
+    from scipy import stats
+
+    c, w = ceiling.get("mean"), win.get("mean")
+    if c is None or w is None or c - 0.5 < 0.005:  # no headroom to share
+        return {"mean": None, "ci_low": None, "ci_high": None, "unbounded": False}
+    d = c - 0.5
+    share = (w - 0.5) / d
+    if win.get("var") is None or ceiling.get("var") is None:
+        return {"mean": share, "ci_low": None, "ci_high": None, "unbounded": False}
+    q = stats.t.ppf(0.975, ceiling["df"])
+    if d - q * math.sqrt(ceiling["var"]) <= 0:
+        return {"mean": share, "ci_low": None, "ci_high": None, "unbounded": True}
+    var = (win["var"] - 2 * share * ceiling.get("cov", 0.0) + share ** 2 * ceiling["var"]) / d ** 2
+    half = q * math.sqrt(max(var, 0.0))
+    return {"mean": share, "ci_low": share - half, "ci_high": share + half, "unbounded": False}
 
 
 # ------------------------------------------------------------------------------------ the pool
-def reference(texts: list[str], logp: list[float], w: np.ndarray) -> dict:
-    """One prompt's base answers as the reference: each draw weighs 1 (a repeated text is drawn more often), the
-    judge's score of each is its mean W against the reference (Borda: the order a best-of-n picks by)."""
-    return {"text": texts, "weight": np.ones(len(texts)), "score": w.mean(1), "logp": np.asarray(logp, float)}
+def reference(texts: list[str], logp: list[float]) -> dict:
+    """One prompt's base answers as the reference: each draw weighs 1 (a repeated text is drawn more often)."""
+    return {"text": texts, "weight": np.ones(len(texts)), "logp": np.asarray(logp, float)}
 
 
 # ------------------------------------------------------------------------------------ per prompt
@@ -82,29 +117,43 @@ def prompt_figures(pool: dict, w_pool: np.ndarray, w_tuned: np.ndarray, w_fresh:
            "fresh_per_answer": (w_fresh @ weight).tolist() if len(w_fresh) else [],
            "fresh_per_reference": w_fresh.mean(0).tolist() if len(w_fresh) else [],
            "pool_size": len(weight), "pool_chars": float(weight @ np.array([len(t) for t in pool["text"]]))}
-    for n in sorted({*BEST_OF, draws}):
-        out[f"ceiling_{n}"] = best_of_n(pool["score"], pool["weight"], w_pool, n)
+    if len(w_fresh):
+        select = 1.0 - w_fresh.mean(0)  # each reference answer's W over the null answers: the pick
+        for n in sorted({*BEST_OF, draws}):
+            if n + 1 <= len(w_pool):
+                out[f"ceiling_{n}"] = best_of_n(select, w_pool, n)
+        se = best_of_n_se(select, w_pool, 8)
+        out["ceiling_8_var"] = None if se is None else se ** 2  # the one query's (over prompts: their spread)
     out["pool_logp"] = float(weight @ pool["logp"]) if np.isfinite(pool["logp"]).all() else None
     return out
 
 
-def length_controlled(w: list[float], d_length: list[float], d_logp: list[float], weight: list[float]) -> dict:
+def length_controlled(w: list[float], d_length: list[float], d_logp: list[float], clusters=None) -> dict:
     """W of tuned over pool answers as a quasi-binomial GLM on the standardised length and base-log-probability
-    differences; the win rate read at zero difference, sigmoid(intercept), with its 95% interval."""
+    differences; the win rate read at zero difference, sigmoid(intercept). With `clusters` (one column per way: the
+    tuned answer, the base answer) a 95% t interval from the covariance clustered both ways (df: the fewer clusters
+    - 1); without, the point estimate only (pooled over prompts by the caller)."""
     import warnings
 
     import statsmodels.api as sm
+    from scipy import stats
 
     cols = [np.asarray(v, float) for v in (d_length, d_logp) if np.isfinite(v).all() and np.std(v) > 0]
     x = np.column_stack([np.ones(len(w)), *[c / c.std() for c in cols]])
     if len(w) <= x.shape[1] + 1:
         return {"mean": None, "ci_low": None, "ci_high": None}
+    model = sm.GLM(np.clip(w, 0, 1), x, family=sm.families.Binomial())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = sm.GLM(np.clip(w, 0, 1), x, family=sm.families.Binomial(), freq_weights=np.asarray(weight)).fit(scale="X2")
+        res = model.fit(scale="X2") if clusters is None else \
+            model.fit(cov_type="cluster", cov_kwds={"groups": np.asarray(clusters)})
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
-    theta, se = float(res.params[0]), float(res.bse[0])
-    return {"mean": sig(theta), "ci_low": sig(theta - 1.96 * se), "ci_high": sig(theta + 1.96 * se)}
+    theta = float(res.params[0])
+    if clusters is None:
+        return {"mean": sig(theta), "ci_low": None, "ci_high": None}
+    df = max(min(len(np.unique(c)) for c in np.asarray(clusters).T) - 1, 1)
+    half = stats.t.ppf(0.975, df) * float(res.bse[0])
+    return {"mean": sig(theta), "ci_low": sig(theta - half), "ci_high": sig(theta + half)}
 
 
 def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_logp: float | None,
@@ -117,7 +166,8 @@ def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_lo
     else:
         win = mean_ci_t([r["win"] for r in rows])
         null = mean_ci_t([r["base_fresh_win"] for r in rows if r["base_fresh_win"] is not None])
-    ceilings = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("ceiling_")}
+    ceilings = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]
+                if k.startswith("ceiling_") and k[8:].isdigit() and all(k in r for r in rows)}
     out = {"win_rate": win["mean"], "win_rate_ci": [win["ci_low"], win["ci_high"]],
            "win_rate_units": "tuned answers (against as many base answers) to the one query" if single_query
            else "prompts", "n_units": win["n"],
@@ -126,10 +176,31 @@ def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_lo
            "length_controlled_win_rate": lc, **kl, "tuned_chars": tuned_chars,
            "base_chars": float(np.mean([r["pool_chars"] for r in rows])), "tuned_logp_base": tuned_logp,
            "base_logp": mean_of([r["pool_logp"] for r in rows]), "prompts": len(rows)}
-    h = headroom(win, out["ceiling"])
+    h = headroom(*_with_variances(rows, win, single_query))
     out["headroom_share"], out["headroom_share_ci"] = h["mean"], [h["ci_low"], h["ci_high"]]
+    out["headroom_share_unbounded"] = h["unbounded"]
     out["warnings"] = _warnings(out, single_query)
     return out
+
+
+def _with_variances(rows: list[dict], win: dict, single_query: bool) -> tuple[dict, dict]:
+    """({mean, var} of the win rate, {mean, var, cov, df} of the best-of-8 ceiling) for headroom(): over prompts,
+    the per-prompt pairs' sample (co)variances / P; for one query, the two-sample variance of the win and the
+    ceiling's within-query variance (each reference answer's score is a mean over the others)."""
+    if any("ceiling_8" not in r for r in rows):
+        return win, {"mean": None}
+    c = np.array([r["ceiling_8"] for r in rows])
+    if single_query:
+        r, b = np.asarray(rows[0]["per_answer"], float), np.asarray(rows[0]["per_reference"], float)
+        var = r.var(ddof=1) / r.size + b.var(ddof=1) / b.size if r.size > 1 and b.size > 1 else None
+        return {**win, "var": var}, {"mean": float(c[0]), "var": rows[0].get("ceiling_8_var"), "cov": 0.0,
+                                     "df": max(len(rows[0]["per_reference"]) - 1, 1)}
+    w = np.array([r["win"] for r in rows])
+    if len(rows) < 2:
+        return {**win, "var": None}, {"mean": float(c.mean()), "var": None}
+    cov = np.cov(w, c, ddof=1) / len(rows)
+    return ({**win, "var": float(cov[0, 0])},
+            {"mean": float(c.mean()), "var": float(cov[1, 1]), "cov": float(cov[0, 1]), "df": len(rows) - 1})
 
 
 def _warnings(s: dict, single_query: bool) -> list[str]:
@@ -140,6 +211,10 @@ def _warnings(s: dict, single_query: bool) -> list[str]:
     elif s["prompts"] < MIN_PROMPTS:
         out.append(f"only {s['prompts']} evaluation prompts (< {MIN_PROMPTS}): the interval is wide and a few prompts "
                    "decide the win rate; hold out more (preferences.test_fraction) or use a larger prompt set")
+    if s["ceiling"] is None:
+        out.append("no best-of-8 ceiling: it needs more than 8 reference answers per prompt "
+                   "(evaluate.winrate_samples >= 9: 8 in the contest, one outside to face) and the null answers to "
+                   "pick them by")
     if s["ceiling"] is not None and s["ceiling"] - 0.5 < 0.02:
         out.append(f"the judge's best-of-8 ceiling is {s['ceiling']:.3f}: it barely prefers any base answer over another, "
                    "so no win rate can show much; a stronger judge (judge.model, judge.function) would")
@@ -160,12 +235,31 @@ def policy_answers(cfg, model, tok, prompts: list[str], seed: int, policy: str) 
     return [texts[j * k:(j + 1) * k] for j in range(len(prompts))], [raw[j * k:(j + 1) * k] for j in range(len(prompts))]
 
 
-def sequence_logps(cfg, model, tok, prompts: list[str], answers: list[list[str]]) -> list[list[float]]:
-    """Summed log-probability of each answer as a reply to its prompt (end of turn included)."""
+def sequence_logps(cfg, model, tok, prompts: list[str], answers: list[list[str]],
+                   finished: list[list[bool]] | None = None) -> list[list[float]]:
+    """Summed log-probability of each answer as a reply to its prompt (end of turn included where it finished)."""
     from pipeline.models import answer_scores, chat_prompt
 
     return [[s[0] for s in answer_scores(model, tok, chat_prompt(tok, p, cfg.sample_space.system_prompt), a,
-                                         cfg.evaluate.batch_size)] for p, a in zip(prompts, answers)]
+                                         cfg.evaluate.batch_size, finished=None if finished is None else finished[j])]
+            for j, (p, a) in enumerate(zip(prompts, answers))]
+
+
+def kl_samples(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list[list[str]], list[list[bool]]]:
+    """The tuned policy's own answers for the KL, drawn at temperature 1 without top-p: the distribution whose
+    log-probabilities sequence_logps computes, so E[log p_tuned - log p_base] over them is KL(tuned || base) of
+    the policies (the tempered, nucleus-truncated sampler is another distribution: mixing the two converges to
+    neither KL). (raw texts, finished) per prompt."""
+    import dataclasses
+
+    from pipeline.generation import generate
+    from pipeline.models import chat_prompt
+
+    sc, k = dataclasses.replace(cfg.sample_space, temperature=1.0, top_p=1.0), cfg.evaluate.winrate_samples
+    out = generate(model, tok, [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)], sc, True,
+                   seed, "[evaluate] tuned answers for the KL (T = 1)")
+    return ([[a["text"] for a in out[j * k:(j + 1) * k]] for j in range(len(prompts))],
+            [[a["finished"] for a in out[j * k:(j + 1) * k]] for j in range(len(prompts))])
 
 
 class Texts:
@@ -204,8 +298,9 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
 
     queries, seed = [p["prompt"] for p in prompts], cfg.evaluate.seed
     model, tok = load_model(cfg.model, tuned_adapter[0])
-    tuned, tuned_raw = policy_answers(cfg, model, tok, queries, seed, "tuned")
-    logp_tuned = sequence_logps(cfg, model, tok, queries, tuned_raw)
+    tuned, _ = policy_answers(cfg, model, tok, queries, seed, "tuned")
+    kl_texts, kl_finished = kl_samples(cfg, model, tok, queries, seed + 4)
+    logp_tuned = sequence_logps(cfg, model, tok, queries, kl_texts, kl_finished)
     answers = {"finetuned": tuned}
     if previous_adapter is not None:
         answers["previous"] = policy_answers(cfg, *load_model(cfg.model, previous_adapter[0]), queries, seed + 3, "previous")[0]
@@ -214,7 +309,7 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
     # would pull every win rate towards 1/2
     answers["base"] = policy_answers(cfg, model, tok, queries, seed + 1, "base")[0]
     answers["base_null"] = policy_answers(cfg, model, tok, queries, seed + 2, "base (null)")[0]  # independent draws: the null
-    logp_base_raw = sequence_logps(cfg, model, tok, queries, tuned_raw)  # the tuned samples as generated: KL
+    logp_base_raw = sequence_logps(cfg, model, tok, queries, kl_texts, kl_finished)  # the KL's samples under the base
     logp_base = sequence_logps(cfg, model, tok, queries, tuned)  # as judged: drift and length control
     logp_reference = sequence_logps(cfg, model, tok, queries, answers["base"])
     texts = Texts()
@@ -224,8 +319,7 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
     need = [q for i in ids for k in ("finetuned", "base_null", "base") for q in both_orders(i[k], i["base"])]
     need += [q for i in ids if "previous" in i for q in both_orders(i["finetuned"], i["previous"])]
     fill_pairs(judge, list(dict.fromkeys(need)), "evaluate", "win rate (base judge)", distributed=False)
-    pools = [reference(answers["base"][j], logp_reference[j], w_matrix(judge.probs, i["base"], i["base"]))
-             for j, i in enumerate(ids)]
+    pools = [reference(answers["base"][j], logp_reference[j]) for j in range(len(ids))]
     rows = [_prompt_row(p, pool, i, judge.probs, cfg.sample_space.num_samples) for p, pool, i in zip(prompts, pools, ids)]
     summary = summarise(rows, _lc(pools, ids, judge.probs, answers, logp_base), kl_estimates(
         np.concatenate(logp_tuned), np.concatenate(logp_base_raw)), float(np.mean([len(t) for a in tuned for t in a])),
@@ -246,16 +340,20 @@ def _prompt_row(prompt: dict, pool: dict, ids: dict, probs: dict, draws: int) ->
 
 
 def _lc(pools, ids, probs, answers, logp_base) -> dict:
-    """The length-controlled win rate over every (tuned answer, base answer) comparison of every prompt."""
-    w, d_len, d_logp, weight = [], [], [], []
+    """The length-controlled win rate: the GLM per prompt on its (tuned answer, base answer) cells, read at zero
+    difference, pooled by the t interval over prompts; for one query, its cells with the two-way clustered interval.
+    A prompt's cells share its answers, so they are not independent evidence (treating them so covered 0.44)."""
+    per = []
     for j, (pool, i) in enumerate(zip(pools, ids)):
-        for t, text, lp in zip(i["finetuned"], answers["finetuned"][j], logp_base[j]):
-            for b, btext, blp in zip(i["base"], pool["text"], pool["logp"]):
-                w.append(0.5 if t == b else order_averaged(probs, t, b))
-                d_len.append(math.log(max(len(text), 1)) - math.log(max(len(btext), 1)))
-                d_logp.append(lp - blp)
-                weight.append(1.0)
-    return length_controlled(w, d_len, d_logp, weight)
+        cells = [(0.5 if t == b else order_averaged(probs, t, b), math.log(max(len(text), 1)) - math.log(max(len(bt), 1)),
+                  lp - blp, a, c) for a, (t, text, lp) in enumerate(zip(i["finetuned"], answers["finetuned"][j], logp_base[j]))
+                 for c, (b, bt, blp) in enumerate(zip(i["base"], pool["text"], pool["logp"]))]
+        w, d_len, d_logp, a, c = (list(v) for v in zip(*cells))
+        per.append(length_controlled(w, d_len, d_logp, np.column_stack([a, c]) if len(pools) == 1 else None))
+    if len(pools) == 1:
+        return per[0]
+    pooled = mean_ci_t([r["mean"] for r in per])
+    return {"mean": pooled["mean"], "ci_low": pooled["ci_low"], "ci_high": pooled["ci_high"], "prompts": pooled["n"]}
 
 
 def _tuned_judge(cfg, tuned_adapter: tuple, workdir, texts: Texts, queries, ids) -> dict:
@@ -282,10 +380,12 @@ def lines(y: dict) -> list[str]:
            f"{y['n_units']} {y['win_rate_units']}): {ci(y['win_rate'], *y['win_rate_ci'])}; length-controlled "
            f"{ci(lc['mean'], lc['ci_low'], lc['ci_high'])}; other base answers (the null) "
            f"{ci(fresh['mean'], fresh['ci_low'], fresh['ci_high'])}",
-           f"the judge's ceiling, best of n base samples against one: {ceilings}; headroom share (win - 1/2) / "
-           f"(best-of-8 - 1/2) = {ci(y['headroom_share'], *y['headroom_share_ci'])}",
+           f"the judge's ceiling, the base's best of n (picked against the null answers) against another base "
+           f"answer: {ceilings or 'n/a'}; headroom share (win - 1/2) / (best-of-8 - 1/2) = "
+           f"{ci(y['headroom_share'], *y['headroom_share_ci'])}"
+           + (" (interval unbounded: the ceiling's own interval reaches 1/2)" if y.get("headroom_share_unbounded") else ""),
            f"drift: {y['tuned_chars']:.0f} vs {y['base_chars']:.0f} characters; base log-probability "
-           f"{number(y['tuned_logp_base'], '.1f')} vs {number(y['base_logp'], '.1f')}; KL(tuned || base) "
+           f"{number(y['tuned_logp_base'], '.1f')} vs {number(y['base_logp'], '.1f')}; KL(tuned || base) of the policies (T = 1) "
            f"{number(y['kl'], '.2f')} nats (k3 {number(y['kl_k3'], '.2f')}, {y['samples']} samples); distinct answers "
            f"{number(y.get('tuned_diversity'), '.2f')} (base {number(y.get('base_diversity'), '.2f')})"]
     if y.get("win_vs_previous"):

@@ -42,16 +42,38 @@ def vote_variance(means: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 
 
 def item_se(items, long, scale: tuple[float, float]) -> np.ndarray | None:
-    """The standard error of each item's mean rating: from its raters' spread when per-rater data exists, else
-    parametric from its vote count; None when neither is known."""
+    """The standard error of each item's mean rating, never 0: the votes' variance over n, with one prior vote at
+    each end of the scale added to the variance (an add-one floor: a caption every voter called unfunny still has
+    rating noise). From the raters' own ratings in a long file (an item with one rating gets NaN: it is left out
+    of pair agreement), else from per-category vote counts (`votes_<rating>`, or the caption contests' funny /
+    somewhat_funny / unfunny), else parametric from the mean and the vote count; None when none is known."""
+    from pipeline.ratings import vote_columns
+
+    lo, hi = scale
     if long is not None:
         g = long.groupby("item")["rating"]
-        sd, n = g.std(ddof=1).reindex(items["id"]), g.size().reindex(items["id"])
-        return (sd.fillna(0) / np.sqrt(n)).to_numpy(dtype=float)
+        n, total, squares = (v.reindex(items["id"]).to_numpy(dtype=float) for v in (g.size(), g.sum(),
+                                                                                    g.apply(lambda r: (r ** 2).sum())))
+        se = np.sqrt(_floored(n, total + lo + hi, squares + lo ** 2 + hi ** 2) / n)
+        return np.where(n >= 2, se, np.nan)
+    votes = vote_columns(items.columns)
+    if votes:
+        values = np.array(list(votes.values()))
+        counts = items[list(votes)].to_numpy(dtype=float) + 1.0  # one prior vote per category
+        m = counts.sum(1)
+        var = (counts @ values ** 2 - (counts @ values) ** 2 / m) / (m - 1)
+        return np.sqrt(var / (m - len(values)))
     counts = items["n_ratings"].to_numpy(dtype=float)
     if np.isnan(counts).any():
         return None
-    return np.sqrt(vote_variance(items["rating"].to_numpy(dtype=float), scale) / counts)
+    means = (items["rating"].to_numpy(dtype=float) * counts + lo + hi) / (counts + 2)  # the two prior votes
+    return np.sqrt(vote_variance(means, scale) / counts)
+
+
+def _floored(n, total, squares) -> np.ndarray:
+    """The variance of n votes together with the two prior votes already in `total` and `squares` (n + 2 values)."""
+    m = n + 2
+    return np.maximum(squares - total ** 2 / m, 0.0) / (m - 1)
 
 
 def parametric_reliability(means: np.ndarray, counts: np.ndarray, scale: tuple[float, float]) -> float | None:
@@ -72,7 +94,10 @@ def prompt_ceiling(items, long, scale: tuple[float, float], seed: int) -> dict:
     else:
         rel = parametric_reliability(items["rating"], items["n_ratings"], scale)
         kind = "parametric split-half from vote counts" if rel is not None else "unknown (no vote counts)"
-    return {"ceiling_kind": kind, "reliability": rel, "ceiling": None if rel is None else math.sqrt(max(rel, 0.0))}
+    ceiling = None if rel is None else math.sqrt(max(rel, 0.0))
+    # Kendall's tau has its own scale: for a bivariate normal tau = (2 / pi) arcsin(r), so its ceiling is lower
+    return {"ceiling_kind": kind, "reliability": rel, "ceiling": ceiling,
+            "kendall_ceiling": None if ceiling is None else 2 / math.pi * math.asin(ceiling)}
 
 
 def correlations(score, human) -> dict:
@@ -91,7 +116,7 @@ def pair_agreement(score, human, se) -> tuple[float, int]:
     i, j = np.triu_indices(len(y), 1)
     dh = y[i] - y[j]
     noise = 0.0 if se is None else 1.96 * np.sqrt(np.asarray(se)[i] ** 2 + np.asarray(se)[j] ** 2)
-    resolved = np.abs(dh) > noise
+    resolved = np.abs(dh) > noise  # False where an SE is NaN (an item with one rating: no noise estimate)
     ds = np.sign(x[i] - x[j])[resolved]
     agree = np.where(ds == 0, 0.5, (ds == np.sign(dh[resolved])).astype(float))
     return float(agree.sum()), int(resolved.sum())
@@ -109,7 +134,8 @@ def prompt_rows(prompts: list[dict], scores: dict) -> list[dict]:
                 rows.append({"model": model, "evaluator": evaluator, "prompt_id": p["prompt_id"],
                              "n_items": len(x), **correlations(x, p["human"]),
                              "pair_agreement": agree / pairs if pairs else None, "resolved_pairs": pairs,
-                             "ceiling": p["ceiling"], "in_training": p["in_training"]})
+                             "ceiling": p["ceiling"], "kendall_ceiling": p.get("kendall_ceiling"),
+                             "in_training": p["in_training"]})
     return rows
 
 
@@ -129,6 +155,7 @@ def pooled(rows: list[dict], top_k: int) -> list[dict]:
                         f"{kind}_ci_low": ci["ci_low"], f"{kind}_ci_high": ci["ci_high"]})
         agree = mean_ci_t([r["pair_agreement"] for r in mine])
         ceilings = [r["ceiling"] for r in mine if r["ceiling"] is not None]
+        row["mean_kendall_ceiling"] = mean_of([r["kendall_ceiling"] for r in mine if r.get("kendall_ceiling") is not None])
         row.update({"pair_agreement": agree["mean"], "pair_agreement_ci_low": agree["ci_low"],
                     "pair_agreement_ci_high": agree["ci_high"], "mean_ceiling": mean_of(ceilings)})
         out.append(row)

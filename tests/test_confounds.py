@@ -149,7 +149,11 @@ def test_the_glm_equals_statsmodels():
     assert fit.position == pytest.approx(ref.params[0], abs=1e-8)
     assert np.allclose(fit.s, basis @ ref.params[1:], atol=1e-8)
     assert fit.dispersion == pytest.approx(ref.scale, rel=1e-8)
-    assert np.allclose(fit.cov, basis @ np.asarray(ref.cov_params())[1:, 1:] @ basis.T, atol=1e-10)
+    # the covariance takes its dispersion from the pairs (both orders together, tests/test_calibration.py); with
+    # readings independent per order, as here, it estimates what statsmodels' row-level quasi-likelihood does
+    quasi = basis @ np.asarray(ref.cov_params())[1:, 1:] @ basis.T
+    assert 0.6 < np.trace(fit.cov) / np.trace(quasi) < 1.6
+    assert np.corrcoef(np.diag(fit.cov), np.diag(quasi))[0, 1] > 0.95
 
 
 def test_pooled_r2_within_prompts_keeps_a_confound_constant_in_some_prompts():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, assert_one_error_line, run_main, write
-from pipeline.models import SCORING_BYTES, scoring_batches
+from pipeline.models import SCORING_BYTES, answer_scores, chat_prompt, scoring_batches
 
 PEAK = """
 import resource
@@ -84,3 +84,13 @@ def test_a_model_that_needs_its_own_code_is_one_line(tmp_path, tiny_model_dir):
     proc = run_main(*TINY, f"output_dir={tmp_path / 'out'}", f"model.name_or_path={folder}")
     assert_one_error_line(proc, "ships its own Python code, which runs only with model.trust_remote_code=true")
     assert not (tmp_path / "code_ran").exists() and not (tmp_path / "out" / "sample_space").exists()
+
+
+def test_an_answer_cut_off_at_max_new_tokens_is_scored_without_an_end_of_turn(tiny_model):
+    """The KL's samples: a truncated answer never ended, so its log-probability has no end-of-turn token."""
+    model, tok = tiny_model
+    prompt = chat_prompt(tok, "Tell me a joke.")
+    ended, cut = answer_scores(model, tok, prompt, ["Why did the chicken", "Why did the chicken"],
+                               finished=[True, False])
+    assert cut[0] > ended[0]  # one log-probability (<= 0) fewer
+    assert answer_scores(model, tok, prompt, ["Why did the chicken"])[0] == pytest.approx(ended)

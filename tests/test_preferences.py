@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
-from datasets import Dataset
 
 from conftest import tiny_config
-from pipeline.artifacts import Artifact, StageError
+from pipeline.artifacts import StageError
 from pipeline.config import PreferencesConfig
+from pipeline.simulate import fake_spmcmc
 from pipeline.stages import preferences
 from pipeline.stages.preferences import apply_caps, candidate_pairs, sft_targets, split_candidates
 
@@ -52,38 +52,6 @@ def test_sft_targets_top_k_and_sampled():
     assert sft_targets(list(SCORES), SCORES, pc(sft_k=3), RNG) == [0, 1, 2]
     drawn = sft_targets(list(SCORES), SCORES, pc(sft_k=3, sft_mode="sampled"), np.random.default_rng(0))
     assert len(set(drawn)) == 3
-
-
-def fake_spmcmc(tmp_path, cfg, n=20, judge=None, prompts=("Tell me a joke.",), texts=None, columns=None):
-    """A complete spmcmc artifact over `prompts` (n candidates each), written by the spmcmc stage's own
-    `summarise` from a fake judge's answers to every ordered comparison within each prompt (default:
-    Bradley–Terry on random weights), and its pair cache, so no model is loaded. `texts` and `columns`
-    (n_tokens, sum_logprob, ...) replace the candidates' texts and add confound sources."""
-    from pipeline.hashing import text_sha
-    from pipeline.judge import PairStore, judge_key
-    from pipeline.stages.spmcmc import plan, prompt_groups, summarise
-
-    total = n * len(prompts)
-    weight = np.concatenate([np.random.default_rng(k).dirichlet(np.ones(n)) for k in range(len(prompts))])
-    texts = texts or [f"joke {i}" for i in range(total)]
-    prompt_of = [i // n for i in range(total)]
-    judge = judge or (lambda a, b: weight[a] / (weight[a] + weight[b]))
-    pids = [f"p{k}" for k in range(len(prompts))]
-    space = Dataset.from_dict({"id": list(range(total)), "prompt_id": [pids[k] for k in prompt_of],
-                               "prompt": [prompts[k] for k in prompt_of], "text": texts, "count": [1] * total,
-                               "is_greedy": [False] * total, "text_sha": [text_sha(t) for t in texts],
-                               **(columns or {})})
-    pairs = [(a, b) for a in range(total) for b in range(total) if a != b and prompt_of[a] == prompt_of[b]]
-    probs = {p: float(judge(*p)) for p in pairs}
-    folder = tmp_path / "spmcmc"
-    folder.mkdir(parents=True, exist_ok=True)
-    groups = prompt_groups(space)
-    result = summarise(cfg, space, groups, plan(cfg.spmcmc, groups), None, probs, {}, folder)
-    result.save_to_disk(str(folder / "dataset"), num_shards={k: 1 for k in result})  # 0-row splits need one shard
-    store = PairStore(folder, [judge_key(cfg.model, cfg.judge, q) for q in prompts], [text_sha(t) for t in texts],
-                      prompt_of)
-    store.append(pairs, [probs[p] for p in pairs], [1.0] * len(pairs))
-    return Artifact("spmcmc", "fp", folder)
 
 
 def run_stage(tmp_path, *overrides, **fake):
@@ -211,8 +179,13 @@ def test_control_takes_length_out_of_the_pairs_and_keeps_the_judges_choice(tmp_p
     summary = json.loads((tmp_path / "ctl" / "work" / "summary.json").read_text())
     assert raw["chosen_shorter"] > 0.9 and summary["kept_pairs"]["chosen_shorter"] <= 0.65
     assert summary["score_column"] == "controlled" and out["train"].num_rows >= 20
-    for a, b in zip(out["train"]["chosen_id"], out["train"]["rejected_id"]):  # still the judge's own choice
-        assert 0.5 * (judge(a, b) + 1 - judge(b, a)) > 0.5
+    # confidence is the controlled W (at zero length difference); the judge's measured W stays beside it: a pair
+    # the raw judge decides by length alone may go either way on it
+    rows = out["train"]
+    for a, b, w, raw_w in zip(rows["chosen_id"], rows["rejected_id"], rows["confidence"], rows["raw_confidence"]):
+        assert raw_w == pytest.approx(0.5 * (judge(a, b) + 1 - judge(b, a)))
+        assert w > 0.5
+    assert np.mean(rows["raw_confidence"]) < np.mean(rows["confidence"])  # the raw W carries the length bias against them
     matched = run_stage(tmp_path / "m", *common, "preferences.control=true", "preferences.max_confound_gap=0.5", **fake)
     z = np.log([len(t) for t in texts])
     z = (z - z.mean()) / z.std()

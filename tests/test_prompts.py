@@ -63,7 +63,9 @@ def test_three_prompts_run_end_to_end(three_prompts):
     report = (three_prompts / "report.md").read_text()
     assert "## Did the policy improve? The win rate and its yardstick" in report and "Per prompt (3 prompts" in report
     summary = json.loads((paths["evaluate"] / "summary.json").read_text())
-    assert summary["win_rate"] is not None and summary["ceiling"] is not None and "headroom_share" in summary
+    assert summary["win_rate"] is not None and "headroom_share" in summary
+    # 3 reference answers cannot support a best of 8 (it needs 9: 8 in the contest, one outside to face)
+    assert summary["ceiling"] is None and any("no best-of-8 ceiling" in w for w in summary["yardstick"]["warnings"])
 
 
 def test_mixed_prompt_blocks_judge_as_separate_prompts(tiny_model):

@@ -14,18 +14,20 @@ def bt_matrix(s):
     return 1 / (1 + np.exp(-(s[:, None] - s[None, :])))
 
 
-def test_best_of_n_equals_enumeration_for_a_bradley_terry_judge():
+def test_best_of_n_equals_enumeration_without_replacement():
+    """The closed form is the mean, over every n-subset S of the K answers, of the W of S's best (by `select`)
+    against each answer outside S."""
     rng = np.random.default_rng(0)
-    s, weight = rng.normal(0, 1, size=5), rng.integers(1, 5, size=5).astype(float)
-    w, p = bt_matrix(s), weight / weight.sum()
-    for n in (1, 2, 3):
-        exact = 0.0
-        for draw in itertools.product(range(5), repeat=n):  # every n-tuple, with replacement
-            best = max(draw, key=lambda i: s[i])
-            exact += np.prod(p[list(draw)]) * (w[best] @ p)
-        assert best_of_n(s, weight, w, n) == pytest.approx(exact, abs=1e-12)
-    assert best_of_n(s, weight, w, 1) == pytest.approx(0.5)  # one random sample against another
-    assert best_of_n(s, weight, w, 50) == pytest.approx(w[np.argmax(s)] @ p, abs=1e-3)  # -> the judge's best
+    select = rng.normal(0, 1, size=7)
+    w = bt_matrix(rng.normal(0, 1, size=7))
+    for n in (1, 2, 3, 6):
+        exact = []
+        for subset in itertools.combinations(range(7), n):
+            best = max(subset, key=lambda i: select[i])
+            exact += [w[best, o] for o in range(7) if o not in subset]
+        assert best_of_n(select, w, n) == pytest.approx(np.mean(exact), abs=1e-12)
+    assert best_of_n(select, w, 1) == pytest.approx(0.5)  # one random answer against another
+    assert best_of_n(select, w, 7) is None  # no answer left outside the contest to face: not estimable
 
 
 def test_kl_from_samples_matches_two_known_distributions():
@@ -73,9 +75,16 @@ def test_the_one_query_interval_holds_its_coverage_where_holding_the_base_answer
 
 
 def test_headroom_share():
-    h = headroom({"mean": 0.55, "ci_low": 0.52, "ci_high": 0.58}, 0.6)
-    assert h["mean"] == pytest.approx(0.5) and h["ci_low"] == pytest.approx(0.2) and h["ci_high"] == pytest.approx(0.8)
-    assert headroom({"mean": 0.55, "ci_low": 0.5, "ci_high": 0.6}, 0.501)["mean"] is None  # no headroom to share
+    from scipy import stats
+
+    win = {"mean": 0.55, "var": 0.01 ** 2}
+    known = headroom(win, {"mean": 0.6, "var": 0.0, "cov": 0.0, "df": 9})
+    half = stats.t.ppf(0.975, 9) * 0.01 / 0.1
+    assert known["mean"] == pytest.approx(0.5) and known["ci_low"] == pytest.approx(0.5 - half)
+    noisy = headroom(win, {"mean": 0.6, "var": 0.02 ** 2, "cov": 0.0, "df": 9})
+    assert noisy["ci_high"] - noisy["ci_low"] > known["ci_high"] - known["ci_low"]  # the ceiling's variance counts
+    assert headroom(win, {"mean": 0.6, "var": 0.06 ** 2, "cov": 0.0, "df": 9})["unbounded"]  # ceiling reaches 1/2
+    assert headroom(win, {"mean": 0.501, "var": 0.0, "df": 9})["mean"] is None  # no headroom to share
 
 
 def test_the_win_rate_of_known_choices_comes_back_exactly():
@@ -85,17 +94,20 @@ def test_the_win_rate_of_known_choices_comes_back_exactly():
 
     truth = [0.55 + 0.1 * (j % 3) for j in range(6)]
     rows = []
+    strengths = np.log(np.arange(1.0, 9.0))  # 8 reference answers, each better than the last
     for w in truth:
-        pool = {"text": ["a", "bb", "ccc"], "weight": np.array([3.0, 1.0, 1.0]), "score": np.array([0.5, 0.3, 0.2]),
-                "logp": np.array([-3.0, -4.0, -5.0])}
-        w_pool = bt_matrix(np.log(pool["score"]))
-        rows.append(prompt_figures(pool, w_pool, np.full((4, 3), w), np.full((4, 3), 0.5), draws=8))
+        pool = {"text": [f"answer {k}" for k in range(8)], "weight": np.ones(8), "logp": -np.arange(3.0, 11.0)}
+        w_pool = bt_matrix(strengths)
+        rows.append(prompt_figures(pool, w_pool, np.full((4, 8), w), np.full((4, 8), 0.5), draws=8))
     s = summarise(rows, {"mean": None, "ci_low": None, "ci_high": None}, kl_estimates([], []), 10.0, -3.0, False)
     assert np.allclose([r["win"] for r in rows], truth) and s["win_rate"] == pytest.approx(np.mean(truth))
     assert s["win_rate_ci"][0] < np.mean(truth) < s["win_rate_ci"][1]
     assert s["base_fresh_win_rate"]["mean"] == pytest.approx(0.5)
-    assert s["ceiling"] == pytest.approx(best_of_n(np.array([0.5, 0.3, 0.2]), np.array([3.0, 1, 1]), w_pool, 8))
-    assert s["headroom_share"] == pytest.approx((np.mean(truth) - 0.5) / (s["ceiling"] - 0.5))
+    # the null ties every reference answer: the pick goes by index, and the ceiling is the closed form on it
+    assert "ceiling_8" not in s["ceilings"] and s["ceiling"] is None  # 8 answers leave none outside a best of 8
+    assert s["ceilings"]["ceiling_4"] == pytest.approx(best_of_n(np.zeros(8), w_pool, 4))
+    assert any("no best-of-8 ceiling" in w for w in s["warnings"])
+    assert s["headroom_share"] is None
     assert any("only 6 evaluation prompts" in w for w in s["warnings"])
 
 

@@ -107,6 +107,31 @@ def test_pair_agreement_counts_only_pairs_people_resolve():
     assert wp.pair_agreement([1, 1, 2], human, None) == (2.5, 3)  # noise unknown: every pair; a tie counts half
 
 
+def test_item_errors_come_from_vote_counts_and_are_never_zero():
+    """The bundled captions' SEs from their vote counts: the 46 all-"unfunny" captions get a small SE, not 0; the
+    counts' SE is the votes' sample variance over n (with the floor's prior votes); a long file's item with one
+    rating has no SE and leaves pair agreement."""
+    r = load_ratings("caption_contests")
+    se = wp.item_se(r.items, None, SCALE)
+    assert (r.items["rating"] == 1.0).sum() == 46 and se.min() > 0
+    big = r.items["n_ratings"].idxmax()
+    votes = np.repeat([1.0, 2.0, 3.0], r.items.loc[big, ["unfunny", "somewhat_funny", "funny"]].astype(int))
+    assert se[big] == pytest.approx(votes.std(ddof=1) / np.sqrt(len(votes)), rel=0.01)  # the floor is negligible here
+    means = pd.DataFrame({"id": ["a", "b"], "rating": [1.0, 3.0], "n_ratings": [30, 30]})
+    assert (wp.item_se(means, None, SCALE) > 0).all()  # at the scale's ends, parametric: not 0 either
+    long = pd.DataFrame({"item": ["a", "a", "b", "c", "c"], "rater": [1, 2, 1, 1, 2], "rating": [1, 1, 3, 2, 2]})
+    long_se = wp.item_se(pd.DataFrame({"id": ["a", "b", "c"]}), long, SCALE)
+    assert long_se[0] > 0 and np.isnan(long_se[1])
+    assert wp.pair_agreement([3, 2, 1], np.array([1.0, 3.0, 2.0]), long_se)[1] == 0  # only (a, c): within noise
+
+
+def test_kendalls_ceiling_is_on_its_own_scale():
+    c = wp.prompt_ceiling(pd.DataFrame({"rating": [1.0, 1.5, 2.0, 2.5], "n_ratings": [1e6] * 4}), None, SCALE, 0)
+    assert c["ceiling"] == pytest.approx(1.0, abs=1e-3) and c["kendall_ceiling"] == pytest.approx(1.0, abs=0.03)
+    c = wp.prompt_ceiling(pd.DataFrame({"rating": [1.0, 1.1, 1.2, 1.3], "n_ratings": [20] * 4}), None, SCALE, 0)
+    assert c["kendall_ceiling"] == pytest.approx(2 / np.pi * np.arcsin(c["ceiling"]))
+
+
 def write_prompt_set(path, prompts: dict[str, int], with_ids=True):
     rows = [{"prompt_id": f"p{k}", "prompt": prompt, "text": f"caption {i} for {prompt}", "rating": 1 + 0.1 * i,
              "n_ratings": 20 + i} for k, (prompt, n) in enumerate(prompts.items()) for i in range(n)]

@@ -420,7 +420,7 @@ def _assemble(cfg: Config, items, human, scores: dict, sharpening: dict, ratings
 
 
 PROMPT_METRIC_COLUMNS = ("model", "evaluator", "prompt_id", "n_items", "pearson", "spearman", "kendall",
-                         "pair_agreement", "resolved_pairs", "ceiling", "in_training")
+                         "pair_agreement", "resolved_pairs", "ceiling", "kendall_ceiling", "in_training")
 
 
 WINRATE_COLUMNS = ("prompt_id", "prompt", "win", "base_fresh_win", "pool_size", "pool_chars", "ceiling_4", "ceiling_8",

@@ -77,6 +77,8 @@ class Summary(TypedDict):
     gap_z_median: float
     gap_z_min: float
     kept_pairs: KeptPairs
+    alpha: float | None
+    prompts_without_preference_left: list[dict]
     split: str
     warnings: list[str]
 
@@ -148,7 +150,8 @@ def _pair_rows(pairs, text, score, prompt, evidence) -> dict:
             "chosen_id": [a for a, _ in pairs], "rejected_id": [b for _, b in pairs],
             "chosen_score": [score[a] for a, _ in pairs], "rejected_score": [score[b] for _, b in pairs],
             "margin": [score[a] - score[b] for a, b in pairs],
-            "confidence": [evidence[p][0] for p in pairs], "gap_z": [evidence[p][1] for p in pairs]}
+            "confidence": [evidence[p][0] for p in pairs], "gap_z": [evidence[p][1] for p in pairs],
+            "raw_confidence": [evidence[p][2] for p in pairs]}
 
 
 class Strengths:
@@ -159,7 +162,8 @@ class Strengths:
     def __init__(self, cfg: Config, cands, pairs, prompts: list[dict], control: bool):
         from pipeline import confounds, glm
 
-        self.values, self.cov, self.x, self.lo = {}, {}, {}, {}
+        self.values, self.cov, self.x, self.lo, self.position, self.wald = {}, {}, {}, {}, {}, {}
+        self.control = control
         ids_of, probs_of = {}, {}
         for i, q in zip(cands["id"], cands["prompt_id"]):
             ids_of.setdefault(q, []).append(i)
@@ -176,7 +180,30 @@ class Strengths:
                 continue
             c = confounds.control(fit, x if control else x[:, :0], names if control else [])
             self.values[p["prompt_id"]], self.cov[p["prompt_id"]], self.x[p["prompt_id"]] = c.q, c.cov, x
-            self.lo[p["prompt_id"]] = lo
+            self.lo[p["prompt_id"]], self.position[p["prompt_id"]] = lo, fit.position
+            self.wald[p["prompt_id"]] = confounds.wald_test(c.q, c.cov, fit.resid_df)["p"]
+
+    def passing(self, prompt_ids: list[str], alpha: float) -> tuple[set, dict]:
+        """(the prompts whose preference passes the Wald test of "nothing left" at alpha, Holm-corrected across
+        `prompt_ids`; {prompt_id: p} of the others). A prompt without a fit has no test and does not pass; a
+        noise-free judge (p None: no disagreement to test against) passes."""
+        from statsmodels.stats.multitest import multipletests
+
+        tested = [q for q in prompt_ids if self.wald.get(q) is not None]
+        passed = {q for q in prompt_ids if q in self.values and self.wald[q] is None}
+        if tested:
+            reject = multipletests([self.wald[q] for q in tested], alpha, method="holm")[0]
+            passed |= {q for q, r in zip(tested, reject) if r}
+        return passed, {q: self.wald.get(q) for q in prompt_ids if q not in passed}
+
+    def controlled_w(self, prompt_id: str, a: int, b: int) -> float | None:
+        """The order-averaged W of a over b that the controlled strengths imply at the fitted position."""
+        from pipeline.confounds import order_averaged_w
+
+        if prompt_id not in self.values:
+            return None
+        q, lo = self.values[prompt_id], self.lo[prompt_id]
+        return float(order_averaged_w(q[a - lo] - q[b - lo], self.position[prompt_id]))
 
     def gap_z(self, prompt_id: str, a: int, b: int) -> float:
         from pipeline.confounds import pair_z
@@ -226,8 +253,10 @@ class Evidence:
             if (a, b) not in self.known and (a, b) in self.cached.probs and (b, a) in self.cached.probs:
                 probs = shifted({(a, b): self.cached.probs[a, b], (b, a): self.cached.probs[b, a]},
                                 self.shifts[self.prompt_of[a]])
-                z = self.strengths.gap_z(self.prompt_ids[self.prompt_of[a]], a, b)
-                self.known[a, b] = (order_averaged(probs, a, b), z)
+                pid = self.prompt_ids[self.prompt_of[a]]
+                raw = order_averaged(probs, a, b)
+                controlled = self.strengths.controlled_w(pid, a, b) if self.strengths.control else None
+                self.known[a, b] = (raw if controlled is None else controlled, self.strengths.gap_z(pid, a, b), raw)
         return [p for p in pairs if p in self.known]
 
 
@@ -240,7 +269,7 @@ def select_pairs(ranked: list[tuple[int, int]], evidence: Evidence, pc: Preferen
     chunk = max(64, 2 * pc.max_pairs)
     for start in range(0, len(ranked), chunk):
         for p in evidence(ranked[start:start + chunk]):
-            w, z = evidence.known[p]
+            w, z, _ = evidence.known[p]
             if w >= pc.min_confidence and w > 0.5 and z >= pc.min_gap_z:
                 supported.append(p)
         kept = apply_caps(supported, pc.max_pairs, pc.max_uses_per_candidate)
@@ -285,9 +314,13 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     train, test, split = split_prompts(prompts, ids_of, pc)
     strengths = Strengths(cfg, cands, spmcmc["pairs"], prompts, control)
     evidence = Evidence(cfg, inputs["spmcmc"], cands, prompts, workdir, strengths, adapter_of(inputs, "judge"))
+    gate, left_out = strengths.passing([p["prompt_id"] for p in prompts], pc.alpha) if control else (None, {})
+    if gate is not None and not gate & set(train):
+        raise NoPairs(_no_preference_left(pc, left_out, list(cfg.confounds.control)))
     splits, picked = {}, {}
     for name, part in (("train", train), ("test", test)):
         per = {pid: select_pairs(_matched(candidate_pairs(ids, score, pc, rng), strengths, pid, pc, control), evidence, pc)
+               if gate is None or pid in gate else {"unfiltered": [], "kept": [], "measured": []}
                for pid, ids in part.items()}
         picked[name] = {k: [p for r in per.values() for p in r[k]] for k in ("unfiltered", "kept", "measured")}
         rows = [_pair_rows(r["kept"], text, score, message[pid], evidence.known) | {"prompt_id": [pid] * len(r["kept"])}
@@ -309,7 +342,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                        evidence.known, exact, exact is not None and any(score[i] != exact[i] for i in exact))
     summary.update({"n_prompts": len(prompts), "split": split, "train_prompts": len(train), "control": control,
                     "control_features": list(cfg.confounds.control) if control else [],
-                    "prompts_without_controlled_score": uncontrolled, "kept_pairs": composition(splits["train"], cands),
+                    "prompts_without_controlled_score": uncontrolled, "alpha": pc.alpha if control else None,
+                    "prompts_without_preference_left": [{"prompt_id": k, "p": v} for k, v in left_out.items()],
+                    "kept_pairs": composition(splits["train"], cands),
                     "warnings": composition_warnings(composition(splits["train"], cands), pc, control)
                     + ([CONTROL_OFF] if pc.control and not control else [])
                     + ([CONFIDENCE_OFF.format(cfg.preferences.min_confidence)]
@@ -404,7 +439,7 @@ def composition_warnings(kept: dict, pc: PreferencesConfig, control: bool) -> li
 
 
 _PAIR_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
-                 "margin", "confidence", "gap_z")
+                 "margin", "confidence", "gap_z", "raw_confidence")
 
 
 def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score: dict, picked: dict,
@@ -430,11 +465,20 @@ def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score
             "reliably (spmcmc.budget, more candidates, a stronger judge)")
 
 
+def _no_preference_left(pc: PreferencesConfig, left_out: dict, control: list[str]) -> str:
+    ps = [v for v in left_out.values() if v is not None]
+    return (f"the judge has no preference left once {', '.join(control)} are held fixed: no training prompt's "
+            f"controlled preference passes the Wald test at preferences.alpha={pc.alpha} (Holm-corrected over "
+            f"{len(left_out)} prompts; smallest p {min(ps) if ps else float('nan'):.3g}). Try a stronger judge, other "
+            "confounds (confounds.control), more comparisons (spmcmc.budget), or preferences.control=false knowingly "
+            "(pairs would then teach what the confounds predict)")
+
+
 def _inverted(pairs, known=None, exact=None) -> float | None:
     if not pairs:
         return None
     if known is not None:
-        return float(np.mean([known[p][0] < 0.5 for p in pairs]))
+        return float(np.mean([known[p][2] < 0.5 for p in pairs]))  # the judge's own measured choice
     return float(np.mean([exact[a] < exact[b] for a, b in pairs]))
 
 
@@ -455,12 +499,20 @@ def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: st
             "inverted_direct_unfiltered": _inverted(measured_unfiltered, known=known),
             "inverted_exact_unfiltered": _inverted(unfiltered, exact=exact) if exact and ranked_by_other else None,
             "inverted_exact_kept": _inverted(kept, exact=exact) if exact and ranked_by_other else None,
-            "confidence_unfiltered_mean": float(np.mean([known[p][0] for p in measured_unfiltered]))
+            "confidence_unfiltered_mean": float(np.mean([known[p][2] for p in measured_unfiltered]))
             if measured_unfiltered else None,
             "confidence_mean": float(conf.mean()), "confidence_min": float(conf.min()), "confidence_max": float(conf.max()),
             "gap_z_median": float(np.median(train["gap_z"])), "gap_z_min": float(np.min(train["gap_z"])),
             "margin_min": float(margins.min()), "margin_median": float(np.median(margins)),
             "margin_max": float(margins.max()), "candidates_used": int((uses > 0).sum()), "max_uses": int(uses.max())}
+
+
+def left_out_line(s: dict) -> str:
+    """The prompts that gave no pairs because no controlled preference passed the Holm-corrected Wald test."""
+    out = s["prompts_without_preference_left"]
+    named = ", ".join(f"{r['prompt_id']} (p = {number(r['p'], '.3g')})" for r in out[:10])
+    return (f"{len(out)} prompt(s) gave no pairs: no controlled preference left at alpha={s['alpha']} (Holm): {named}"
+            + (f" and {len(out) - 10} more" if len(out) > 10 else ""))
 
 
 def _lines(s: dict) -> list[str]:
@@ -473,6 +525,8 @@ def _lines(s: dict) -> list[str]:
              f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
              f"{number(s['confidence_unfiltered_mean'], '.3f')}); gap_z median {s['gap_z_median']:.1f}, min "
              f"{s['gap_z_min']:.1f}"]
+    if s.get("prompts_without_preference_left"):
+        lines.append(left_out_line(s))
     if s["inverted_exact_kept"] is not None:
         lines.append(f"the raw (exact) score orders {s['inverted_exact_kept']:.2f} of the kept pairs the other way")
     return lines + [f"kept pairs: chosen shorter in {k['chosen_shorter']:.0%} ({k['chosen_chars_mean']:.0f} vs "

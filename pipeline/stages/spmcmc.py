@@ -69,6 +69,7 @@ from pipeline.formatting import number
 from pipeline.judge import cached_judge, fill_pairs
 from pipeline.metrics import mean_ci_t, mean_of
 from pipeline.plots import confound_plot, estimate_plots, prompt_confound_plot, prompt_plots
+from pipeline.report import wald_prompts
 from pipeline.stages.finetune import adapter_of
 from pipeline.workdir import STATE_DIR, failpoint, write_json
 
@@ -476,11 +477,20 @@ def _run_confounds(done: list[dict]) -> dict:
             "control": ctrl[0]["control"], "prompts": len(ctrl),
             "strength": t(c["strength"]["mean_abs_w_minus_half"] for c in ctrl),
             "consistency": t((c["consistency"] or {}).get("consistency") for c in ctrl),
-            "wald_p_below_05": float(np.mean([(c["strength"]["p"] or 1.0) < 0.05 for c in ctrl])),
+            # a p that underflows to 0.0 is the strongest rejection; a judge that never disagreed with the GLM
+            # (no noise: p None) has no test and is counted apart, not as "nothing left"
+            **wald_share([c["strength"]["p"] for c in ctrl]),
             "explained_by_all": confounds.pooled_explained([{**r["pool"], "s": r["pool"]["q"]} for r in done
                                                             if "q" in r["pool"]]),
             "greedy_rank_mean": mean_of(c["greedy_rank"] for c in ctrl)}
     return out
+
+
+def wald_share(ps: list) -> dict:
+    """The share of tested prompts whose Wald test rejects at 5%, and how many had no test (p None)."""
+    tested = [p for p in ps if p is not None]
+    return {"wald_p_below_05": float(np.mean([p < 0.05 for p in tested])) if tested else None,
+            "wald_untested": len(ps) - len(tested)}
 
 
 def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
@@ -498,6 +508,13 @@ def _run_warnings(groups: list[Group], results: list, sc) -> list[str]:
         out.append(f"{len(flat)} of {len(groups)} prompts are flat (the active design stopped early: no pair's "
                    f"order-averaged choice can reach spmcmc.flat_w={sc.flat_w}), e.g. {flat[0].prompt_id} "
                    f"({flat[0].prompt[:50]!r}); no confident DPO pair can come from them")
+    loose = [g for g, r in zip(groups, results) if r and (r["summary"]["active"] or {}).get("stop") == "precise"
+             and (r["summary"]["active"].get("distance_from_uniform") or 0.0) < 2 * sc.precision]
+    if loose:
+        out.append(f"{len(loose)} of {len(groups)} prompts stopped as precise (expected TV error <= spmcmc.precision="
+                   f"{sc.precision}) while their whole preference is less than twice that from uniform, e.g. "
+                   f"{loose[0].prompt_id}: the precision is absolute, so their order is not settled; a smaller "
+                   "spmcmc.precision measures them further")
     others = {}
     for r in results:
         for w in (r["summary"]["warnings"] if r else []):
@@ -667,7 +684,7 @@ def _run_confound_lines(c: dict) -> list[str]:
         lines.append(f"controlled for {', '.join(ctrl['control'])}: strength {number(ctrl['strength']['mean'], '.4f')} "
                      f"(raw {number(c['raw_strength']['mean'], '.4f')}), consistency "
                      f"{number(ctrl['consistency']['mean'], '.2f')}; a preference is left (Wald p < 0.05) in "
-                     f"{ctrl['wald_p_below_05']:.0%} of {ctrl['prompts']} prompts")
+                     f"{wald_prompts(ctrl)}")
     return lines
 
 
