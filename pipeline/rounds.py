@@ -72,7 +72,7 @@ def stop_reason(r: int, nothing: Exception, space, chains, cfg: Config) -> str:
     ss: sample_space.Summary | None = space.summary() if space.complete else None
     rel = (sp["consistency"] or {}).get("consistency") if sp else None
     entropy = sp["strength"]["entropy"] if sp else None
-    diversity = ss["diversity"] if ss else None
+    diversity = (ss or {}).get("diversity")  # none when nothing was sampled (only_extra)
     rc = cfg.rounds
     if rel is not None and rel < cfg.spmcmc.min_consistency:
         why = f"its judge has no signal left (preference consistency {rel:.2f} < {cfg.spmcmc.min_consistency})"
@@ -98,8 +98,8 @@ def table(history, sp: spmcmc.Summary | None, pr: preferences.Summary | None, ss
     r = len(rows) + 1
     row = {"round": r, "consistency": (sp["consistency"] or {}).get("consistency") if sp else None,
            "pairs_kept": pr["train_pairs"] if pr else None, "pairs_dropped": pr["pairs_dropped"] if pr else None,
-           "entropy": sp["strength"]["entropy"] if sp else None, "diversity": ss["diversity"] if ss else None,
-           "diversity_min": ss["diversity_min"] if ss else None}
+           "entropy": sp["strength"]["entropy"] if sp else None, "diversity": (ss or {}).get("diversity"),
+           "diversity_min": (ss or {}).get("diversity_min")}  # none when nothing was sampled (only_extra)
     y = y or {}
     cis = {"win_vs_base": (y.get("win_rate"), *(y.get("win_rate_ci") or [None, None])),
            "headroom_share": (y.get("headroom_share"), *(y.get("headroom_share_ci") or [None, None])),
@@ -123,5 +123,5 @@ def warnings(rows: list[dict], rc: RoundsConfig) -> list[str]:
         return []
     first = rows[0]["diversity"]
     return [f"answer diversity {d:.2f} < rounds.min_diversity={rc.min_diversity} in round {rows[-1]['round']} "
-            f"(round 1: {first:.2f}): the policy repeats itself (mode collapse); stop, lower finetune.learning_rate "
+            f"(round 1: {number(first, '.2f')}): the policy repeats itself (mode collapse); stop, lower finetune.learning_rate "
             "or num_epochs, or train fresh adapters (rounds.init=base)"]

@@ -101,3 +101,13 @@ def test_ratings_file_mistakes(tmp_path, text, message):
     path = write(tmp_path / "r.csv", text)
     assert_one_error_line(run_main(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
                                    f"evaluate.human_ratings={path}"), message)
+
+
+def test_the_jester_recipe_runs_to_a_report(tmp_path):
+    """recipe=jester_spmcmc samples nothing (only_extra: the jokes are the sample space), so sample_space's summary
+    has no diversity; the rounds table and report must do without it (it ended in KeyError: 'diversity')."""
+    proc = run_main("recipe=jester_spmcmc", "model.name_or_path=embedded:tiny-random", "wandb.mode=disabled",
+                    f"output_dir={tmp_path}", "sample_space.max_chars=120", "evaluate.max_chars=120",
+                    "evaluate.max_items=10", "spmcmc.budget=400")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## " in (tmp_path / "report.md").read_text() and "Traceback" not in proc.stderr

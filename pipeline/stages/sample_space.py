@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from pipeline.artifacts import StageError, publish
 from pipeline.config import Config, SampleSpaceConfig
@@ -39,8 +39,8 @@ class Summary(TypedDict):
     sampled: int
     unique: int
     n_prompts: int
-    diversity: float  # distinct answers among the policy's samples, as a share of them, mean over prompts
-    diversity_min: float
+    diversity: NotRequired[float]  # distinct answers among the policy's samples, as a share of them, mean over prompts;
+    diversity_min: NotRequired[float]  # absent when nothing was sampled (sample_space.only_extra)
     per_prompt: list[dict]
 SETTINGS = ("model", "sample_space")
 OPTIONAL_INPUTS = ()
