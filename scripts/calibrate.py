@@ -16,6 +16,8 @@ quality), the best-of-8 ceiling (bias against the simulated policy), the length-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 from pathlib import Path
@@ -42,7 +44,10 @@ def main() -> None:
     coverage, level, power = simulate.controlled_strength_coverage(n(1000), 102)
     rows.append((f"controlled strength's {level:.0%} interval: coverage", level, coverage, "[0.87, 0.97]"))
     rows.append(("  Wald test's power on a planted quality", None, power, "> 0.9"))
-    with tempfile.TemporaryDirectory() as tmp:
+    import datasets
+
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the stage's own lines
         seeds = range(110, 110 + max(int(5 * k), 1))
         for kind in LENGTH_KINDS:
             shares = [len(simulate.controlled_pairs(Path(tmp) / f"{kind}{s}", kind, s)[1]) / simulate.P for s in seeds]
