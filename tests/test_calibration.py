@@ -82,7 +82,7 @@ def test_a_planted_quality_under_a_length_bias_gives_pairs_that_choose_it(tmp_pa
 def test_the_best_of_8_ceiling_is_unbiased(quality_sd):
     """Against the policy itself, simulated: unbiased within 0.005; pure pair noise gives exactly 1/2 (it read
     0.549 when the pick and the score shared comparisons)."""
-    estimate, truth = simulate.ceiling_bias(4000, seed=21, quality_sd=quality_sd)
+    estimate, truth = simulate.ceiling_bias(2500, seed=21, quality_sd=quality_sd)
     assert abs(estimate - truth) <= 0.005
     if quality_sd == 0:
         assert truth == pytest.approx(0.5, abs=0.002)
@@ -91,6 +91,6 @@ def test_the_best_of_8_ceiling_is_unbiased(quality_sd):
 def test_the_length_controlled_win_rate_covers_over_prompts_and_for_one_query():
     """Pooled per prompt with the t interval over 10 prompts, and for one query clustered by tuned and by base
     answer: both cover ~95% (one GLM over all cells as independent covered 0.44)."""
-    over_prompts, one_query = simulate.lc_coverage(250, seed=22)
+    over_prompts, one_query = simulate.lc_coverage(200, seed=22)
     assert 0.92 <= over_prompts <= 0.98
     assert 0.92 <= one_query <= 0.99
