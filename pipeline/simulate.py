@@ -13,7 +13,7 @@ import numpy as np
 from pipeline import confounds
 
 POSITION = 1.9  # logit(0.87)
-P, N = 20, 20  # prompt_set_judge: prompts x answers
+P, N = 12, 20  # prompt_set_judge: prompts x answers
 
 
 def sigmoid(z):

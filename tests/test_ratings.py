@@ -107,7 +107,7 @@ def test_the_jester_recipe_runs_to_a_report(tmp_path):
     """recipe=jester_spmcmc samples nothing (only_extra: the jokes are the sample space), so sample_space's summary
     has no diversity; the rounds table and report must do without it (it ended in KeyError: 'diversity')."""
     proc = run_main("recipe=jester_spmcmc", "model.name_or_path=embedded:tiny-random", "wandb.mode=disabled",
-                    f"output_dir={tmp_path}", "sample_space.max_chars=120", "evaluate.max_chars=120",
-                    "evaluate.max_items=10", "spmcmc.budget=400")
+                    f"output_dir={tmp_path}", "sample_space.max_chars=100", "evaluate.max_chars=100",
+                    "evaluate.max_items=10", "spmcmc.budget=200")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "## " in (tmp_path / "report.md").read_text() and "Traceback" not in proc.stderr
