@@ -63,6 +63,7 @@ def test_the_pooled_wald_share_counts_an_underflowed_p_as_a_rejection():
 
 
 # ------------------------------------------------------------------ the preferences stage under control
+@pytest.mark.slow  # the real stage on 12 prompts, 4 judges: the full suite runs it
 @pytest.mark.parametrize("kind", ["none", "log_length", "characters", "rank"])
 def test_a_judge_with_nothing_but_length_gives_no_controlled_pairs(tmp_path, kind):
     """No preference, or only one for length in three shapes (the control's rank and polynomial terms take the

@@ -103,6 +103,7 @@ def test_ratings_file_mistakes(tmp_path, text, message):
                                    f"evaluate.human_ratings={path}"), message)
 
 
+@pytest.mark.slow
 def test_the_jester_recipe_runs_to_a_report(tmp_path):
     """recipe=jester_spmcmc samples nothing (only_extra: the jokes are the sample space), so sample_space's summary
     has no diversity; the rounds table and report must do without it (it ended in KeyError: 'diversity')."""
