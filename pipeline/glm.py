@@ -64,17 +64,17 @@ def _fit(probs: dict, n: int, tol: float, null_space) -> StrengthFit | None:
     mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
     dispersion = float(np.sum((y - mu) ** 2 / (mu * (1 - mu))) / (len(y) - n))  # Pearson chi2 / residual df
     info = _information(first, second, mu * (1 - mu), n, basis)
-    scale = np.sqrt(_pair_dispersions(first, second, y - mu, mu * (1 - mu), n))
+    phi, clusters = _pair_dispersions(first, second, y - mu, mu * (1 - mu), n)
+    scale = np.sqrt(phi)
     bread = _inverse(info)
     cov = bread @ (scale[:, None] * info * scale[None, :]) @ bread
-    clusters = len(set(zip(np.minimum(first, second).tolist(), np.maximum(first, second).tolist())))
     return StrengthFit(s=s, cov=basis @ cov[1:, 1:] @ basis.T, position=float(theta[0]), dispersion=dispersion,
                        comparisons=len(keys), resid_df=max(clusters - n, 1))
 
 
-def _pair_dispersions(first, second, resid, w, n: int) -> np.ndarray:
-    """[phi_c, phi_s, ..., phi_s]: the dispersions of the position and of the strengths, each estimated from the
-    unordered pairs (clusters), not from the rows. A pair's two readings (a first, b first) share the judge's
+def _pair_dispersions(first, second, resid, w, n: int) -> tuple[np.ndarray, int]:
+    """([phi_c, phi_s, ..., phi_s], the number of pairs): the dispersions of the position and of the strengths,
+    each estimated from the unordered pairs (clusters), not from the rows. A pair's two readings (a first, b first) share the judge's
     deviation for that pair, so the strengths' residual is the pair's difference u_ab - u_ba and the position's
     its sum u_ab + u_ba; phi = sum of squares / sum of the pair's weights w_ab + w_ba, with the clusters' residual
     degrees of freedom. The covariance is then bread (D^1/2 info D^1/2) bread: the quasi-likelihood form with one
@@ -87,7 +87,7 @@ def _pair_dispersions(first, second, resid, w, n: int) -> np.ndarray:
     diff, total, weight = (np.bincount(g, v, clusters) for v in (sign * resid, resid, w))
     phi_s = float(diff @ diff / weight.sum() * clusters / max(clusters - (n - 1), 1))
     phi_c = float(total @ total / weight.sum() * clusters / max(clusters - 1, 1))
-    return np.array([phi_c] + [phi_s] * (n - 1))
+    return np.array([phi_c] + [phi_s] * (n - 1)), clusters
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
