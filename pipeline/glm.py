@@ -74,8 +74,8 @@ def _fit(probs: dict, n: int, tol: float, null_space) -> StrengthFit | None:
 
 def _pair_dispersions(first, second, resid, w, n: int) -> tuple[np.ndarray, int]:
     """([phi_c, phi_s, ..., phi_s], the number of pairs): the dispersions of the position and of the strengths,
-    each estimated from the unordered pairs (clusters), not from the rows. A pair's two readings (a first, b first) share the judge's
-    deviation for that pair, so the strengths' residual is the pair's difference u_ab - u_ba and the position's
+    each estimated from the unordered pairs (clusters), not from the rows. A pair's two readings (a first, b first)
+    share the judge's deviation for that pair, so the strengths' residual is the pair's difference u_ab - u_ba and the position's
     its sum u_ab + u_ba; phi = sum of squares / sum of the pair's weights w_ab + w_ba, with the clusters' residual
     degrees of freedom. The covariance is then bread (D^1/2 info D^1/2) bread: the quasi-likelihood form with one
     dispersion per direction, which an unstructured clustered sandwich (a variance per candidate from its own few
