@@ -95,3 +95,19 @@ def test_the_length_controlled_win_rate_covers_over_prompts_and_for_one_query():
     over_prompts, one_query = simulate.lc_coverage(200, seed=22)
     assert 0.92 <= over_prompts <= 0.98
     assert 0.92 <= one_query <= 0.99
+
+
+def test_the_headroom_share_interval_covers_with_the_ceilings_own_noise():
+    """(win - 1/2) / (ceiling - 1/2) over 10 prompts whose win and ceiling both vary (correlated, as a prompt's
+    easy answers lift both): the delta-method interval with the ceiling's variance covers the true share ~95%."""
+    from pipeline.metrics import mean_ci_t
+    from pipeline.winrate import _with_variances, headroom
+
+    rng = np.random.default_rng(23)
+    inside = []
+    for _ in range(1000):
+        shared = rng.normal(0, 0.02, 10)
+        rows = [{"win": 0.55 + a + rng.normal(0, 0.02), "ceiling_8": 0.60 + a + rng.normal(0, 0.02)} for a in shared]
+        h = headroom(*_with_variances(rows, mean_ci_t([r["win"] for r in rows]), False))
+        inside.append(h["ci_low"] is not None and h["ci_low"] <= 0.5 <= h["ci_high"])
+    assert 0.92 <= np.mean(inside) <= 0.98
