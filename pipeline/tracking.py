@@ -22,6 +22,16 @@ _downgraded: str | None = None  # the mode this process fell back to after a W&B
 INIT_TIMEOUT_S = 15  # wandb's own default waits 90 s before giving up on an unreachable server
 
 
+def init_timeout() -> float:
+    """W&B's own WANDB_INIT_TIMEOUT where the user set it (a slow link may need longer), else INIT_TIMEOUT_S."""
+    import os
+
+    try:
+        return float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
+    except ValueError:
+        return INIT_TIMEOUT_S
+
+
 def _warn(message: str) -> None:
     print(f"[wandb] warning: {message}", flush=True)
 
@@ -50,7 +60,7 @@ def start(cfg: Config, stage: str, fingerprint: str) -> None:
     kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(Path(cfg.output_dir).resolve()),
                   group=group_id(cfg), job_type=stage, name=f"{stage}-{fingerprint[:8]}", id=f"{stage}-{fingerprint}",
                   resume="allow", config=dataclasses.asdict(cfg),
-                  settings=wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S))
+                  settings=wandb.Settings(silent=True, console="off", init_timeout=init_timeout()))
     try:
         _run = wandb.init(mode=mode, **kwargs)
         return

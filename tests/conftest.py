@@ -225,6 +225,30 @@ def killed(tmp_path_factory) -> KilledRuns:
     return KilledRuns(tmp_path_factory.mktemp("killed"))
 
 
+# killed everywhere: generation, the exact fill, the chains, training, finalising (one kill per point, in order)
+EVERYWHERE = ["recipe=tiny", "sample_space.num_samples=20", "sample_space.chunk_size=5", "spmcmc.iterations=60",
+              "finetune.save_steps=1"]
+EVERYWHERE_KILLS = ["sample_space.chunk:2", "finalise:2", "spmcmc.design_chunk:1", "spmcmc.step:30", "finetune.save:2"]
+
+
+@pytest.fixture(scope="session")
+def resumed_everywhere(killed, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """EVERYWHERE killed at each of EVERYWHERE_KILLS through the real command, then resumed by it once (the stale
+    lock of the killed runs is no obstacle): (its output_dir, the resuming process). Read, never written; the
+    uninterrupted run to compare with is `finished(*EVERYWHERE)`."""
+    out = killed.copy(EVERYWHERE, EVERYWHERE_KILLS, tmp_path_factory.mktemp("everywhere") / "out")
+    return out, run_cli(*EVERYWHERE, f"output_dir={out}")
+
+
+@pytest.fixture(scope="session")
+def readme_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's launch command on the tiny model (`accelerate launch pipeline/run.py recipe=tiny`), all five
+    stages, in a fresh interpreter, once per session: (its output_dir, the finished process). Read, never written."""
+    out = tmp_path_factory.mktemp("readme") / "out"
+    launcher = ["accelerate", "launch", "--config_file", str(REPO / "accelerate_config.yaml")]
+    return out, run_cli(*TINY, f"output_dir={out}", launcher=launcher)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir():
     from pipeline.config import ModelConfig

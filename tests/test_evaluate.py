@@ -2,6 +2,7 @@
 one evaluator."""
 
 import json
+import shutil
 
 import pytest
 from datasets import load_from_disk
@@ -34,21 +35,22 @@ def test_stage_on_tiny_model_with_wandb_offline(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_readme_main_command_on_tiny_model(tmp_path):
+def test_readme_main_command_on_tiny_model(readme_run, tmp_path):
     """The README's launch command, in a subprocess, on the tiny model: all five stages."""
-    launcher = ["accelerate", "launch", "--config_file", str(REPO / "accelerate_config.yaml")]
-    proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", launcher=launcher)
+    out, proc = readme_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["stages"]) == ["sample_space", "spmcmc", "preferences", "finetune", "evaluate"]
     assert all(entry["complete"] for entry in manifest["stages"].values())
-    paths = stage_paths(tmp_path)
+    paths = stage_paths(out)
     for path in paths.values():
         load_from_disk(str(path / "dataset"))
     metrics = load_from_disk(str(paths["evaluate"] / "dataset"))["metrics"]
     assert set(metrics["model"]) == {"base", "finetuned"}
-    assert "## Before and after fine-tuning" in (tmp_path / "report.md").read_text()
-    again = run_cli("recipe=tiny", f"output_dir={tmp_path}", launcher=launcher)
+    assert "## Before and after fine-tuning" in (out / "report.md").read_text()
+    copy = shutil.copytree(out, tmp_path / "again")
+    launcher = ["accelerate", "launch", "--config_file", str(REPO / "accelerate_config.yaml")]
+    again = run_cli("recipe=tiny", f"output_dir={copy}", launcher=launcher)
     assert again.stdout.count("up to date") == 5
 
 

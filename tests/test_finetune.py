@@ -11,7 +11,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 from safetensors.numpy import load_file
 
-from conftest import TINY, assert_one_error_line, run_cli, run_main, stage_paths, tiny_config
+from conftest import EVERYWHERE, TINY, assert_one_error_line, run_cli, run_main, stage_paths, tiny_config
 from pipeline.artifacts import MARKER, Artifact, StageError
 from pipeline.stages import finetune
 
@@ -79,11 +79,11 @@ def adapter(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, finished, killed):
-    out = killed.copy(FT, ["finetune.save:2"], tmp_path / "a")
-    resumed = run_cli(*FT, f"output_dir={out}")
+def test_resume_from_checkpoint_matches_uninterrupted(finished, resumed_everywhere):
+    """The run killed everywhere (the finetune kill is at its second checkpoint, finetune.save:2), resumed."""
+    out, resumed = resumed_everywhere
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
-    (a, path), (b, _) = adapter(out), adapter(finished(*FT))
+    (a, path), (b, _) = adapter(out), adapter(finished(*EVERYWHERE))
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = json.loads((path / "summary.json").read_text())["optimizer_steps"]
     log = [json.loads(line) for line in (path / "work_log.jsonl").read_text().splitlines()]

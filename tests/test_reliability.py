@@ -8,12 +8,8 @@ import pytest
 from datasets import load_from_disk
 from safetensors.numpy import load_file
 
-from conftest import dataset_files, run_cli, stage_paths, tiny_config
+from conftest import EVERYWHERE, dataset_files, run_cli, stage_paths, tiny_config
 
-ARGS = ["recipe=tiny", "sample_space.num_samples=20", "sample_space.chunk_size=5", "spmcmc.iterations=60",
-        "finetune.save_steps=1"]
-# (kill point, what was under way): generation, the exact fill, the chains, training, finalising
-KILL_POINTS = ["sample_space.chunk:2", "finalise:2", "spmcmc.design_chunk:1", "spmcmc.step:30", "finetune.save:2"]
 STAGES = ["sample_space", "spmcmc", "preferences", "finetune", "evaluate"]
 
 
@@ -27,21 +23,21 @@ def work(path: Path, event: str) -> int:
 
 
 @pytest.mark.slow
-def test_same_seed_gives_byte_identical_datasets(finished, tmp_path):
-    """The shared run (in the test process) and the real command in a fresh interpreter: the same bytes."""
-    proc = run_cli(*ARGS, f"output_dir={tmp_path}")
+def test_same_seed_gives_byte_identical_datasets(finished, readme_run):
+    """The shared run (in the test process) and the README's command in a fresh interpreter (accelerate launch):
+    the same bytes."""
+    out, proc = readme_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = stages(finished(*ARGS)), stages(tmp_path)
+    a, b = stages(finished("recipe=tiny")), stages(out)
     for stage in STAGES:
         assert dataset_files(a[stage]) == dataset_files(b[stage]), stage
 
 
 @pytest.mark.slow
-def test_killed_everywhere_resumes_to_the_same_artifacts_without_redoing_work(finished, killed, tmp_path):
-    out = killed.copy(ARGS, KILL_POINTS, tmp_path / "killed")
-    final = run_cli(*ARGS, f"output_dir={out}")  # the stale lock of the killed runs is no obstacle
+def test_killed_everywhere_resumes_to_the_same_artifacts_without_redoing_work(finished, resumed_everywhere):
+    out, final = resumed_everywhere
     assert final.returncode == 0, final.stderr[-3000:]
-    got, ref = stages(out), stages(finished(*ARGS))
+    got, ref = stages(out), stages(finished(*EVERYWHERE))
     for stage in ("sample_space", "spmcmc", "preferences"):
         assert dataset_files(got[stage]) == dataset_files(ref[stage]), stage
     a = load_file(str(got["finetune"] / "adapter" / "adapter_model.safetensors"))

@@ -2,6 +2,7 @@
 round 2 redoes nothing of round 1; the loop stops when no pair passes; a fixed judge reuses its cache."""
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -54,10 +55,13 @@ def test_two_rounds_end_to_end_and_chained(two_rounds):
 
 
 @pytest.mark.slow
-def test_kill_in_round_two_resumes_without_redoing_round_one(two_rounds, tmp_path):
-    out = tmp_path / "killed"
-    # the tiny recipe steps its chains 40 times a round: the 60th step is in round 2
-    proc = run_cli(*ARGS, f"output_dir={out}", env={"SPMCMC_KILL_AT": "spmcmc.step:60"})
+def test_kill_in_round_two_resumes_without_redoing_round_one(finished, two_rounds, tmp_path):
+    out = finished.copy(ARGS, tmp_path / "killed")
+    for stage, path in stage_paths(out).items():  # round 1 finished (the shared run's), round 2 not begun
+        if "@" in stage:
+            shutil.rmtree(path)
+    # round 1 is up to date, so this process's chain steps are round 2's: the tiny recipe steps 40 a round
+    proc = run_cli(*ARGS, f"output_dir={out}", env={"SPMCMC_KILL_AT": "spmcmc.step:20"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     first = stage_paths(out)
     before = {k: work(p, "judge_comparisons") + work(p, "generated_chunk") + work(p, "train_step")

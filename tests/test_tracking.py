@@ -11,7 +11,8 @@ from conftest import TINY, run_cli
                                  pytest.param({"WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"},
                                               id="no network", marks=pytest.mark.slow)])  # waits out W&B's timeout
 def test_wandb_online_falls_back_to_offline(tmp_path, env):
-    env = {**env, "NETRC": str(tmp_path / "no-netrc"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    env = {**env, "NETRC": str(tmp_path / "no-netrc"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+           "WANDB_INIT_TIMEOUT": "3"}  # W&B's own setting, honoured by the pipeline: the test waits 3 s, not 15
     proc = run_cli(*TINY, f"output_dir={tmp_path}", "stages=[sample_space]", "wandb.mode=online", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("[wandb] warning:")]
