@@ -317,7 +317,8 @@ class PreferencesConfig(Section):
     min_confidence: float = setting(
         0.55, "keep a pair only if the model's own order-averaged choice of chosen over rejected is at least this")
     min_gap_z: float = setting(1.0, "keep a pair only if its strength gap is at least this many standard errors (from "
-                                    "the GLM on the comparisons: how much the judge's readings disagree with each other)")
+                                    "the GLM on the comparisons: how much the judge's readings disagree with each other; "
+                                    "under control, on the half of the comparisons that did not rank the pair)")
     control: bool = setting(False, "build pairs from the controlled score (spmcmc's `controlled`: the preference left "
                                    "with confounds.control held fixed) instead of the raw score")
     alpha: float = setting(0.05, "with control: a prompt gives pairs only if its controlled preference passes the "

@@ -145,6 +145,41 @@ def control(fit: StrengthFit, x: np.ndarray, names: list[str]) -> Controlled:
                       beta_p=np.asarray(p), r2=r2)
 
 
+@dataclass
+class CrossFit:
+    """q fitted and controlled on each half of a prompt's compared pairs: `rank` from one half ranks the pairs,
+    `test` and `test_cov` from the other test them."""
+    rank: np.ndarray
+    test: np.ndarray
+    test_cov: np.ndarray
+
+
+def cross_fit(probs: dict, n: int, x: np.ndarray, seed) -> CrossFit | None:
+    """The compared pairs (both orders together) split at random into two halves, the GLM and the control fitted on
+    each. A pair ranked far apart by the same comparisons that test it is far apart partly by its own noise (the
+    winner's curse: with no preference at all, most top-vs-bottom pairs pass gap_z >= 1); ranked on one half and
+    tested on the other, its z has the null distribution it claims. None where a half has too few comparisons or does
+    not connect the candidates (its strengths would not be identified)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = sorted({(min(f, s), max(f, s)) for f, s in probs})
+    side = np.random.default_rng(seed).permutation(len(edges)) < len(edges) // 2
+    m = residual_maker(control_basis(x))
+    fits = []
+    for half in (True, False):
+        kept = np.array([e for e, h in zip(edges, side) if h == half]).reshape(-1, 2)
+        graph = coo_matrix((np.ones(len(kept)), (kept[:, 0], kept[:, 1])), shape=(n, n))
+        if len(kept) < 2 or connected_components(graph, directed=False)[0] > 1:
+            return None
+        edge_set = set(map(tuple, kept.tolist()))
+        fit = fit_strengths({k: v for k, v in probs.items() if (min(k), max(k)) in edge_set}, n)
+        if fit is None:
+            return None
+        fits.append(fit)
+    return CrossFit(rank=m @ fits[0].s, test=m @ fits[1].s, test_cov=m @ fits[1].cov @ m.T)
+
+
 def explained(s: np.ndarray, x: np.ndarray) -> dict:
     """R^2 (and adjusted) of the log-strengths on the confound columns, ordinary least squares."""
     n, k = x.shape

@@ -306,6 +306,8 @@ def confound_section(c: dict | None, pooled: bool) -> list[str]:
 
 def pairs_section(pr: preferences.Summary) -> list[str]:
     """What the DPO pairs rest on and what they teach besides the score."""
+    from pipeline.stages.preferences import gap_z_basis, left_out_line
+
     k = pr["kept_pairs"]
     ranked = f"`{pr['score_column']}`" + (f" (holding {', '.join(pr['control_features'])} fixed)" if pr["control"] else "")
     lines = ["", f"- DPO pairs, ranked by {ranked}: **{pr['train_pairs']} kept** of {pr['pairs_measured']} measured (the "
@@ -318,10 +320,9 @@ def pairs_section(pr: preferences.Summary) -> list[str]:
                 if pr["control"] else "") + f"): {pr['confidence_min']:.3f}–"
              f"{pr['confidence_max']:.3f}, mean {pr['confidence_mean']:.3f} (unfiltered mean "
              f"{number(pr['confidence_unfiltered_mean'])}); strength gap median {pr['gap_z_median']:.1f} and min "
-             f"{pr['gap_z_min']:.1f} standard errors (GLM: against the disagreement between the judge's own readings)"]
+             f"{pr['gap_z_min']:.1f} standard errors (GLM: against the disagreement between the judge's own readings); "
+             f"{gap_z_basis(pr)}"]
     if pr.get("prompts_without_preference_left"):
-        from pipeline.stages.preferences import left_out_line
-
         lines.append(f"- {left_out_line(pr)}")
     if k:
         lines.append(f"- what the kept pairs teach besides the score: chosen is the **shorter in {k['chosen_shorter']:.0%}** "

@@ -151,6 +151,32 @@ def wald_size(sims: int, seed: int, position: float = POSITION, n: int = 20) -> 
     return float(np.mean(rejected))
 
 
+def gap_z_size(sims: int, seed: int, crossed: bool = True, n: int = N, top_fraction: float = 0.25) -> float:
+    """Share of the top-vs-bottom pairs (the preferences stage's default selection) whose gap_z passes 1.645, a
+    one-sided 5% test, for a judge with nothing left once length is controlled (linear in log length, per-pair
+    deviations, position bias): gap_z's size as a test after the selection. crossed=False ranks and tests on every
+    comparison, as the stage does where a prompt cannot be cross-fitted."""
+    from math import ceil
+
+    from pipeline import glm
+
+    rng = np.random.default_rng(seed)
+    passed = []
+    for k in range(sims):
+        x, names, s, _ = world(n, rng)
+        probs = pair_judge(s, rng)
+        if crossed:
+            cf = confounds.cross_fit(probs, n, x, [seed, k])
+            rank, test, cov = cf.rank, cf.test, cf.test_cov
+        else:
+            c = confounds.control(glm.fit_strengths(probs, n), x, names)
+            rank, test, cov = c.q, c.q, c.cov
+        order = np.argsort(-rank)
+        q = ceil(top_fraction * n)
+        passed += [confounds.pair_z(test, cov, a, b) >= 1.645 for a in order[:q] for b in order[-q:]]
+    return float(np.mean(passed))
+
+
 def controlled_strength_coverage(sims: int, seed: int, n: int = 20) -> tuple[float, float, float]:
     """(coverage of the controlled strength's interval, its level, the Wald test's power) for a planted quality
     under a length effect: the truth is mean |W - 1/2| of the true controlled strengths."""

@@ -6,7 +6,7 @@ none, a planted quality under a length bias), no model, a few minutes on 2 cores
     python scripts/calibrate.py --quick    # a tenth of the simulations
 
 Rows: the strengths' 95% intervals (coverage), the 5% Wald test of "no preference left" (size, two position
-biases), the controlled strength's 90% interval (coverage; power), the preferences stage under control (share of
+biases), gap_z on the pairs it selected (size, cross-fitted and not), the controlled strength's 90% interval (coverage; power), the preferences stage under control (share of
 prompts that give pairs for judges with nothing but length; the share of kept pairs that choose the higher planted
 quality), the best-of-8 ceiling (bias against the simulated policy), the length-controlled win rate's 95% interval
 (coverage over 10 prompts; one query). Last line:
@@ -41,6 +41,10 @@ def main() -> None:
     sizes = {pos: simulate.wald_size(n(2000), 101, position=pos) for pos in (0.0, simulate.POSITION)}
     for pos, size in sizes.items():
         rows.append((f"5% Wald test, nothing left (position {pos:g}): size", 0.05, size, "<= 0.07"))
+    rows.append(("gap_z >= 1.645 on selected pairs, nothing left: size", 0.05, simulate.gap_z_size(n(1000), 103),
+                 "<= 0.07"))
+    rows.append(("  the same, ranked and tested on every comparison", 0.05,
+                 simulate.gap_z_size(n(1000), 103, crossed=False), "(the winner's curse)"))
     coverage, level, power = simulate.controlled_strength_coverage(n(1000), 102)
     rows.append((f"controlled strength's {level:.0%} interval: coverage", level, coverage, "[0.87, 0.97]"))
     rows.append(("  Wald test's power on a planted quality", None, power, "> 0.9"))

@@ -179,6 +179,10 @@ def test_control_takes_length_out_of_the_pairs_and_keeps_the_judges_choice(tmp_p
     summary = json.loads((tmp_path / "ctl" / "work" / "summary.json").read_text())
     assert raw["chosen_shorter"] > 0.9 and summary["kept_pairs"]["chosen_shorter"] <= 0.65
     assert summary["score_column"] == "controlled" and out["train"].num_rows >= 20
+    # ranked on one half of the comparisons, tested on the other; without control, on the same ones (and said so)
+    assert summary["gap_z_cross_fitted"] == summary["gap_z_fitted"] == 1 and raw_summary["gap_z_cross_fitted"] == 0
+    assert "gap_z cross-fitted" in preferences.gap_z_basis(summary)
+    assert "winner's curse" in preferences.gap_z_basis(raw_summary)
     # confidence is the controlled W (at zero length difference); the judge's measured W stays beside it: a pair
     # the raw judge decides by length alone may go either way on it
     rows = out["train"]

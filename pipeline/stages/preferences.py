@@ -76,6 +76,8 @@ class Summary(TypedDict):
     confidence_unfiltered_mean: float | None
     gap_z_median: float
     gap_z_min: float
+    gap_z_cross_fitted: int  # prompts whose pairs were ranked on one half of the comparisons and tested on the other
+    gap_z_fitted: int  # prompts with a GLM fit (the others' gap_z is inf: the filter cannot judge them)
     kept_pairs: KeptPairs
     alpha: float | None
     prompts_without_preference_left: list[dict]
@@ -163,7 +165,7 @@ class Strengths:
         from pipeline import confounds, glm
 
         self.values, self.cov, self.x, self.lo, self.position, self.wald = {}, {}, {}, {}, {}, {}
-        self.control = control
+        self.control, self.crossed = control, {}
         ids_of, probs_of = {}, {}
         for i, q in zip(cands["id"], cands["prompt_id"]):
             ids_of.setdefault(q, []).append(i)
@@ -182,6 +184,10 @@ class Strengths:
             self.values[p["prompt_id"]], self.cov[p["prompt_id"]], self.x[p["prompt_id"]] = c.q, c.cov, x
             self.lo[p["prompt_id"]], self.position[p["prompt_id"]] = lo, fit.position
             self.wald[p["prompt_id"]] = confounds.wald_test(c.q, c.cov, fit.resid_df)["p"]
+            if control:  # under control the GLM's q also ranks the pairs: rank on one half, test on the other
+                crossed = confounds.cross_fit(probs, n, x, [cfg.preferences.seed, lo])
+                if crossed is not None:
+                    self.crossed[p["prompt_id"]] = crossed
 
     def passing(self, prompt_ids: list[str], alpha: float) -> tuple[set, dict]:
         """(the prompts whose preference passes the Wald test of "nothing left" at alpha, Holm-corrected across
@@ -205,12 +211,23 @@ class Strengths:
         q, lo = self.values[prompt_id], self.lo[prompt_id]
         return float(order_averaged_w(q[a - lo] - q[b - lo], self.position[prompt_id]))
 
+    def ranking(self, prompt_id: str, score: dict[int, float]) -> dict[int, float]:
+        """What ranks this prompt's pairs: the cross-fitted half's q where there is one, else `score`."""
+        crossed = self.crossed.get(prompt_id)
+        if crossed is None:
+            return score
+        return {self.lo[prompt_id] + k: float(v) for k, v in enumerate(crossed.rank)}
+
     def gap_z(self, prompt_id: str, a: int, b: int) -> float:
+        """The pair's strength gap over its SE: on the half that did not rank it where the prompt is cross-fitted,
+        else on every comparison (which also ranked it: the winner's curse applies)."""
         from pipeline.confounds import pair_z
 
         if prompt_id not in self.values:
             return math.inf  # too few comparisons for the GLM: the gap filter cannot judge, so it passes
-        lo = self.lo[prompt_id]
+        lo, crossed = self.lo[prompt_id], self.crossed.get(prompt_id)
+        if crossed is not None:
+            return pair_z(crossed.test, crossed.test_cov, a - lo, b - lo)
         return pair_z(self.values[prompt_id], self.cov[prompt_id], a - lo, b - lo)
 
     def confound_gap(self, prompt_id: str, a: int, b: int) -> float:
@@ -319,7 +336,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         raise NoPairs(_no_preference_left(pc, left_out, list(cfg.confounds.control)))
     splits, picked = {}, {}
     for name, part in (("train", train), ("test", test)):
-        per = {pid: select_pairs(_matched(candidate_pairs(ids, score, pc, rng), strengths, pid, pc, control), evidence, pc)
+        per = {pid: select_pairs(_matched(candidate_pairs(ids, strengths.ranking(pid, score), pc, rng), strengths, pid,
+                                          pc, control), evidence, pc)
                if gate is None or pid in gate else {"unfiltered": [], "kept": [], "measured": []}
                for pid, ids in part.items()}
         picked[name] = {k: [p for r in per.values() for p in r[k]] for k in ("unfiltered", "kept", "measured")}
@@ -344,6 +362,7 @@ def run(cfg: Config, inputs: dict, workdir: Path):
                     "control_features": list(cfg.confounds.control) if control else [],
                     "prompts_without_controlled_score": uncontrolled, "alpha": pc.alpha if control else None,
                     "prompts_without_preference_left": [{"prompt_id": k, "p": v} for k, v in left_out.items()],
+                    "gap_z_cross_fitted": len(strengths.crossed), "gap_z_fitted": len(strengths.values),
                     "kept_pairs": composition(splits["train"], cands),
                     "warnings": composition_warnings(composition(splits["train"], cands), pc, control)
                     + ([CONTROL_OFF] if pc.control and not control else [])
@@ -507,6 +526,16 @@ def _summary(splits: dict, train_ids: list[int], test_ids: list[int], column: st
             "margin_max": float(margins.max()), "candidates_used": int((uses > 0).sum()), "max_uses": int(uses.max())}
 
 
+def gap_z_basis(s: dict) -> str:
+    """What gap_z was computed on: free of the selection (cross-fitted) or on the comparisons that ranked the pairs."""
+    crossed, fitted = s.get("gap_z_cross_fitted", 0), s.get("gap_z_fitted", 0)
+    if fitted and crossed == fitted:
+        return "gap_z cross-fitted (pairs ranked on one half of the comparisons, tested on the other)"
+    rest = f"{fitted - crossed} of {fitted} prompt(s)"
+    why = ("ranked by the stage's score" if not s["control"] else "a half too small or not connected")
+    return f"gap_z on the comparisons that also ranked the pairs for {rest} ({why}: a winner's curse inflates it)"
+
+
 def left_out_line(s: dict) -> str:
     """The prompts that gave no pairs because no controlled preference passed the Holm-corrected Wald test."""
     out = s["prompts_without_preference_left"]
@@ -524,7 +553,7 @@ def _lines(s: dict) -> list[str]:
              "unfiltered pairs (kept pairs need W > 0.5); confidence of kept pairs "
              f"{s['confidence_min']:.3f}-{s['confidence_max']:.3f} (mean {s['confidence_mean']:.3f}; unfiltered mean "
              f"{number(s['confidence_unfiltered_mean'], '.3f')}); gap_z median {s['gap_z_median']:.1f}, min "
-             f"{s['gap_z_min']:.1f}"]
+             f"{s['gap_z_min']:.1f}; {gap_z_basis(s)}"]
     if s.get("prompts_without_preference_left"):
         lines.append(left_out_line(s))
     if s["inverted_exact_kept"] is not None:
