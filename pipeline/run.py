@@ -51,15 +51,53 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(help_text())
         return 0
+    cfg = None
     try:
-        pipeline(load_config(argv))
+        cfg = load_config(argv)
+        pipeline(cfg)
     except UserError as e:
+        close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        close_progress_bars()
+        where = Path(full).parent if full else (cfg.output_dir if cfg is not None else "the output folder")
+        print(f"error: no space left on the device that holds {where}: free space (or set output_dir= on a larger "
+              "disk, copying this one there) and run the same command again; finished work is kept", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def close_progress_bars() -> None:
+    """Bars a failed stage left open (the Trainer's, a generation loop's) are closed first, so that the error line is
+    the last line, not one a bar redraws over at exit."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()
+
+
+def disk_full(e: BaseException) -> str | None:
+    """The file being written when the disk filled ('' where the error does not say), or None when `e` is not a full
+    disk. Writers wrap it differently: OSError ENOSPC, torch's "file write failed", the tokenizers' "os error 28"."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(e.filename or "")
+        if "No space left on device" in str(e) or "os error 28" in str(e):
+            return ""
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ none, a planted quality under a length bias), no model, a few minutes on 2 cores
     python scripts/calibrate.py --quick    # a tenth of the simulations
 
 Rows: the strengths' 95% intervals (coverage), the 5% Wald test of "no preference left" (size, two position
-biases), gap_z on the pairs it selected (size, cross-fitted and not), the controlled strength's 90% interval (coverage; power), the preferences stage under control (share of
+biases), gap_z on the pairs it selected (size, cross-fitted and not), the controlled strength's 90% interval
+(coverage; power), the preferences stage under control (share of
 prompts that give pairs for judges with nothing but length; the share of kept pairs that choose the higher planted
 quality), the best-of-8 ceiling (bias against the simulated policy), the length-controlled win rate's 95% interval
 (coverage over 10 prompts; one query). Last line:

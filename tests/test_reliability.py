@@ -1,6 +1,8 @@
 """Kill at any moment and lose nothing; every bad input gets one clear line; same seed, same bytes."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,18 @@ import pytest
 from datasets import load_from_disk
 from safetensors.numpy import load_file
 
-from conftest import EVERYWHERE, dataset_files, run_cli, stage_paths, tiny_config
+from conftest import (
+    EVERYWHERE,
+    EVERYWHERE_KILLS,
+    TINY,
+    assert_one_error_line,
+    dataset_files,
+    run_cli,
+    run_main,
+    stage_paths,
+    tiny_config,
+)
+from pipeline.artifacts import MARKER
 
 STAGES = ["sample_space", "spmcmc", "preferences", "finetune", "evaluate"]
 
@@ -64,3 +77,45 @@ def test_no_network_is_needed(tmp_path):
 
 def test_trust_remote_code_is_off_by_default():
     assert tiny_config("x").model.trust_remote_code is False
+
+
+def adapter_weights(out: Path) -> dict:
+    return load_file(str(stage_paths(out)["finetune"] / "adapter" / "adapter_model.safetensors"))
+
+
+def test_a_checkpoint_cut_short_is_set_aside_and_the_one_before_resumed(finished, killed, tmp_path):
+    """Killed after its second checkpoint; that checkpoint's trainer_state.json is then lost (what a full disk
+    leaves): the resume removes it, says so, resumes from checkpoint-1 and ends with the uninterrupted adapter."""
+    out = killed.copy(EVERYWHERE, EVERYWHERE_KILLS, tmp_path / "out")
+    (state,) = out.glob("finetune/*.partial/_state/dpo/checkpoint-2/trainer_state.json")
+    state.unlink()
+    proc = run_main(*EVERYWHERE, f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint-2 was not written to the end" in proc.stdout and "checkpoint-1" in proc.stdout
+    a, b = adapter_weights(out), adapter_weights(finished(*EVERYWHERE))
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in b)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_in_one_line_and_resumes_once_space_is_freed(finished, tmp_path):
+    """The real command on a 3 MB tmpfs: the finetune checkpoint does not fit. One error line naming the folder,
+    nothing marked complete that is not; copied to a disk with room, the same command finishes the run, with the
+    artifacts of an uninterrupted one."""
+    small, args = tmp_path / "small", [*TINY, "stages=[sample_space,spmcmc,preferences,finetune]"]
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a 3 MB tmpfs here (needs root): the full disk is not simulated")
+    try:
+        proc = run_cli(*args, f"output_dir={small / 'out'}")
+        shutil.copytree(small / "out", tmp_path / "freed", ignore=shutil.ignore_patterns(".lock"))
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert_one_error_line(proc, f"no space left on the device that holds {small / 'out'}")
+    assert not list((tmp_path / "freed" / "finetune").glob(f"*/{MARKER}"))
+    resumed = run_main(*args, f"output_dir={tmp_path / 'freed'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, ref = stage_paths(tmp_path / "freed"), stage_paths(finished(*TINY))
+    for stage in ("sample_space", "spmcmc", "preferences"):
+        assert dataset_files(got[stage]) == dataset_files(ref[stage]), stage
+    a, b = adapter_weights(tmp_path / "freed"), adapter_weights(finished(*TINY))
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in b)

@@ -132,17 +132,49 @@ def training_args(cfg: Config, out: Path, device: str, epochs: float) -> dict:
                 gradient_accumulation_steps=fc.gradient_accumulation_steps, learning_rate=fc.learning_rate,
                 num_train_epochs=epochs, max_length=fc.max_length, seed=fc.seed, data_seed=fc.seed,
                 logging_steps=1, save_strategy="steps", save_steps=fc.save_steps, save_total_limit=2,
-                gradient_checkpointing=False, report_to=["wandb"] if tracking.active() else "none",
-                dataloader_num_workers=0, **precision_args(device))
+                report_to=["wandb"] if tracking.active() else "none", dataloader_num_workers=0,
+                **no_checkpointing(), **precision_args(device))
+
+
+def no_checkpointing() -> dict:
+    """Activation checkpointing off (trades compute for memory; LoRA on these sizes does not need it), under the name
+    the installed transformers reads: `activation_checkpointing` since 5.25, where `gradient_checkpointing` warns."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
 
 
 def _train(trainer, out: Path) -> None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    last = last_complete_checkpoint(out)
     if last:
         print(f"[finetune] resuming from {last}", flush=True)
     trainer.train(resume_from_checkpoint=last)
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint-N in `out` that was written to the end: trainer_state.json readable and the adapter
+    weights present. A save cut short (a full disk, a kill while writing) is set aside, said in one line, and the one
+    before it used; the Trainer's own get_last_checkpoint would pick the cut one and fail on every resume."""
+    import json
+    import re
+    import shutil
+
+    found = sorted((int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete = any(path.glob("adapter_model.*")) or any(path.glob("model*.safetensors"))
+        except (OSError, ValueError):
+            complete = False
+        if complete:
+            return str(path)
+        print(f"[finetune] {path.name} was not written to the end (a full disk or a kill while saving): removed, "
+              "resuming from the one before", flush=True)
+        shutil.rmtree(path, ignore_errors=True)  # else the Trainer's rotation and the next resume trip over it
+    return None
 
 
 def sft_warmup(cfg: Config, model, tok, sft, workdir: Path, device: str):
