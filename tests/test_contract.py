@@ -52,3 +52,17 @@ def test_settings_name_every_section_a_stage_reads(tmp_path, monkeypatch):
     paths = stage_paths(tmp_path)
     for module in (sample_space, spmcmc, preferences, finetune):  # the summaries other modules read
         assert_shape(json.loads((paths[module.NAME] / "summary.json").read_text()), module.Summary, module.NAME)
+
+
+
+@pytest.mark.parametrize("kind", [FutureWarning, DeprecationWarning])
+def test_a_deprecation_at_a_project_call_site_fails_the_suite(kind):
+    """pyproject's filterwarnings: a FutureWarning or DeprecationWarning attributed to a pipeline module is an error;
+    one a library raises at its own call site is not (the module the warning is attributed to decides)."""
+    def warn_from(module: str) -> None:
+        code = compile(f"import warnings\nwarnings.warn('old name', {kind.__name__})", f"{module}.py", "exec")
+        exec(code, {"__name__": module})
+
+    with pytest.raises(kind, match="old name"):
+        warn_from("pipeline.example")
+    warn_from("trl.example")  # ignored: not ours
