@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import regex
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
 STAGES = ("sample_space", "spmcmc", "preferences", "finetune", "evaluate")
@@ -145,8 +147,8 @@ class SampleSpaceConfig(Section):
                  "needs sample_space.extra_path")
         for pattern in self.preamble_patterns:
             try:
-                re.compile(pattern)
-            except re.error as e:
+                regex.compile(pattern, regex.V0)  # the engine that runs it (pipeline/user_patterns.py)
+            except regex.error as e:
                 raise ConfigError(f"sample_space.preamble_patterns: {pattern!r} is not a valid regex ({e})") from None
 
 
@@ -297,8 +299,8 @@ class ConfoundsConfig(Section):
                      f"{item!r} must be name=regex with a name of letters, digits and _, e.g. question=[?]$")
             _require(name not in names, "confounds.formats", f"the name {name!r} is used twice or is a built-in feature")
             try:
-                re.compile(pattern)
-            except re.error as e:
+                regex.compile(pattern, regex.V0)
+            except regex.error as e:
                 raise ConfigError(f"confounds.formats: {pattern!r} is not a valid regex ({e})") from None
             names.append(name)
         twice = [v for k, v in enumerate(self.control) if v in self.control[:k]]
@@ -511,6 +513,9 @@ class Config:
         _require(self.rounds.count == 1 or not loop, "stages", f"rounds.count={self.rounds.count} runs "
                  f"{', '.join(STAGES[:4])} in every round; add {', '.join(loop)}: "
                  f"stages=[{','.join(s for s in STAGES if s in self.stages or s in loop)}]")
+        _require(not (self.preferences.control and self.judge.kind == "model") or len(self.confounds.control) > 0,
+                 "preferences.control", "true needs confounds to hold fixed, but confounds.control is empty; name "
+                 "them (e.g. confounds.control=[length,logprob]) or set preferences.control=false")
         if self.spmcmc.flat_w is None:  # the filter the flat stop protects
             self.spmcmc.flat_w = self.preferences.min_confidence
         if not self.output_dir and self.recipe != "???":

@@ -23,7 +23,6 @@ Control     s split into what the controlled confounds predict and the rest: s =
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +56,11 @@ def candidate_features(texts: list[str], n_tokens=None, sum_logprob=None, mean_l
         if values is not None and None not in list(values):
             v = np.asarray(values, dtype=float)
             out[name] = transform(v) if transform else v
+    from pipeline import user_patterns
+
     for name, pattern in parse_formats(formats):
-        rx = re.compile(pattern)
-        out[name] = np.array([1.0 if rx.search(t) else 0.0 for t in texts])
+        rx = user_patterns.compiled(pattern)
+        out[name] = np.array([1.0 if user_patterns.search(rx, t, "confounds.formats") else 0.0 for t in texts])
     return out
 
 

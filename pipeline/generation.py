@@ -12,12 +12,14 @@ QUOTES = "\"'“”‘’"
 
 def normalise(text: str, patterns: list[str]) -> str:
     """Collapse whitespace, strip preambles ("Sure! Here's a joke:") and surrounding quotes."""
-    compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
+    from pipeline import user_patterns
+
+    compiled = [user_patterns.compiled(p, user_patterns.regex.IGNORECASE) for p in patterns]
     t = " ".join(text.split())
     while True:  # preambles nest ("Sure! Here's one:"), so strip until nothing changes
         before = t
         for p in compiled:
-            t = p.sub("", t, count=1).strip()
+            t = user_patterns.sub_once(p, t, "sample_space.preamble_patterns").strip()
         inner = t[1:-1]
         if len(t) >= 2 and t[0] in QUOTES and t[-1] in QUOTES and not any(q in inner for q in QUOTES):
             t = inner.strip()

@@ -52,6 +52,8 @@ CONFIG_CASES = [
     ("format without name", lambda t: TINY + ['confounds.formats=["[?]$"]'], "must be name=regex"),
     ("format bad regex", lambda t: TINY + ['confounds.formats=["q=("]'], "'(' is not a valid regex"),
     ("format shadows a confound", lambda t: TINY + ['confounds.formats=["length=x"]'], "is a built-in feature"),
+    ("control without confounds", lambda t: TINY + ["confounds.control=[]", "preferences.control=true"],
+     "preferences.control: true needs confounds to hold fixed, but confounds.control is empty"),
     ("control with another score", lambda t: TINY + ["preferences.control=true", "preferences.score=bt"],
      "keep preferences.score=auto"),
     ("matching without control", lambda t: TINY + ["preferences.max_confound_gap=1"], "needs preferences.control=true"),
@@ -71,6 +73,12 @@ def test_config_mistakes(tmp_path, name, args, message):
 def one_candidate_pool(tmp_path):
     pool = tmp_path / "one.csv"
     pool.write_text("text\nOnly one joke here.\n")
+    return [f"sample_space.extra_path={pool}", "sample_space.only_extra=true"]
+
+
+def backtracking_pool(tmp_path):
+    """Answers on which a nested repetition backtracks for minutes: 40-42 a's and a character it cannot match."""
+    pool = write(tmp_path / "aaa.csv", "text\n" + "\n".join("a" * n + "!" for n in (40, 41, 42)) + "\n")
     return [f"sample_space.extra_path={pool}", "sample_space.only_extra=true"]
 
 
@@ -104,6 +112,9 @@ STAGE_CASES = [
     ("one candidate", lambda t, m: one_candidate_pool(t), "needs at least 2 candidates", "spmcmc"),
     ("ratings file missing", lambda t, m: ["stages=[evaluate]", "evaluate.human_ratings=/nowhere.csv"],
      "does not exist", "evaluate"),
+    ("format regex that backtracks", lambda t, m: [*backtracking_pool(t), 'confounds.formats=["evil=(a|aa)+$"]',
+                                                    "stages=[sample_space,spmcmc]"],
+     "confounds.formats: the pattern '(a|aa)+$' took over 1 s on one answer", "spmcmc"),
 ]
 
 
@@ -113,3 +124,13 @@ def test_stage_mistakes(tmp_path, tiny_model_dir, name, args, message, stage):
     line = assert_one_error_line(proc, message)
     assert "max_new_tokens" not in line or name == "empty sample space"
     assert not list((tmp_path / "out" / stage).glob(f"*/{MARKER}"))
+
+
+def test_a_preamble_pattern_that_backtracks_stops_in_one_line():
+    """Generated answers go through sample_space.preamble_patterns (the extra pool's do not): the same bound."""
+    from pipeline.config import UserError
+    from pipeline.generation import normalise
+
+    with pytest.raises(UserError, match=r"sample_space.preamble_patterns: the pattern '\(a\|aa\)\+\$' took over 1 s"):
+        normalise("a" * 40 + "!", ["(a|aa)+$"])
+    assert normalise("Sure! Here's one: a joke", [r"^sure!? here'?s (one|a joke):?"]) == "a joke"
