@@ -31,6 +31,8 @@ def function_file(spec: str) -> Path:
     target = spec.rsplit(":", 1)[0]
     if target.endswith(".py"):
         path = Path(target).expanduser()
+        if path.is_dir():
+            raise RewardFunctionError(f"judge.function: {target!r} is a directory, not a file; give FILE.py:NAME")
         if not path.is_file():
             raise RewardFunctionError(f"judge.function: file {target!r} does not exist")
         return path
@@ -45,7 +47,42 @@ def function_file(spec: str) -> Path:
 
 @functools.lru_cache(maxsize=64)
 def function_sha(spec: str) -> str:
-    return hashlib.sha256(function_file(spec).read_bytes()).hexdigest()[:16]
+    """The content of the function's file and of the local modules it imports, transitively: a helper edited next
+    to the reward file changes the rewards, so it must change the fingerprint too."""
+    digest = hashlib.sha256()
+    for path in [function_file(spec), *local_imports(function_file(spec))]:
+        digest.update(str(path.name).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def local_imports(path: Path, seen: set | None = None) -> list[Path]:
+    """The modules `path` imports that are files beside it (`import helper`, `from . import helper`, `from pkg.mod
+    import x` with pkg/ beside it), and theirs, in a stable order. Installed packages and the standard library are
+    versioned by their installers and left out; so is anything imported dynamically (importlib, __import__)."""
+    import ast
+
+    seen = seen if seen is not None else {path.resolve()}
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except SyntaxError:
+        return []  # loading it says what is wrong
+    found = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] + [f"{node.module}.{a.name}" if node.module else a.name for a in node.names]
+                 if isinstance(node, ast.ImportFrom) else [])
+        base = path.parent
+        if isinstance(node, ast.ImportFrom) and node.level > 1:
+            base = path.parents[node.level - 1] if len(path.parents) >= node.level else path.parent
+        for name in filter(None, names):
+            parts = name.split(".")
+            for candidate in [c for k in range(1, len(parts) + 1)  # a package's __init__ runs on import too
+                              for c in (base.joinpath(*parts[:k]).with_suffix(".py"), base.joinpath(*parts[:k], "__init__.py"))]:
+                resolved = candidate.resolve()
+                if candidate.is_file() and resolved not in seen:
+                    seen.add(resolved)
+                    found += [candidate, *local_imports(candidate, seen)]
+    return found
 
 
 def load_reward_function(spec: str):
@@ -78,6 +115,9 @@ def rewards(fn, spec: str, prompts: list[str], completions: list[str]) -> np.nda
     except Exception as e:  # the user's function failed: say where, in one line
         raise RewardFunctionError(f"judge.function {spec} raised {type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else '(no message)'}") from None
+    if isinstance(out, (str, bytes, dict)) or hasattr(out, "keys"):  # iterating these gives keys or characters
+        raise RewardFunctionError(f"judge.function {spec} must return a list of numbers, one per completion, got "
+                                  f"{type(out).__name__}: {str(out)[:80]}")
     try:
         values = [float(v) for v in out]
     except (TypeError, ValueError):

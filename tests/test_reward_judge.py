@@ -48,6 +48,31 @@ def test_a_reward_function_file_enters_the_fingerprint(tmp_path):
     assert not np.allclose(p1, p2)
 
 
+def test_a_helper_module_beside_the_reward_file_enters_the_fingerprint(tmp_path):
+    """Editing a local module that the reward file imports (transitively, by plain or relative import) changes the
+    judge's key; installed packages do not enter it."""
+    from pipeline.reward_judge import function_sha, local_imports
+
+    (tmp_path / "pkg").mkdir()
+    write(tmp_path / "pkg" / "__init__.py", "")
+    write(tmp_path / "pkg" / "deep.py", "SCALE = 1\n")
+    write(tmp_path / "helper.py", "from pkg.deep import SCALE\ndef score(c):\n    return -SCALE * len(c)\n")
+    fn = write(tmp_path / "reward.py", "import numpy\nimport helper\ndef f(prompts, completions, **kw):\n"
+                                         "    return [helper.score(c) for c in completions]\n")
+    assert {p.name for p in local_imports(fn)} == {"helper.py", "__init__.py", "deep.py"}
+    before = function_sha(f"{fn}:f")
+    write(tmp_path / "pkg" / "deep.py", "SCALE = 2\n")
+    function_sha.cache_clear()  # a new process: the fingerprint is computed afresh per run
+    assert function_sha(f"{fn}:f") != before
+
+
+def test_a_directory_named_as_the_reward_file_is_said_to_be_one(tmp_path):
+    (tmp_path / "rewards.py").mkdir()
+    proc = run_main("recipe=tiny", f"output_dir={tmp_path / 'out'}", "stages=[sample_space,spmcmc]", "judge.kind=function",
+                    f"judge.function={tmp_path / 'rewards.py'}:f")
+    assert_one_error_line(proc, "is a directory, not a file; give FILE.py:NAME")
+
+
 def test_another_model_judges(tmp_path, tiny_model_dir, finished):
     """Two tiny models: the policy writes, a second model (other random weights) judges."""
     import torch
@@ -83,6 +108,10 @@ BAD_FUNCTIONS = [
     ("nan", "def f(prompts, completions, **kw):\n    return [float('nan')] * len(completions)\n", "rewards must be finite"),
     ("not numbers", "def f(prompts, completions, **kw):\n    return ['good'] * len(completions)\n",
      "must return a list of numbers"),
+    ("a mapping", "def f(prompts, completions, **kw):\n    return {i: 1.0 for i in range(len(completions))}\n",
+     "must return a list of numbers, one per completion, got dict"),
+    ("a string", "def f(prompts, completions, **kw):\n    return '1' * len(completions)\n",
+     "must return a list of numbers, one per completion, got str"),
     ("import error", "import no_such_module_here\ndef f(prompts, completions, **kw):\n    return []\n",
      "importing"),
     ("missing name", "def g(prompts, completions, **kw):\n    return []\n", "has no 'f'; its callables are ['g']"),
