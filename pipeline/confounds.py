@@ -345,6 +345,14 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
     return summary, (p, se), pool
 
 
+def controlled_for(ctrl: dict) -> str:
+    """'length, evil' as held fixed, naming any controlled confound dropped because it is the same for every answer
+    (a format that matches all or none of them): it explains nothing, so nothing is held fixed for it."""
+    held, dropped = ", ".join(ctrl["control"]) or "nothing", ctrl.get("constant") or []
+    return held + (f" ({', '.join(dropped)} dropped: the same for every answer"
+                   + (" of some prompt" if ctrl.get("prompts") else "") + ", it explains nothing)" if dropped else "")
+
+
 def pooled_explained(pools: list[dict]) -> dict:
     """R^2 of the strengths on the confounds within prompts: each prompt's strengths centred and its confounds
     z-scored (0 where one is constant in a prompt), stacked, one regression."""

@@ -287,7 +287,9 @@ def confound_section(c: dict | None, pooled: bool) -> list[str]:
     if pooled:
         st = {"mean_abs_w_minus_half": st["mean"], "ci_low": st["ci_low"], "ci_high": st["ci_high"]}
     cons = ctrl["consistency"] or {}
-    lines += [f"- **controlled preference** (holding {', '.join(ctrl['control'])} fixed: the strengths minus what those "
+    from pipeline.confounds import controlled_for
+
+    lines += [f"- **controlled preference** (holding {controlled_for(ctrl)} fixed: the strengths minus what those "
               "confounds predict): strength mean |W − ½| "
               f"**{number(st['mean_abs_w_minus_half'], '.4f')}** [{number(st['ci_low'], '.4f')}, {number(st['ci_high'], '.4f')}] "
               f"against {number(raw.get('mean_abs_w_minus_half'), '.4f')} [{number(raw.get('ci_low'), '.4f')}, "

@@ -168,3 +168,20 @@ def test_pooled_r2_within_prompts_keeps_a_confound_constant_in_some_prompts():
         pools.append({"s": s, "x": x, "names": names})
     out = confounds.pooled_explained(pools)
     assert out["names"] == ["length", "question"] and out["r2"] > 0.99
+
+
+def test_a_constant_format_feature_is_named_where_it_was_dropped(tmp_path, capsys):
+    """A controlled format that matches no answer explains nothing and is dropped: the lines say which and why,
+    never "controlled for :" with an empty list."""
+    import json
+
+    from conftest import tiny_config
+    from pipeline.simulate import fake_spmcmc
+
+    cfg = tiny_config(tmp_path, 'confounds.formats=["never=^zzzz_never$"]', "confounds.control=[never]")
+    fake_spmcmc(tmp_path, cfg, n=12)
+    out = capsys.readouterr().out
+    assert "controlled for nothing (never dropped: the same for every answer, it explains nothing)" in out, out
+    assert "controlled for :" not in out
+    summary = json.loads((tmp_path / "spmcmc" / "summary.json").read_text())
+    assert summary["confounds"]["controlled"]["constant"] == ["never"]

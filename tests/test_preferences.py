@@ -190,6 +190,9 @@ def test_control_takes_length_out_of_the_pairs_and_keeps_the_judges_choice(tmp_p
         assert raw_w == pytest.approx(0.5 * (judge(a, b) + 1 - judge(b, a)))
         assert w > 0.5
     assert np.mean(rows["raw_confidence"]) < np.mean(rows["confidence"])  # the raw W carries the length bias against them
+    with pytest.raises(preferences.NoPairs, match=r"the confound-gap filter \(preferences.max_confound_gap=1e-09\) "
+                                                  r"removed all \d+ candidate train pairs: none is matched within"):
+        run_stage(tmp_path / "tight", *common, "preferences.control=true", "preferences.max_confound_gap=1e-9", **fake)
     matched = run_stage(tmp_path / "m", *common, "preferences.control=true", "preferences.max_confound_gap=0.5", **fake)
     z = np.log([len(t) for t in texts])
     z = (z - z.mean()) / z.std()

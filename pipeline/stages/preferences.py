@@ -334,10 +334,10 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     gate, left_out = strengths.passing([p["prompt_id"] for p in prompts], pc.alpha) if control else (None, {})
     if gate is not None and not gate & set(train):
         raise NoPairs(_no_preference_left(pc, left_out, list(cfg.confounds.control)))
-    splits, picked = {}, {}
+    splits, picked, unmatched = {}, {}, {"train": 0, "test": 0}
     for name, part in (("train", train), ("test", test)):
         per = {pid: select_pairs(_matched(candidate_pairs(ids, strengths.ranking(pid, score), pc, rng), strengths, pid,
-                                          pc, control), evidence, pc)
+                                          pc, control, unmatched, name), evidence, pc)
                if gate is None or pid in gate else {"unfiltered": [], "kept": [], "measured": []}
                for pid, ids in part.items()}
         picked[name] = {k: [p for r in per.values() for p in r[k]] for k in ("unfiltered", "kept", "measured")}
@@ -346,7 +346,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         splits[name] = Dataset.from_dict({k: [v for row in rows for v in row[k]] for k in _PAIR_COLUMNS})
     train_ids = [i for ids in train.values() for i in ids]
     if splits["train"].num_rows == 0:
-        raise NoPairs(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence, spmcmc))
+        raise NoPairs(_no_pairs_message(pc, train_ids, cands.num_rows, score, picked["train"], evidence, spmcmc,
+                                        unmatched["train"], list(cfg.confounds.control)))
     sft = [(pid, i) for pid, ids in train.items() for i in sft_targets(ids, score, pc, rng)]
     splits["sft"] = Dataset.from_dict({"prompt": [message[pid] for pid, _ in sft],
                                        "completion": [_messages("assistant", text[i]) for _, i in sft],
@@ -419,11 +420,14 @@ def _with_column(prompts: list[dict], cands, column: str, pc: PreferencesConfig,
 
 
 def _matched(ranked: list[tuple[int, int]], strengths: Strengths, prompt_id: str, pc: PreferencesConfig,
-             control: bool) -> list:
-    """With control and preferences.max_confound_gap > 0: only pairs matched on the controlled confounds."""
+             control: bool, unmatched: dict, split: str) -> list:
+    """With control and preferences.max_confound_gap > 0: only pairs matched on the controlled confounds (the others
+    are counted in unmatched[split])."""
     if not (control and pc.max_confound_gap > 0):
         return ranked
-    return [p for p in ranked if strengths.confound_gap(prompt_id, *p) <= pc.max_confound_gap]
+    kept = [p for p in ranked if strengths.confound_gap(prompt_id, *p) <= pc.max_confound_gap]
+    unmatched[split] += len(ranked) - len(kept)
+    return kept
 
 
 def composition(train, cands) -> dict:
@@ -462,7 +466,7 @@ _PAIR_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_id", "reje
 
 
 def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score: dict, picked: dict,
-                      evidence: Evidence, spmcmc) -> str:
+                      evidence: Evidence, spmcmc, unmatched: int, control: list[str]) -> str:
     if len(train_ids) < 2:
         return (f"preferences.test_fraction={pc.test_fraction} leaves {len(train_ids)} of {n} candidates for training; "
                 "lower preferences.test_fraction")
@@ -470,6 +474,10 @@ def _no_pairs_message(pc: PreferencesConfig, train_ids: list[int], n: int, score
         return (f"all {len(train_ids)} train candidates have the same {pc.score} score: the model showed no "
                 "preference; measure more (spmcmc.budget) or use another preferences.score")
     if not picked["measured"]:
+        if unmatched:
+            return (f"the confound-gap filter (preferences.max_confound_gap={pc.max_confound_gap}) removed all "
+                    f"{unmatched} candidate train pairs: none is matched within {pc.max_confound_gap} SD on "
+                    f"{', '.join(control)}; raise it, or set 0 to build pairs without matching")
         if pc.strategy == "margin":
             return (f"no train pair reaches preferences.min_ratio={pc.min_ratio}; lower it or use "
                     "preferences.strategy=top_vs_bottom")

@@ -475,6 +475,7 @@ def _run_confounds(done: list[dict]) -> dict:
     if ctrl:
         out["controlled"] = {
             "control": ctrl[0]["control"], "prompts": len(ctrl),
+            "constant": sorted({k for c in ctrl for k in c.get("constant") or []}),
             "strength": t(c["strength"]["mean_abs_w_minus_half"] for c in ctrl),
             "consistency": t((c["consistency"] or {}).get("consistency") for c in ctrl),
             # a p that underflows to 0.0 is the strongest rejection; a judge that never disagreed with the GLM
@@ -681,7 +682,7 @@ def _run_confound_lines(c: dict) -> list[str]:
              f"confounds explain R² = {number(ex['r2'], '.2f')} (adjusted {number(ex['r2_adjusted'], '.2f')}) of the "
              f"judge's strengths within prompts; the greedy answer's mean rank {number(c['greedy_rank_mean'], '.1f')}"]
     if ctrl:
-        lines.append(f"controlled for {', '.join(ctrl['control'])}: strength {number(ctrl['strength']['mean'], '.4f')} "
+        lines.append(f"controlled for {confounds.controlled_for(ctrl)}: strength {number(ctrl['strength']['mean'], '.4f')} "
                      f"(raw {number(c['raw_strength']['mean'], '.4f')}), consistency "
                      f"{number(ctrl['consistency']['mean'], '.2f')}; a preference is left (Wald p < 0.05) in "
                      f"{wald_prompts(ctrl)}")
@@ -717,7 +718,7 @@ def _confound_lines(c: dict) -> list[str]:
     ctrl = c["controlled"]
     if ctrl:
         st = ctrl["strength"]
-        lines.append(f"controlled for {', '.join(ctrl['control'])}: strength mean |W - 1/2| = "
+        lines.append(f"controlled for {confounds.controlled_for(ctrl)}: strength mean |W - 1/2| = "
                      f"{number(st['mean_abs_w_minus_half'], '.4f')} [{number(st['ci_low'], '.4f')}, "
                      f"{number(st['ci_high'], '.4f')}] (raw {number(raw, '.4f')}), consistency "
                      f"{number((ctrl['consistency'] or {}).get('consistency'), '.2f')}"
