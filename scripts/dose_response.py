@@ -25,9 +25,31 @@ def run(recipe: str, out: str, lr: str, epochs: str, beta: str, extra: list[str]
            f"finetune.learning_rate={lr}", f"finetune.num_epochs={epochs}", f"finetune.beta={beta}", *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        fail(errors[-1][len("error: "):] if errors else f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     manifest = json.loads((Path(out) / "manifest.json").read_text())
     return json.loads((Path(out) / manifest["stages"]["evaluate"]["path"] / "summary.json").read_text())
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, str, str]]:
+    """Every --grid item as (lr, epochs, beta), checked before any run: a bad item stops here in one line, not
+    after the items before it have trained."""
+    grid = []
+    for item in items:
+        parts = item.split(":")
+        try:
+            ok = len(parts) == 3 and float(parts[0]) > 0 and float(parts[1]) > 0 and float(parts[2]) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            fail(f"--grid item {item!r} must be lr:epochs:beta, three positive numbers, e.g. 5e-4:2:0.1")
+        grid.append(tuple(parts))
+    return grid
 
 
 def cell(v, spec=".3f") -> str:
@@ -41,11 +63,12 @@ def main() -> None:
     ap.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), help="lr:epochs:beta items")
     ap.add_argument("extra", nargs="*", help="more key=value settings for every run")
     args = ap.parse_args()
+    args.out = str(Path(args.out).expanduser().resolve())  # the runs start in the repo; --out is read from here
+    grid = parse_grid(args.grid)
     print("| learning rate | epochs | beta | optimiser steps | win rate [95% CI] | ceiling (BoN-8) | headroom share "
           "[95% CI] | KL (nats) | length tuned / base | distinct answers |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for item in args.grid:
-        lr, epochs, beta = item.split(":")
+    for lr, epochs, beta in grid:
         s = run(args.recipe, args.out, lr, epochs, beta, args.extra)
         y = s["yardstick"]
         steps = s["upstream"].get("finetune", {}).get("optimizer_steps")
