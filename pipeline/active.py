@@ -162,6 +162,14 @@ def run_design(designs: list[PromptDesign], probs: dict, ask, sc) -> dict:
     flat_w = sc.flat_w if sc.flat_w is not None else PreferencesConfig().min_confidence
     for d in designs:
         d.edges = design_graph(d.n, MIN_DEGREE, sc.seed * 1_000_003 + d.lo)  # two cycles: see the module docstring
+    start = sum(2 * len(d.edges) for d in designs)
+    if start > total:
+        from pipeline.artifacts import StageError
+
+        raise StageError(f"spmcmc.budget={sc.budget} per prompt ({total} for {len(designs)} prompt(s)) is below the "
+                         f"active design's starting graph, {start} comparisons (each candidate compared with "
+                         f"{MIN_DEGREE} others, both orders, so that every strength is estimable); raise spmcmc.budget "
+                         f"to at least {-(-start // len(designs))}")
     ask([p for d in designs for p in d.comparisons()])
     rounds = 0
     while True:

@@ -260,6 +260,7 @@ class SpmcmcConfig(Section):
     def validate(self):
         _require(self.num_chains >= 1, "spmcmc.num_chains", "must be >= 1")
         _require(self.iterations >= 1, "spmcmc.iterations", "must be >= 1")
+        _require(self.budget >= 1, "spmcmc.budget", "must be >= 1 (judge comparisons per prompt)")
         _require(0 <= self.burn_in < self.iterations, "spmcmc.burn_in",
                  f"{self.burn_in} must be >= 0 and < spmcmc.iterations ({self.iterations})")
         _require(self.thin >= 1, "spmcmc.thin", "must be >= 1")

@@ -157,9 +157,10 @@ def length_controlled(w: list[float], d_length: list[float], d_logp: list[float]
 
 
 def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_logp: float | None,
-              single_query: bool) -> dict:
-    """The yardstick over the evaluation prompts: t intervals over prompts; for one query, the two-sample interval
-    over the tuned answers and the base answers they meet (metrics.two_sample_ci)."""
+              single_query: bool, prompt_set: bool = False) -> dict:
+    """The yardstick over the evaluation prompts: t intervals over prompts; for one query (or a prompt set with one
+    held-out prompt, `prompt_set`), the two-sample interval over the tuned answers and the base answers they meet
+    (metrics.two_sample_ci)."""
     if single_query:
         win = two_sample_ci(rows[0]["per_answer"], rows[0]["per_reference"])
         null = two_sample_ci(rows[0]["fresh_per_answer"], rows[0]["fresh_per_reference"])
@@ -169,7 +170,7 @@ def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_lo
     ceilings = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]
                 if k.startswith("ceiling_") and k[8:].isdigit() and all(k in r for r in rows)}
     out = {"win_rate": win["mean"], "win_rate_ci": [win["ci_low"], win["ci_high"]],
-           "win_rate_units": "tuned answers (against as many base answers) to the one query" if single_query
+           "win_rate_units": f"tuned answers (against as many base answers) to {_one(prompt_set)}" if single_query
            else "prompts", "n_units": win["n"],
            "ceiling": ceilings.get("ceiling_8"), "ceilings": ceilings, "headroom_share": None,
            "headroom_share_ci": [None, None], "base_fresh_win_rate": null,
@@ -179,7 +180,7 @@ def summarise(rows: list[dict], lc: dict, kl: dict, tuned_chars: float, tuned_lo
     h = headroom(*_with_variances(rows, win, single_query))
     out["headroom_share"], out["headroom_share_ci"] = h["mean"], [h["ci_low"], h["ci_high"]]
     out["headroom_share_unbounded"] = h["unbounded"]
-    out["warnings"] = _warnings(out, single_query)
+    out["warnings"] = _warnings(out, single_query, prompt_set)
     return out
 
 
@@ -203,9 +204,16 @@ def _with_variances(rows: list[dict], win: dict, single_query: bool) -> tuple[di
             {"mean": float(c.mean()), "var": float(cov[1, 1]), "cov": float(cov[0, 1]), "df": len(rows) - 1})
 
 
-def _warnings(s: dict, single_query: bool) -> list[str]:
+def _one(prompt_set: bool) -> str:
+    return "the one held-out prompt" if prompt_set else "the one query"
+
+
+def _warnings(s: dict, single_query: bool, prompt_set: bool = False) -> list[str]:
     out = []
-    if single_query:
+    if single_query and prompt_set:
+        out.append("one held-out prompt: the win rate's interval is over the answers to it and says nothing about "
+                   "other prompts; hold out more (preferences.test_fraction) to measure generalisation")
+    elif single_query:
         out.append("one query: the win rate's interval is over the answers to it and says nothing about other "
                    "prompts; a prompt set with held-out prompts measures generalisation")
     elif s["prompts"] < MIN_PROMPTS:
@@ -323,7 +331,7 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
     rows = [_prompt_row(p, pool, i, judge.probs, cfg.sample_space.num_samples) for p, pool, i in zip(prompts, pools, ids)]
     summary = summarise(rows, _lc(pools, ids, judge.probs, answers, logp_base), kl_estimates(
         np.concatenate(logp_tuned), np.concatenate(logp_base_raw)), float(np.mean([len(t) for a in tuned for t in a])),
-        float(np.mean(np.concatenate(logp_base))), len(prompts) == 1)
+        float(np.mean(np.concatenate(logp_base))), len(prompts) == 1, cfg.sample_space.query is None)
     summary["tuned_diversity"] = float(np.mean([len(set(a)) / len(a) for a in tuned]))  # distinct answers per prompt
     summary["base_diversity"] = float(np.mean([len(set(a)) / len(a) for a in answers["base"]]))
     if "previous" in answers:

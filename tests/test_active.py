@@ -102,6 +102,20 @@ def test_a_run_killed_mid_design_replays_from_its_cache_to_the_same_design():
     assert killed.calls + resumed.calls == full.calls  # nothing judged twice
 
 
+def test_a_budget_below_the_starting_graph_is_refused_not_silently_exceeded():
+    from pipeline.artifacts import StageError
+    from pipeline.config import ConfigError
+
+    judge = judge_of(np.zeros(12))
+    with pytest.raises(StageError, match=r"spmcmc.budget=20 per prompt \(20 for 1 prompt\(s\)\) is below the active "
+                                         r"design's starting graph, (\d+) comparisons.*raise spmcmc.budget to at least"):
+        design(judge, 12, budget=20)
+    _, d, figures = design(judge, 12, budget=4 * MIN_DEGREE * 12)
+    assert figures["comparisons"] <= figures["budget"]
+    with pytest.raises(ConfigError, match="spmcmc.budget: must be >= 1"):
+        SpmcmcConfig(mode="active", budget=0).validate()
+
+
 def test_the_active_estimate_uses_only_the_design_and_has_a_consistency():
     n = 30
     judge = judge_of(np.random.default_rng(6).normal(size=n), noise_sd=0.3)
@@ -122,4 +136,5 @@ def test_the_active_design_resumes_to_the_same_artifact(tmp_path, finished, kill
     # the starting graph is ~10 chunks of 16; the 12th is in the rounds that follow it
     summary, computed = design_resumes(tmp_path, finished, killed, args, "spmcmc.design_chunk:12")
     assert summary["mode"] == "active" and summary["active"]["stop"] == "budget"
+    assert summary["active"]["budget"] == 260 and summary["active"]["rounds"] >= 1  # the keys the README promises
     assert computed == summary["design_comparisons"] == summary["judge_calls"] > 200  # nothing judged twice

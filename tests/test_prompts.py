@@ -64,6 +64,11 @@ def test_three_prompts_run_end_to_end(three_prompts):
     assert "## Did the policy improve? The win rate and its yardstick" in report and "Per prompt (3 prompts" in report
     summary = json.loads((paths["evaluate"] / "summary.json").read_text())
     assert summary["win_rate"] is not None and "headroom_share" in summary
+    # one held-out prompt: the interval is over its answers, and it is called what it is, not "the one query"
+    yardstick = summary["yardstick"]
+    assert yardstick["win_rate_units"].endswith("to the one held-out prompt")
+    assert any(w.startswith("one held-out prompt:") for w in yardstick["warnings"])
+    assert yardstick["ceiling"] is None  # 3 reference answers cannot support a best-of-8 ceiling
     # 3 reference answers cannot support a best of 8 (it needs 9: 8 in the contest, one outside to face)
     assert summary["ceiling"] is None and any("no best-of-8 ceiling" in w for w in summary["yardstick"]["warnings"])
 

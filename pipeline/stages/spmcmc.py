@@ -331,6 +331,8 @@ def summarise(cfg: Config, space, groups: list[Group], plans: dict, trace: dict 
     rows = [_prompt_row(g, r, names) for g, r in zip(groups, results)]
     if len(groups) == 1:
         summary = {**results[0]["summary"], "n_prompts": 1, "per_prompt": rows}
+        if adaptive and summary.get("active") is not None:  # the run's figures (rounds, budget, stops) beside its own
+            summary["active"] = {**{k: v for k, v in adaptive.items() if k != "per_prompt"}, **summary["active"]}
         r = results[0]
         plots = estimate_plots(workdir, space["text"], r["est"], r["score"], r["states"])
         plots.append(confound_plot(workdir, confounds.features_of(space[:], cfg.confounds.formats), r["est"][r["score"]][0],
