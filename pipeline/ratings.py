@@ -11,6 +11,8 @@ grouped by prompt and every evaluator is scored within each prompt (pipeline/wit
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def load_ratings(spec: str) -> Ratings:
     if spec == "caption_contests":
         return _captions()
     frame = read_table(spec, [], "evaluate.human_ratings", text=("text", "rating", "prompt", "prompt_id"))
+    _no_repeated_header(frame, spec)
     if {"item", "rater", "rating"} <= set(frame.columns):
         return _from_long(frame, spec)
     missing = [c for c in ("text", "rating") if c not in frame.columns]
@@ -87,7 +90,7 @@ def _counts(frame, spec: str):
     if "n_ratings" not in frame.columns:
         return np.nan
     counts = pd.to_numeric(frame["n_ratings"], errors="coerce")
-    bad = counts.isna() | (counts < 1)
+    bad = counts.isna() | (counts < 1) | (counts % 1 != 0)
     if bad.any():
         raise TableError(f"ratings file {spec!r}: `n_ratings` must be a count >= 1, found "
                          f"{str(frame['n_ratings'][bad].iloc[0])!r} in row {int(bad.to_numpy().argmax()) + 1}")
@@ -102,8 +105,9 @@ def _with_prompts(items, frame, spec: str):
             raise TableError(f"ratings file {spec!r} has `prompt_id` but no `prompt`: give the request each item "
                              "answers in a `prompt` column")
         return items.assign(prompt_id=None, prompt=None)[ITEM_COLUMNS + list(vote_columns(items.columns))]
-    prompts = frame["prompt"].astype(str)
-    blank = prompts.str.strip() == ""
+    # compared as the model reads them: a trailing space or another Unicode form of the same text is the same prompt
+    prompts = frame["prompt"].astype(str).map(lambda p: unicodedata.normalize("NFC", p).strip())
+    blank = prompts == ""
     if blank.any():
         raise TableError(f"ratings file {spec!r}: `prompt` is empty in row {int(blank.to_numpy().argmax()) + 1}")
     if "prompt_id" in frame.columns:
@@ -112,9 +116,40 @@ def _with_prompts(items, frame, spec: str):
         if (clash > 1).any():
             raise TableError(f"ratings file {spec!r}: prompt_id {clash[clash > 1].index[0]!r} names "
                              f"{int(clash.max())} different prompts; give each prompt one id")
+        shared = ids.groupby(prompts).unique()
+        for text, named in shared[shared.map(len) > 1].items():
+            print(f"[evaluate] warning: ratings file {spec!r}: the prompt {text[:60]!r} has {len(named)} ids "
+                  f"({', '.join(map(repr, sorted(named)))}); they are pooled as {len(named)} independent prompts. "
+                  "Give it one id if it is one prompt", flush=True)
     else:
         ids = prompts.map({p: str(k) for k, p in enumerate(dict.fromkeys(prompts))})
     return items.assign(prompt_id=ids.to_numpy(), prompt=prompts.to_numpy())[ITEM_COLUMNS + list(vote_columns(items.columns))]
+
+
+def _no_repeated_header(frame, spec: str) -> None:
+    """pandas renames a repeated header (rating, rating -> rating, rating.1): which one is meant cannot be known."""
+    for column in map(str, frame.columns):
+        m = re.fullmatch(r"(.+)\.(\d+)", column)
+        if m and m.group(1) in frame.columns:
+            raise TableError(f"ratings file {spec!r}: the column {m.group(1)!r} appears more than once in the header; "
+                             "keep one")
+
+
+def check_scale(ratings: Ratings, scale: list[float] | None) -> None:
+    """Every rating (each rater's, else each item's mean) within evaluate.rating_scale, where it is set: a rating
+    outside it is a mistake in the file or in the setting, and the noise ceiling computed from it is wrong."""
+    if not scale:
+        return
+    lo, hi = scale
+    frame, column, what = ((ratings.long, "rating", "rating") if ratings.long is not None
+                           else (ratings.items, "rating", "mean rating"))
+    values = frame[column].to_numpy(dtype=float)
+    outside = (values < lo) | (values > hi)
+    if outside.any():
+        k = int(outside.argmax())
+        where = f"item {frame['item'].iloc[k]!r}" if "item" in frame.columns else f"item {frame['id'].iloc[k]!r}"
+        raise TableError(f"ratings file {ratings.source!r}: {what} {values[k]:g} of {where} (row {k + 1}) is outside "
+                         f"evaluate.rating_scale=[{lo:g}, {hi:g}]; fix the file or the scale")
 
 
 def _jester() -> Ratings:
@@ -195,6 +230,10 @@ def _validate(items, spec: str):
 
     _numeric(items["rating"], spec)
     items = items.assign(rating=pd.to_numeric(items["rating"]).astype(float), text=items["text"].astype(str))
+    empty = items["text"].str.strip() == ""
+    if empty.any():
+        raise TableError(f"ratings file {spec!r}: the item in row {int(empty.to_numpy().argmax()) + 1} has no text; "
+                         "every rated item needs its text")
     dup = items["text"][items.duplicated(["prompt_id", "text"])]  # the same caption may answer two prompts
     if len(dup):
         raise TableError(f"ratings file {spec!r}: duplicate item {dup.iloc[0][:60]!r}; give one row per item "

@@ -149,7 +149,7 @@ def pooled(rows: list[dict], top_k: int) -> list[dict]:
         row = {"model": key[0], "evaluator": key[1], "n_items": sum(r["n_items"] for r in mine), "k": top_k,
                "n_prompts": len(mine), "precision_at_k": None, "top1_in_human_topk": None}
         for kind in KINDS:
-            ci = mean_ci_t([r[kind] for r in mine])
+            ci = correlation_ci([r[kind] for r in mine])
             name = "kendall_tau" if kind == "kendall" else f"{kind}_r"
             row.update({name: ci["mean"], f"{kind}_p": _t_p([r[kind] for r in mine]),
                         f"{kind}_ci_low": ci["ci_low"], f"{kind}_ci_high": ci["ci_high"]})
@@ -160,6 +160,18 @@ def pooled(rows: list[dict], top_k: int) -> list[dict]:
                     "pair_agreement_ci_high": agree["ci_high"], "mean_ceiling": mean_of(ceilings)})
         out.append(row)
     return out
+
+
+MIN_PROMPTS_FOR_CI = 3  # the t interval on 1 df is 12.7 standard errors wide: it says nothing
+
+
+def correlation_ci(values) -> dict:
+    """The mean of per-prompt correlations with its 95% t interval over prompts, kept within [-1, 1] (the mean of
+    correlations cannot leave it, so clipping loses no coverage); no interval from fewer than MIN_PROMPTS_FOR_CI."""
+    ci = mean_ci_t(values)
+    if ci["n"] < MIN_PROMPTS_FOR_CI:
+        return {**ci, "ci_low": None, "ci_high": None}
+    return {**ci, "ci_low": max(ci["ci_low"], -1.0), "ci_high": min(ci["ci_high"], 1.0)}
 
 
 def paired_differences(rows: list[dict], a: str, b: str, model_a: str, model_b: str, kind: str = "spearman",

@@ -91,16 +91,27 @@ def test_subset_of_constant_ratings_is_refused():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("item,rater,rating\n" + "".join(f"i{k},r0,{k % 7 + 1}\n" for k in range(12)) + "i0,r0,7\n",
+    ("item,rater,rating\n" + "".join(f"i{k},r0,{k % 3 + 1}\n" for k in range(12)) + "i0,r0,3\n",
      "rater 'r0' rated item 'i0' more than once"),
-    ("text,rating\n" + "".join(f"joke {k},{k % 7 + 1}\n" for k in range(12)) + "joke x,nan\n",
+    ("text,rating\n" + "".join(f"joke {k},{k % 3 + 1}\n" for k in range(12)) + "joke x,nan\n",
      "`rating` must be numeric, found 'nan'"),
-    ("text,rating\n" + "".join(f"joke {k},{k % 7 + 1}\n" for k in range(12)) + "joke x,\n", "`rating` is empty in row 13"),
-], ids=["repeated rater and item", "nan cell", "empty cell"])
+    ("text,rating\n" + "".join(f"joke {k},{k % 3 + 1}\n" for k in range(12)) + "joke x,\n", "`rating` is empty in row 13"),
+    ("text,rating,n_ratings\n" + "".join(f"joke {k},{k % 3 + 1},{k + 2}\n" for k in range(12)) + "joke x,3,1.5\n",
+     "`n_ratings` must be a count >= 1, found '1.5' in row 13"),
+    ("text,rating\n" + "".join(f"joke {k},{k % 3 + 1}\n" for k in range(12)) + "\"  \",3\n",
+     "the item in row 13 has no text"),
+    ("text,rating,rating\n" + "".join(f"joke {k},{k % 3 + 1},{k % 3 + 1}\n" for k in range(12)),
+     "the column 'rating' appears more than once in the header"),
+    ("text,rating\n" + "".join(f"joke {k},{k % 3 + 1}\n" for k in range(12)) + "joke x,5\n",
+     "rating 5 of item '12' (row 13) is outside evaluate.rating_scale=[1, 3]"),
+    ("item,rater,rating\n" + "".join(f"i{k},r{j},{(k + j) % 3 + 1}\n" for k in range(12) for j in range(2))
+     + "i0,r9,13\n", "rating 13 of item 'i0' (row 25) is outside evaluate.rating_scale=[1, 3]"),
+], ids=["repeated rater and item", "nan cell", "empty cell", "fractional count", "empty item", "header twice",
+        "mean outside the scale", "rating outside the scale"])
 def test_ratings_file_mistakes(tmp_path, text, message):
     path = write(tmp_path / "r.csv", text)
     assert_one_error_line(run_main(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
-                                   f"evaluate.human_ratings={path}"), message)
+                                   f"evaluate.human_ratings={path}", "evaluate.rating_scale=[1,3]"), message)
 
 
 @pytest.mark.slow

@@ -226,3 +226,58 @@ def test_a_damaged_manifest_is_read_or_refused_in_one_line(tmp_path_factory, dam
     run = Run(load_config(["recipe=tiny", f"output_dir={root}"]))
     previous = run._previous_stages()  # what a new run of the pipeline starts from: never a crash
     assert isinstance(current(previous, 1), dict)
+
+
+# ---------------------------------------------------------------- ratings of prompt sets: prompt text, rating scale
+FORMS = {"as written": lambda p: p, "trailing space": lambda p: p + " ", "leading spaces": lambda p: "  " + p,
+         "NFD": lambda p: __import__("unicodedata").normalize("NFD", p)}
+
+
+@SETTINGS
+@given(forms=st.lists(st.sampled_from(sorted(FORMS)), min_size=12, max_size=12),
+       prompt=st.sampled_from(["Caption this café cartoon.", "Écrivez une légende.", "Tell me a joke."]))
+def test_one_prompt_written_several_ways_is_one_prompt(tmp_path_factory, forms, prompt):
+    """Without prompt_id, a prompt text with a trailing space or in NFD instead of NFC is the same prompt (it was
+    split into another, and the noise ceiling fell with it)."""
+    import unicodedata
+
+    from pipeline.ratings import load_ratings
+
+    path = tmp_path_factory.mktemp("forms") / "r.csv"
+    pd.DataFrame({"text": [f"caption {k}" for k in range(12)], "rating": [k % 3 + 1 for k in range(12)],
+                  "prompt": [FORMS[f](prompt) for f in forms]}).to_csv(path, index=False)
+    items = load_ratings(str(path)).items
+    assert items["prompt_id"].nunique() == 1
+    assert set(items["prompt"]) == {unicodedata.normalize("NFC", prompt)}
+
+
+@SETTINGS
+@given(ratings=st.lists(st.integers(0, 6), min_size=12, max_size=12), scale=st.sampled_from([(1, 3), (1, 5), (0, 6)]))
+def test_a_rating_outside_the_scale_is_one_user_error_and_only_then(tmp_path_factory, ratings, scale):
+    from pipeline.ratings import check_scale, load_ratings
+
+    path = tmp_path_factory.mktemp("scale") / "r.csv"
+    pd.DataFrame({"item": [f"i{k // 2}" for k in range(12)], "rater": [f"r{k % 2}" for k in range(12)],
+                  "rating": ratings}).to_csv(path, index=False)
+    try:
+        loaded = load_ratings(str(path))
+    except UserError:
+        event("refused before the scale (too few items or no spread)")
+        return
+    outside = [r for r in ratings if not scale[0] <= r <= scale[1]]
+    if outside:
+        with pytest.raises(UserError, match=rf"rating {outside[0]} of item 'i\d+' \(row \d+\) is outside"):
+            check_scale(loaded, list(scale))
+    else:
+        check_scale(loaded, list(scale))
+
+
+def test_the_same_prompt_under_two_ids_is_said_to_be_pooled_as_two(tmp_path, capsys):
+    from pipeline.ratings import load_ratings
+
+    path = tmp_path / "r.csv"
+    pd.DataFrame({"text": [f"caption {k}" for k in range(12)], "rating": [k % 3 + 1 for k in range(12)],
+                  "prompt": ["Caption this."] * 12, "prompt_id": ["a"] * 6 + ["b"] * 6}).to_csv(path, index=False)
+    assert load_ratings(str(path)).items["prompt_id"].nunique() == 2
+    assert "the prompt 'Caption this.' has 2 ids ('a', 'b'); they are pooled as 2 independent prompts" \
+        in capsys.readouterr().out

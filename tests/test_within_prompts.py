@@ -101,6 +101,22 @@ def test_the_pooled_interval_covers_the_mean_within_prompt_correlation():
     assert 0.91 <= np.mean(covered) <= 0.99
 
 
+@pytest.mark.parametrize("rhos", [[0.95, 0.2, 0.9], [0.9, -0.6, 0.99, 0.1]])
+def test_the_pooled_interval_stays_within_minus_one_and_one(rhos):
+    """A t interval over a few prompts whose correlations differ much reaches past +-1 (it read [-1.27, +1.63]);
+    the mean of correlations cannot, so the interval is clipped there, and from 2 prompts there is none."""
+    def rows(values):
+        return [{"model": "base", "evaluator": "e", "prompt_id": str(k), "n_items": 12, "spearman": r,
+                 "pearson": r, "kendall": r, "pair_agreement": 0.5, "ceiling": None} for k, r in enumerate(values)]
+
+    p = wp.pooled(rows(rhos), 5)[0]
+    for kind in ("spearman", "pearson", "kendall"):
+        assert -1.0 <= p[f"{kind}_ci_low"] <= p[f"{kind}_ci_high"] <= 1.0
+    assert p["spearman_ci_low"] == -1.0 or p["spearman_ci_high"] == 1.0  # it was clipped: these rows reach past
+    two = wp.pooled(rows(rhos[:2]), 5)[0]
+    assert two["spearman_r"] == pytest.approx(np.mean(rhos[:2])) and two["spearman_ci_low"] is None
+
+
 def test_pair_agreement_counts_only_pairs_people_resolve():
     human, se = np.array([1.0, 1.05, 2.0]), np.array([0.1, 0.1, 0.1])
     assert wp.pair_agreement([3, 2, 1], human, se) == (0.0, 2)  # (0, 1) is within the noise: left out

@@ -51,7 +51,7 @@ from pipeline.judge import cached_judge, fill_pairs
 from pipeline.metrics import agreement, paired_difference
 from pipeline.models import answer_scores, chat_prompt, load_model, next_token_probs, single_token_id
 from pipeline.plots import evaluation_plots, prompt_set_plot, rounds_plot
-from pipeline.ratings import load_ratings, noise_ceiling, select_items, select_prompt_items
+from pipeline.ratings import check_scale, load_ratings, noise_ceiling, select_items, select_prompt_items
 from pipeline.report import write_report
 from pipeline.stages.finetune import adapter_of
 
@@ -215,6 +215,7 @@ def rated_items(cfg: Config, ratings) -> tuple[object, list[RatedPrompt], dict[s
 def run(cfg: Config, inputs: dict, workdir: Path):
     ec = cfg.evaluate
     ratings = load_ratings(ec.human_ratings)
+    check_scale(ratings, ec.rating_scale)
     items, groups, left_out = rated_items(cfg, ratings)
     texts, human = items["text"].tolist(), items["rating"].to_numpy()
     print(f"[evaluate] {len(items)} of {len(ratings.items)} rated items from {ratings.source} "
@@ -270,7 +271,10 @@ def within_prompt_figures(cfg: Config, items, groups: list[RatedPrompt], left_ou
     if any(p["in_training"] for p in prompts):
         warnings.append(f"{len(prompts) - len(held)} rated prompt(s) were also training prompts (in_training): "
                         "before/after figures use the other " + str(len(held)))
-    if len(prompts) < winrate.MIN_PROMPTS:
+    if len(prompts) < within_prompts.MIN_PROMPTS_FOR_CI:
+        warnings.append(f"only {len(prompts)} rated prompt(s): too few for an interval over prompts (at least "
+                        f"{within_prompts.MIN_PROMPTS_FOR_CI}); the correlations are shown without one")
+    elif len(prompts) < winrate.MIN_PROMPTS:
         warnings.append(f"only {len(prompts)} rated prompts: the intervals over prompts are wide")
     return {"scale": list(scale), "left_out": left_out, "warnings": warnings,
             "prompts": [{k: v for k, v in p.items() if k not in ("rows", "human", "se")} for p in prompts],
