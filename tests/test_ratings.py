@@ -123,3 +123,14 @@ def test_the_jester_recipe_runs_to_a_report(tmp_path):
                     "evaluate.max_items=10", "spmcmc.budget=200")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "## " in (tmp_path / "report.md").read_text() and "Traceback" not in proc.stderr
+
+
+def test_an_item_past_the_models_context_is_left_out_with_a_note(tmp_path):
+    """An item of ~3,500 tokens against the tiny model's 2,048: it is not scored (it was, silently)."""
+    rows = "".join(f"joke {k},{k % 3 + 1}\n" for k in range(12)) + "word" + " word" * 3500 + ",2\n"
+    path = write(tmp_path / "r.csv", "text,rating\n" + rows)
+    proc = run_main(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]", f"evaluate.human_ratings={path}",
+                    "evaluate.max_chars=0", "evaluate.evaluators=[random,logprob]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 rated item(s) left out: longer than the model's context of 2048 tokens" in proc.stdout
+    assert "12 of 13 rated items" in proc.stdout

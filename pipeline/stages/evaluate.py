@@ -198,13 +198,39 @@ def score_items(cfg: Config, model, tok, texts: list[str], groups: list[RatedPro
     return out
 
 
+def within_context(cfg: Config, items):
+    """The rated items that fit the model's context where the judge reads two of them with its prompt (the tightest
+    use: the spmcmc evaluator); the others are left out, said in one line (an item past the context would be scored
+    on a truncated or overflowing input, silently)."""
+    from pipeline.judge import prompt_segments
+    from pipeline.models import context_length, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(cfg.model)
+    context = context_length(path, cfg.model)
+    if not context:
+        return items
+    tok = load_tokenizer(path, cfg.model)
+    size = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
+    queries = items["prompt"].where(items["prompt"].notna(), rated_query(cfg)).tolist()
+    frame = {q: sum(size(s) for s in prompt_segments(tok, cfg.judge, q)) for q in dict.fromkeys(queries)}
+    tokens = np.array([size(t) for t in items["text"]])
+    room = np.array([(context - frame[q]) // 2 for q in queries])
+    long = tokens > room
+    if long.any():
+        print(f"[evaluate] {int(long.sum())} rated item(s) left out: longer than the model's context of {context} "
+              f"tokens allows for two of them in the judge's prompt (the longest {int(tokens.max())} tokens, room "
+              f"{int(room[long].min())})", flush=True)
+    return items[~long].reset_index(drop=True)
+
+
 def rated_items(cfg: Config, ratings) -> tuple[object, list[RatedPrompt], dict[str, str]]:
     """The items evaluated, contiguous per prompt; their prompts; the prompts left out and why."""
     ec = cfg.evaluate
+    pool = within_context(cfg, ratings.items)
     if not ratings.has_prompts:
-        items = select_items(ratings.items, ec.max_items, ec.max_chars)
+        items = select_items(pool, ec.max_items, ec.max_chars)
         return items, [RatedPrompt(None, rated_query(cfg), 0, len(items))], {}
-    items, left_out = select_prompt_items(ratings.items, ec.max_items, ec.max_chars)
+    items, left_out = select_prompt_items(pool, ec.max_items, ec.max_chars)
     groups, lo = [], 0
     for pid, g in items.groupby("prompt_id", sort=False):
         groups.append(RatedPrompt(pid, g["prompt"].iloc[0], lo, len(g)))
