@@ -514,6 +514,11 @@ class Config:
         _require(self.rounds.count == 1 or not loop, "stages", f"rounds.count={self.rounds.count} runs "
                  f"{', '.join(STAGES[:4])} in every round; add {', '.join(loop)}: "
                  f"stages=[{','.join(s for s in STAGES if s in self.stages or s in loop)}]")
+        _require(not ("evaluate" in self.stages and self.sample_space.prompts and self.preferences.test_fraction == 0
+                      and self.preferences.split != "candidate"), "preferences.test_fraction",
+                 "0 holds out no prompt of the prompt set, so the win rate (and its blind sheets) would be measured on "
+                 "prompts the policy was trained on; hold some out (e.g. preferences.test_fraction=0.2) or leave "
+                 "evaluate out of stages")
         _require(not (self.preferences.control and self.judge.kind == "model") or len(self.confounds.control) > 0,
                  "preferences.control", "true needs confounds to hold fixed, but confounds.control is empty; name "
                  "them (e.g. confounds.control=[length,logprob]) or set preferences.control=false")

@@ -184,6 +184,7 @@ def _from_long(frame, spec: str) -> Ratings:
 
     _numeric(frame["rating"], spec)
     frame = frame.assign(item=frame["item"].astype(str), rating=pd.to_numeric(frame["rating"]))
+    frame = _items_per_prompt(frame)
     twice = frame[frame.duplicated(["item", "rater"])]
     if len(twice):
         raise TableError(f"ratings file {spec!r}: rater {twice['rater'].iloc[0]!r} rated item {twice['item'].iloc[0]!r} "
@@ -198,6 +199,18 @@ def _from_long(frame, spec: str) -> Ratings:
     items = _with_prompts(items, firsts, spec)
     long = frame[["item", "rater", "rating"]].astype({"rating": float})
     return Ratings(_validate(items, spec), long, spec, None)
+
+
+def _items_per_prompt(frame):
+    """A long file may number its items within each prompt (item 1 of cats, item 1 of dogs): then an item is
+    (prompt, item), its id `prompt_id/item` (or `prompt/item`); ids unique across prompts are kept as they are."""
+    by = "prompt_id" if "prompt_id" in frame.columns else "prompt" if "prompt" in frame.columns else None
+    if by is None:
+        return frame
+    owner = frame[by].astype(str).map(lambda p: unicodedata.normalize("NFC", p).strip())
+    if (owner.groupby(frame["item"]).nunique() <= 1).all():
+        return frame
+    return frame.assign(item=owner + "/" + frame["item"])
 
 
 def _numeric(column, spec: str) -> None:

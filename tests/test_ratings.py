@@ -44,6 +44,16 @@ def test_long_ratings_are_averaged(tmp_path):
     assert ratings.long is not None
 
 
+def test_long_ratings_may_number_items_within_each_prompt(tmp_path):
+    """Item 1 of cats and item 1 of dogs are two items (it was refused as one rater rating one item twice)."""
+    rows = [{"prompt_id": p, "prompt": f"A joke about {p}.", "item": str(i), "text": f"{p} joke {i}", "rater": r,
+             "rating": (i + r) % 3 + 1} for p in ("cats", "dogs") for i in range(10) for r in range(2)]
+    items = load_ratings(write_frame(tmp_path, pd.DataFrame(rows))).items
+    assert len(items) == 20 and items.groupby("prompt_id").size().to_dict() == {"cats": 10, "dogs": 10}
+    assert set(items["id"]) == {f"{p}/{i}" for p in ("cats", "dogs") for i in range(10)}
+    assert items.set_index("id").loc["dogs/3", "text"] == "dogs joke 3"
+
+
 def test_jester_bundle_and_subset():
     jester = load_ratings("jester")
     assert len(jester.items) == 100 and "Eigentaste" in jester.citation
