@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import MIN_RATED_ITEMS, REPO_ROOT
-from pipeline.tables import TableError, read_table
+from pipeline.tables import TableError, read_table, separator_hint
 
 JESTER_DIR = REPO_ROOT / "data" / "jester"
 CAPTIONS_DIR = REPO_ROOT / "data" / "caption_contests"
@@ -77,7 +77,7 @@ def load_ratings(spec: str) -> Ratings:
     missing = [c for c in ("text", "rating") if c not in frame.columns]
     if missing:
         raise TableError(f"ratings file {spec!r} lacks column(s) {missing}: give text+rating per item, or a long "
-                         f"file with item, rater, rating; it has {list(frame.columns)}")
+                         f"file with item, rater, rating; it has {list(frame.columns)}" + separator_hint(Path(spec)))
     items = frame.assign(id=frame["id"].astype(str) if "id" in frame.columns else frame.index.astype(str),
                          n_ratings=_counts(frame, spec))
     return Ratings(_validate(_with_prompts(items, frame, spec), spec), None, spec, None)

@@ -35,17 +35,17 @@ def read_table(path: str | Path, required: list[str], what: str, text: tuple[str
         raw = reader(p, **as_text)  # pandas' NA guessing off: the text columns as written
     except Exception as e:  # pandas raises many types for unreadable files
         raise TableError(f"{what} file {p.name!r} could not be read: {type(e).__name__}: {str(e).splitlines()[0]}"
-                         + _separator_hint(p)) from None
+                         + separator_hint(p)) from None
     for column in set(text) & set(frame.columns):
         frame[column] = raw[column]
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise TableError(f"{what} file {p.name!r} lacks column(s) {missing}; it has {list(frame.columns)}"
-                         + _separator_hint(p))
+                         + separator_hint(p))
     return frame
 
 
-def _separator_hint(p: Path) -> str:
+def separator_hint(p: Path) -> str:
     """Why a .csv often fails to parse: its columns are separated by semicolons (a European spreadsheet's export)."""
     if p.suffix.lower() != ".csv":
         return ""

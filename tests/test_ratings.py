@@ -116,8 +116,10 @@ def test_subset_of_constant_ratings_is_refused():
      "rating 5 of item '12' (row 13) is outside evaluate.rating_scale=[1, 3]"),
     ("item,rater,rating\n" + "".join(f"i{k},r{j},{(k + j) % 3 + 1}\n" for k in range(12) for j in range(2))
      + "i0,r9,13\n", "rating 13 of item 'i0' (row 25) is outside evaluate.rating_scale=[1, 3]"),
+    ("text;rating\n" + "".join(f"joke {k}, really;{k % 3 + 1}\n" for k in range(12)),
+     "the first line separates its columns with ';': separate columns with commas"),
 ], ids=["repeated rater and item", "nan cell", "empty cell", "fractional count", "empty item", "header twice",
-        "mean outside the scale", "rating outside the scale"])
+        "mean outside the scale", "rating outside the scale", "semicolons"])
 def test_ratings_file_mistakes(tmp_path, text, message):
     path = write(tmp_path / "r.csv", text)
     assert_one_error_line(run_main(*TINY, f"output_dir={tmp_path / 'out'}", "stages=[evaluate]",
