@@ -137,6 +137,18 @@ def test_the_jester_recipe_runs_to_a_report(tmp_path):
     assert "## " in (tmp_path / "report.md").read_text() and "Traceback" not in proc.stderr
 
 
+def test_the_jester_recipe_on_any_rated_file_runs_to_a_report(tmp_path):
+    """The README's form for any human-rated set: `recipe=jester_spmcmc evaluate.human_ratings=PATH
+    sample_space.extra_path=PATH` (the same crash as the bundled one: no diversity when nothing is sampled)."""
+    path = write(tmp_path / "rated.csv", "text,rating\n" + "".join(f"Joke number {k} walks into a bar.,{k % 5 + 1}\n"
+                                                                    for k in range(12)))
+    proc = run_main("recipe=jester_spmcmc", "model.name_or_path=embedded:tiny-random", "wandb.mode=disabled",
+                    f"output_dir={tmp_path / 'out'}", f"evaluate.human_ratings={path}", f"sample_space.extra_path={path}",
+                    "spmcmc.budget=200", "evaluate.spmcmc_iterations=10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## " in (tmp_path / "out" / "report.md").read_text() and "Traceback" not in proc.stderr
+
+
 def test_an_item_past_the_models_context_is_left_out_with_a_note(tmp_path):
     """An item of ~3,500 tokens against the tiny model's 2,048: it is not scored (it was, silently)."""
     rows = "".join(f"joke {k},{k % 3 + 1}\n" for k in range(12)) + "word" + " word" * 3500 + ",2\n"
