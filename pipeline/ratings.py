@@ -106,7 +106,7 @@ def _with_prompts(items, frame, spec: str):
                              "answers in a `prompt` column")
         return items.assign(prompt_id=None, prompt=None)[ITEM_COLUMNS + list(vote_columns(items.columns))]
     # compared as the model reads them: a trailing space or another Unicode form of the same text is the same prompt
-    prompts = frame["prompt"].astype(str).map(lambda p: unicodedata.normalize("NFC", p).strip())
+    prompts = prompt_key(frame["prompt"])
     blank = prompts == ""
     if blank.any():
         raise TableError(f"ratings file {spec!r}: `prompt` is empty in row {int(blank.to_numpy().argmax()) + 1}")
@@ -201,13 +201,18 @@ def _from_long(frame, spec: str) -> Ratings:
     return Ratings(_validate(items, spec), long, spec, None)
 
 
+def prompt_key(column):
+    """A prompt column as compared: stripped and in Unicode NFC."""
+    return column.astype(str).map(lambda p: unicodedata.normalize("NFC", p).strip())
+
+
 def _items_per_prompt(frame):
     """A long file may number its items within each prompt (item 1 of cats, item 1 of dogs): then an item is
     (prompt, item), its id `prompt_id/item` (or `prompt/item`); ids unique across prompts are kept as they are."""
     by = "prompt_id" if "prompt_id" in frame.columns else "prompt" if "prompt" in frame.columns else None
     if by is None:
         return frame
-    owner = frame[by].astype(str).map(lambda p: unicodedata.normalize("NFC", p).strip())
+    owner = prompt_key(frame[by])
     if (owner.groupby(frame["item"]).nunique() <= 1).all():
         return frame
     return frame.assign(item=owner + "/" + frame["item"])

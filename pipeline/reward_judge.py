@@ -50,7 +50,8 @@ def function_sha(spec: str) -> str:
     """The content of the function's file and of the local modules it imports, transitively: a helper edited next
     to the reward file changes the rewards, so it must change the fingerprint too."""
     digest = hashlib.sha256()
-    for path in [function_file(spec), *local_imports(function_file(spec))]:
+    root = function_file(spec)
+    for path in [root, *local_imports(root)]:
         digest.update(str(path.name).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
