@@ -384,6 +384,8 @@ class FinetuneConfig(Section):
     save_steps: int = setting(10, "checkpoint every this many optimiser steps", semantic=False)
     eval_steps: int = setting(8, "DPO loss and reward accuracy on the held-out pairs every this many optimiser steps "
                                  "(TRL eval_dataset; 0 = off)")
+    eval_pairs: int = setting(256, "held-out pairs those curves read (a seeded sample when there are more): each "
+                                   "evaluation costs the same however many prompts the run has")
     seed: int = setting(0, "training seed")
 
     def validate(self):
@@ -398,6 +400,7 @@ class FinetuneConfig(Section):
         _require(self.beta > 0, "finetune.beta", "must be > 0")
         _require(self.learning_rate > 0, "finetune.learning_rate", "must be > 0")
         _require(self.num_epochs > 0, "finetune.num_epochs", "must be > 0")
+        _require(self.eval_pairs >= 1, "finetune.eval_pairs", "must be >= 1 (finetune.eval_steps=0 turns the curves off)")
         _require(self.batch_size >= 1 and self.gradient_accumulation_steps >= 1 and self.save_steps >= 1,
                  "finetune.batch_size/gradient_accumulation_steps/save_steps", "must be >= 1")
 

@@ -72,3 +72,22 @@ def _left_padded(tok, prompts: list[str], device):
         ids = torch.tensor([rows[0]], device=device)
         return ids.expand(len(rows), -1), torch.ones_like(ids).expand(len(rows), -1)
     return padded(rows, tok.pad_token_id, left=True, device=device)
+
+
+def generate_blocks(model, tok, prompts: list[str], sc, seed: int, desc: str, distributed: bool = False) -> list[dict]:
+    """Sampled answers as `generate` gives them, one batch of `sc.batch_size` rows at a time, batch b seeded from
+    (seed, b): `distributed`, batch b is process b % K's and the answers are gathered to every process, the same
+    answers for any K."""
+    from tqdm.auto import tqdm
+
+    from pipeline import parallel
+
+    blocks = list(range(0, len(prompts), sc.batch_size))
+    with tqdm(total=len(prompts), desc=desc, unit="answer") as bar:
+        def block(start: int) -> list[dict]:
+            out = generate(model, tok, prompts[start:start + sc.batch_size], sc, True,
+                           seed * 1_000_003 + start // sc.batch_size)
+            bar.update(len(out))
+            return out
+
+        return [a for part in parallel.split_map(block, blocks, distributed) for a in part]

@@ -353,19 +353,23 @@ def _new_judge(cfg: Config, load, queries: list[str], texts: list[str], prompt_o
 
 def fill_pairs(cached: CachedJudge, pairs: list[tuple[int, int]], stage: str, desc: str, distributed: bool = True,
                chunk: int = 256, progress: bool = True) -> None:
-    """Every comparison of a design; with `distributed`, split across processes by first candidate (so
-    each process reuses its rows' prefixes), then merged. Persisted in chunks as they finish; the failpoint
-    after each chunk is the calling stage's (`stage`.design_chunk)."""
+    """Every comparison of a design, in chunks of `chunk` consecutive pairs of the sorted design (a chunk's pairs
+    share first candidates, so their prefixes are reused); with `distributed`, chunk c is process c % K's, then
+    the processes' answers are merged. Each chunk is one judge call over the same pairs however many processes
+    share the work (and the same after a resume: a chunk is persisted whole), so the batches, and the bits of
+    every choice, do not depend on K. The failpoint after each chunk is the calling stage's (`stage`.design_chunk)."""
     from tqdm.auto import tqdm
 
     rank, world = (parallel.rank(), parallel.world_size()) if distributed else (0, 1)
-    mine = sorted(p for p in set(pairs) if p[0] % world == rank)
-    todo = [p for p in mine if p not in cached.probs]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"[{stage}] {desc}", unit="cmp",
+    design = sorted(set(pairs))
+    chunks = [design[start:start + chunk] for start in range(0, len(design), chunk)][rank::world]
+    mine = [p for c in chunks for p in c]
+    todo = [[p for p in c if p not in cached.probs] for c in chunks]
+    with tqdm(total=len(mine), initial=len(mine) - sum(map(len, todo)), desc=f"[{stage}] {desc}", unit="cmp",
               disable=not progress) as bar:
-        for start in range(0, len(todo), chunk):
-            cached.ensure(todo[start:start + chunk])
-            bar.update(min(chunk, len(todo) - start))
+        for part in filter(None, todo):
+            cached.ensure(part)
+            bar.update(len(part))
             failpoint(f"{stage}.design_chunk")
     if distributed:
         for probs in parallel.gather({p: cached.probs[p] for p in mine}):

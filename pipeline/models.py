@@ -292,30 +292,34 @@ def scoring_batches(order: list[int], lengths: list[int], start: int, vocab: int
 
 
 def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int = 16, desc: str = "scoring",
-                  finished: list[bool] | None = None):
+                  finished: list[bool] | None = None, distributed: bool = False):
     """Per answer: sum and mean token log-probability as a reply to `prompt` (end-of-turn included, except for an
     answer that `finished` marks as cut off at max_new_tokens: it never ended), and self-certainty (mean
     KL(uniform || p) over the answer's positions, Kang et al. 2025).
 
     Logits are computed for the answer positions only (`logits_to_keep`: the prompt is shared, so they are the
-    last positions of every row), in batches bounded by SCORING_BYTES: memory does not grow with the prompt."""
+    last positions of every row), in batches bounded by SCORING_BYTES: memory does not grow with the prompt.
+    `distributed`: batch b on process b % K, the scores gathered to every process (the same batches: the same bits)."""
     import math
 
     import torch
     from tqdm.auto import tqdm
 
+    from pipeline import parallel
+
     prompt_ids = tok(prompt, add_special_tokens=False).input_ids
     end = tok.eos_token_id
     ends = [[end] if finished is None or finished[i] else [] for i in range(len(answers))]
     rows = [prompt_ids + tok(a, add_special_tokens=False).input_ids + e for a, e in zip(answers, ends)]
-    out = [None] * len(rows)
     vocab = model.config.vocab_size
     lo = len(prompt_ids) - 1  # the position predicting the answer's first token
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # bucket by length
     batches = scoring_batches(order, [len(r) for r in rows], lo, vocab, batch_size)
-    for idx in tqdm(batches, desc=desc, leave=False, disable=len(batches) <= 1):
+    bar = tqdm(desc=desc, leave=False, disable=len(batches) <= 1, total=len(batches))
+
+    def score(idx: list[int]) -> list[tuple[float, float, float]]:
         ids, mask = padded([rows[i] for i in idx], tok.pad_token_id)
-        width = ids.shape[1]
+        width, out = ids.shape[1], []
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            logits_to_keep=width - lo).logits  # positions lo .. width-1
@@ -325,30 +329,42 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
             target = ids[r, lo + 1:lo + 1 + n].to(logp.device)
             lp = logp[r, :n].gather(-1, target[:, None])[:, 0]
             certainty = (-math.log(vocab) - logp[r, :n].mean(-1)).mean()  # KL(U||p) = -log V - mean log p
-            out[i] = (float(lp.sum()), float(lp.mean()), float(certainty))
-        del logits, logp
-    return out
+            out.append((float(lp.sum()), float(lp.mean()), float(certainty)))
+        bar.update(1)
+        return out
+
+    scored = {i: x for idx, part in zip(batches, parallel.split_map(score, batches, distributed)) for i, x in zip(idx, part)}
+    bar.close()
+    return [scored[i] for i in range(len(rows))]
 
 
-def next_token_probs(model, tok, prompts: list[str], token_ids: list[int], batch_size: int = 16, desc: str = ""):
+def next_token_probs(model, tok, prompts: list[str], token_ids: list[int], batch_size: int = 16, desc: str = "",
+                     distributed: bool = False):
     """For each prompt: the next-token probabilities of `token_ids` renormalised over them, and the
-    total probability mass the model puts on them. One forward per prompt, last position only."""
+    total probability mass the model puts on them. One forward per prompt, last position only.
+    `distributed`: batch b on process b % K, gathered to every process."""
     import torch
     from tqdm.auto import tqdm
 
+    from pipeline import parallel
+
     rows = [tok(p, add_special_tokens=False).input_ids for p in prompts]
-    probs = np.zeros((len(rows), len(token_ids)))
-    mass = np.zeros(len(rows))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not desc):
-        idx = order[start:start + batch_size]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    bar = tqdm(desc=desc, leave=False, disable=not desc, total=len(batches))
+
+    def forward(idx: list[int]):
         ids, mask = padded([rows[i] for i in idx], tok.pad_token_id, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() does: pads don't shift positions
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                            position_ids=positions.to(model.device), logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, -1)[:, token_ids]
-        for r, i in enumerate(idx):
-            probs[i] = torch.softmax(logp[r], -1).cpu().numpy()
-            mass[i] = float(torch.exp(logp[r]).sum())
+        bar.update(1)
+        return torch.softmax(logp, -1).cpu().numpy(), torch.exp(logp).sum(-1).cpu().numpy()
+
+    probs, mass = np.zeros((len(rows), len(token_ids))), np.zeros(len(rows))
+    for idx, (p, m) in zip(batches, parallel.split_map(forward, batches, distributed)):
+        probs[idx], mass[idx] = p, m
+    bar.close()
     return probs, mass

@@ -50,3 +50,14 @@ def gather(obj) -> list:
 def barrier() -> None:
     if world_size() > 1:
         state().wait_for_everyone()
+
+
+def split_map(fn, units: list, distributed: bool = True) -> list:
+    """[fn(u) for u in units] with unit i computed by process i % K and every result gathered to every process
+    (`distributed=False`, or one process: all here). A unit is a fixed piece of work (a batch, a prompt), the same
+    however many processes share them, so the results' bits do not depend on K."""
+    k, r = (world_size(), rank()) if distributed else (1, 0)
+    mine = {i: fn(units[i]) for i in range(r, len(units), k)}
+    if k > 1:
+        mine = {i: v for part in gather(mine) for i, v in part.items()}
+    return [mine[i] for i in range(len(units))]

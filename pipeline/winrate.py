@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from pipeline import parallel
 from pipeline.estimates import order_averaged
 from pipeline.metrics import mean_ci_t, mean_of, two_sample_ci
 
@@ -233,24 +234,28 @@ def _warnings(s: dict, single_query: bool, prompt_set: bool = False) -> list[str
 def policy_answers(cfg, model, tok, prompts: list[str], seed: int, policy: str) -> tuple[list[list[str]], list[list[str]]]:
     """`evaluate.winrate_samples` sampled answers per prompt with the sample space's sampling settings, seeded:
     (normalised texts, raw texts)."""
-    from pipeline.generation import generate, normalise
+    from pipeline.generation import generate_blocks, normalise
     from pipeline.models import chat_prompt
 
     sc, k = cfg.sample_space, cfg.evaluate.winrate_samples
     chats = [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)]
-    raw = [a["text"] for a in generate(model, tok, chats, sc, True, seed, f"[evaluate] {policy} answers")]
+    raw = [a["text"] for a in generate_blocks(model, tok, chats, sc, seed, f"[evaluate] {policy} answers", True)]
     texts = [normalise(a, sc.preamble_patterns) or a.strip() or "(empty answer)" for a in raw]
     return [texts[j * k:(j + 1) * k] for j in range(len(prompts))], [raw[j * k:(j + 1) * k] for j in range(len(prompts))]
 
 
 def sequence_logps(cfg, model, tok, prompts: list[str], answers: list[list[str]],
                    finished: list[list[bool]] | None = None) -> list[list[float]]:
-    """Summed log-probability of each answer as a reply to its prompt (end of turn included where it finished)."""
+    """Summed log-probability of each answer as a reply to its prompt (end of turn included where it finished);
+    prompt j on process j % K."""
     from pipeline.models import answer_scores, chat_prompt
 
-    return [[s[0] for s in answer_scores(model, tok, chat_prompt(tok, p, cfg.sample_space.system_prompt), a,
-                                         cfg.evaluate.batch_size, finished=None if finished is None else finished[j])]
-            for j, (p, a) in enumerate(zip(prompts, answers))]
+    def prompt_logps(j: int) -> list[float]:
+        return [s[0] for s in answer_scores(model, tok, chat_prompt(tok, prompts[j], cfg.sample_space.system_prompt),
+                                            answers[j], cfg.evaluate.batch_size,
+                                            finished=None if finished is None else finished[j])]
+
+    return parallel.split_map(prompt_logps, list(range(len(prompts))))
 
 
 def kl_samples(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list[list[str]], list[list[bool]]]:
@@ -260,12 +265,12 @@ def kl_samples(cfg, model, tok, prompts: list[str], seed: int) -> tuple[list[lis
     neither KL). (raw texts, finished) per prompt."""
     import dataclasses
 
-    from pipeline.generation import generate
+    from pipeline.generation import generate_blocks
     from pipeline.models import chat_prompt
 
     sc, k = dataclasses.replace(cfg.sample_space, temperature=1.0, top_p=1.0), cfg.evaluate.winrate_samples
-    out = generate(model, tok, [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)], sc, True,
-                   seed, "[evaluate] tuned answers for the KL (T = 1)")
+    out = generate_blocks(model, tok, [chat_prompt(tok, p, sc.system_prompt) for p in prompts for _ in range(k)], sc,
+                          seed, "[evaluate] tuned answers for the KL (T = 1)", True)
     return ([[a["text"] for a in out[j * k:(j + 1) * k]] for j in range(len(prompts))],
             [[a["finished"] for a in out[j * k:(j + 1) * k]] for j in range(len(prompts))])
 
@@ -323,10 +328,10 @@ def measure(cfg, prompts: list[dict], tuned_adapter: tuple, previous_adapter: tu
     texts = Texts()
     ids = [{k: texts.ids(j, a[j]) for k, a in answers.items()} for j in range(len(prompts))]
     judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: (model, tok), queries, texts.prompt_of,
-                            extra_cache_files=cache_files)
+                            extra_cache_files=cache_files, rank=parallel.rank())
     need = [q for i in ids for k in ("finetuned", "base_null", "base") for q in both_orders(i[k], i["base"])]
     need += [q for i in ids if "previous" in i for q in both_orders(i["finetuned"], i["previous"])]
-    fill_pairs(judge, list(dict.fromkeys(need)), "evaluate", "win rate (base judge)", distributed=False)
+    fill_pairs(judge, list(dict.fromkeys(need)), "evaluate", "win rate (base judge)")
     pools = [reference(answers["base"][j], logp_reference[j]) for j in range(len(ids))]
     rows = [_prompt_row(p, pool, i, judge.probs, cfg.sample_space.num_samples) for p, pool, i in zip(prompts, pools, ids)]
     summary = summarise(rows, _lc(pools, ids, judge.probs, answers, logp_base), kl_estimates(
@@ -370,9 +375,8 @@ def _tuned_judge(cfg, tuned_adapter: tuple, workdir, texts: Texts, queries, ids)
 
     adapter, key = tuned_adapter
     judge, _ = cached_judge(cfg, texts.texts, workdir, lambda: load_model(cfg.model, adapter), queries,
-                            texts.prompt_of, adapter_key=key)
-    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["base"])], "evaluate", "win rate (tuned judge)",
-               distributed=False)
+                            texts.prompt_of, adapter_key=key, rank=parallel.rank())
+    fill_pairs(judge, [q for i in ids for q in both_orders(i["finetuned"], i["base"])], "evaluate", "win rate (tuned judge)")
     return mean_ci_t([float(w_matrix(judge.probs, i["finetuned"], i["base"]).mean()) for i in ids])
 
 

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from conftest import (
     TINY,
     assert_one_error_line,
     dataset_files,
+    prompt_args,
     run_cli,
     run_main,
     stage_paths,
@@ -66,6 +68,33 @@ def test_killed_everywhere_resumes_to_the_same_artifacts_without_redoing_work(fi
     assert work(got["spmcmc"], "judge_comparisons") == pairs
     steps = json.loads((got["finetune"] / "summary.json").read_text())["optimizer_steps"]
     assert work(got["finetune"], "train_step") == steps
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_give_the_one_process_artifacts(three_prompts, tmp_path):
+    """A prompt set under torchrun with 2 processes (gloo), killed in generation and resumed, ends with the dataset
+    bytes of the one-process run of the same command for every stage it computes: sample_space (chunks, greedy
+    blocks and scores split across processes), spmcmc (the design's chunks), preferences and evaluate (the win rate's
+    answers and judging, the rated items' forward passes). Finetune's artifact is the one-process run's, copied: a
+    second process trains on its own batches (DDP), which is tested in tests/test_finetune.py."""
+
+    args = ["recipe=tiny", *prompt_args(three_prompts.parent / "prompts.csv"), "evaluate.winrate_samples=3"]
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copytree(three_prompts / "finetune", out / "finetune")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    killed = run_cli(*args, f"output_dir={out}", launcher=launcher, env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
+    assert killed.returncode != 0 and not list((out / "sample_space").glob(f"*/{MARKER}")), killed.stderr[-2000:]
+    chunks = list((out / "sample_space").glob("*.partial/_state/chunks/chunk_*.json"))
+    assert 0 < len(chunks) < 9, chunks  # a process killed after its second chunk: the others are stopped with it
+    resumed = run_cli(*args, f"output_dir={out}", launcher=launcher)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, ref = stages(out), stages(three_prompts)
+    for stage in ("sample_space", "spmcmc", "preferences", "evaluate"):
+        assert json.loads((got[stage] / "meta.json").read_text())["world_size"] == 2, stage
+        assert dataset_files(got[stage]) == dataset_files(ref[stage]), stage
+    assert "[finetune] up to date" in resumed.stdout
+    assert work(got["sample_space"], "generated_chunk") == 9  # the two saved chunks were not generated again
 
 
 def test_no_network_is_needed(tmp_path):

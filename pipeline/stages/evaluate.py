@@ -28,8 +28,12 @@ Output:  DatasetDict
                          each prompt; `metrics` then holds the means over prompts with t intervals over prompts,
                          pipeline/within_prompts.py, and comparisons/before_after the mean within-prompt differences)
          summary.json, scatter.png, correlations.png, report.md (also copied to OUTPUT_DIR/report.md)
-Resume:  judge comparisons are cached in pair_cache.rank0.jsonl as they are computed; the
+Resume:  judge comparisons are cached in pair_cache.rank<r>.jsonl as they are computed; the
          other evaluators are single forward passes, recomputed.
+Processes: under `accelerate launch` / torchrun every process runs the stage: the win rate's answers (in seeded
+         batches), the judge's comparisons (in chunks of the sorted design), the rated items' forward passes (in
+         batches) and each prompt's log-probabilities are split across processes by index and gathered, each
+         piece the same work for any number of processes, so the artifact is the same bytes as one process's.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import rounds, winrate, within_prompts
+from pipeline import parallel, rounds, winrate, within_prompts
 from pipeline.active import PromptDesign, run_design
 from pipeline.artifacts import flat_numbers, publish
 from pipeline.chains import CachedJudge, new_chains, run_chains
@@ -55,9 +59,9 @@ from pipeline.ratings import check_scale, load_ratings, noise_ceiling, select_it
 from pipeline.report import write_report
 from pipeline.stages.finetune import adapter_of
 
-NAME, VERSION = "evaluate", 8
+NAME, VERSION = "evaluate", 9
 SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
-DISTRIBUTED = False
+DISTRIBUTED = True
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
 ITEM_PROMPT = "Here is a response to the request \"{query}\":\n\n{text}\n\n{question} {instruction}"
 
@@ -83,12 +87,12 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], groups: list[RatedP
     sc = cfg.spmcmc
     cached, _ = cached_judge(cfg, texts, workdir, lambda: (model, tok), [g.query for g in groups],
                              prompt_of=[k for k, g in enumerate(groups) for _ in range(g.n)],
-                             adapter_key=adapter_key, extra_cache_files=extra_cache)
+                             adapter_key=adapter_key, extra_cache_files=extra_cache, rank=parallel.rank())
     plans = [plan_design(sc, g.n) for g in groups]
     fixed = [(g.lo + a, g.lo + b) for g, (_, edges, _) in zip(groups, plans) for a, b in ordered(edges)]
     if fixed:
         fill_pairs(cached, fixed, NAME, f"{adapter_key or 'base'}: {plans[0][0]} design"
-                   + (f" over {len(groups)} prompts" if len(groups) > 1 else ""), distributed=False)
+                   + (f" over {len(groups)} prompts" if len(groups) > 1 else ""))
     edges = [e for _, e, _ in plans]
     active = [k for k, (mode, _, _) in enumerate(plans) if mode == "active"]
     if active:  # as the stage: chosen round by round from the answers so far, one budget for every prompt
@@ -98,7 +102,7 @@ def spmcmc_scores(cfg: Config, model, tok, texts: list[str], groups: list[RatedP
         with tqdm(total=sc.budget * len(designs), unit="cmp",
                   desc=f"[{NAME}] {adapter_key or 'base'}: active design over {len(designs)} prompt(s)") as bar:
             def ask(pairs):
-                fill_pairs(cached, pairs, NAME, "active round", distributed=False, progress=False)
+                fill_pairs(cached, pairs, NAME, "active round", progress=False)  # every process designs alike
                 bar.update(sum(2 * len(d.edges) for d in designs) - bar.n)
             run_design(designs, cached.probs, ask, sc)
         for k, d in zip(active, designs):
@@ -176,19 +180,19 @@ def score_items(cfg: Config, model, tok, texts: list[str], groups: list[RatedPro
     if {"spmcmc", "logprob", "self_certainty"} & set(ec.evaluators):
         answers = [a for g in groups for a in answer_scores(
             model, tok, chat_prompt(tok, g.query, cfg.sample_space.system_prompt), texts[g.rows], ec.batch_size,
-            "[evaluate] log-probabilities")]
+            "[evaluate] log-probabilities", distributed=True)]
     if "spmcmc" in ec.evaluators:
         out.update(spmcmc_scores(cfg, model, tok, texts, groups, workdir, adapter_key, extra_cache, answers))
     if "direct_rating" in ec.evaluators:
         digits = [single_token_id(tok, str(d), "rating digit") for d in range(1, 8)]
         prompts = item_prompts(tok, cfg, texts, queries, ec.rating_question, "Answer with a single digit from 1 to 7.")
-        probs, _ = next_token_probs(model, tok, prompts, digits, ec.batch_size, "[evaluate] direct rating")
+        probs, _ = next_token_probs(model, tok, prompts, digits, ec.batch_size, "[evaluate] direct rating", True)
         out["direct_rating"] = probs @ np.arange(1, 8)
         out["direct_rating_argmax"] = probs.argmax(1) + 1.0
     if "p_true" in ec.evaluators:
         yes_no = [single_token_id(tok, w, "answer word") for w in ("Yes", "No")]
         prompts = item_prompts(tok, cfg, texts, queries, ec.binary_question, "Answer Yes or No.")
-        out["p_true"] = next_token_probs(model, tok, prompts, yes_no, ec.batch_size, "[evaluate] p_true")[0][:, 0]
+        out["p_true"] = next_token_probs(model, tok, prompts, yes_no, ec.batch_size, "[evaluate] p_true", True)[0][:, 0]
     if "logprob" in ec.evaluators:
         out["logprob"] = np.array([s[1] for s in answers])
     if "self_certainty" in ec.evaluators:
@@ -216,7 +220,7 @@ def within_context(cfg: Config, items):
     tokens = np.array([size(t) for t in items["text"]])
     room = np.array([(context - frame[q]) // 2 for q in queries])
     long = tokens > room
-    if long.any():
+    if long.any() and parallel.is_main():
         print(f"[evaluate] {int(long.sum())} rated item(s) left out: longer than the model's context of {context} "
               f"tokens allows for two of them in the judge's prompt (the longest {int(tokens.max())} tokens, room "
               f"{int(room[long].min())})", flush=True)
@@ -244,9 +248,10 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     check_scale(ratings, ec.rating_scale)
     items, groups, left_out = rated_items(cfg, ratings)
     texts, human = items["text"].tolist(), items["rating"].to_numpy()
-    print(f"[evaluate] {len(items)} of {len(ratings.items)} rated items from {ratings.source} "
-          + (f"in {len(groups)} prompts ({len(left_out)} left out) " if ratings.has_prompts else "")
-          + f"(<= {ec.max_chars or 'any'} chars, spread over the rating range)", flush=True)
+    if parallel.is_main():
+        print(f"[evaluate] {len(items)} of {len(ratings.items)} rated items from {ratings.source} "
+              + (f"in {len(groups)} prompts ({len(left_out)} left out) " if ratings.has_prompts else "")
+              + f"(<= {ec.max_chars or 'any'} chars, spread over the rating range)", flush=True)
     extra_cache = sorted(inputs["spmcmc"].path.glob("pair_cache.rank*.jsonl")) if "spmcmc" in inputs else []
     models = {"base": (None, None)}
     if "finetune" in inputs:
@@ -263,6 +268,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         scores[name] = score_items(cfg, model, tok, texts, groups, workdir, adapter_key, extra_cache)
         if held_out is not None:
             sharpening[name] = _sharpening(cfg, model, tok, *held_out)
+    if not parallel.is_main():  # every forward pass above was shared and gathered; the figures are the main one's
+        return None
     prompt_set = within_prompt_figures(cfg, items, groups, left_out, ratings, scores, inputs) \
         if ratings.has_prompts else None
     return _assemble(cfg, items, human, scores, sharpening, ratings, inputs, workdir, yardstick, prompt_set)
@@ -348,7 +355,8 @@ def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float], 
         rows = [i for i, p in enumerate(prompts) if p == prompt]
         if len(rows) >= 3:
             chat = chat_prompt(tok, prompt, cfg.sample_space.system_prompt)
-            logp = [s[1] for s in answer_scores(model, tok, chat, [texts[i] for i in rows], cfg.evaluate.batch_size)]
+            logp = [s[1] for s in answer_scores(model, tok, chat, [texts[i] for i in rows], cfg.evaluate.batch_size,
+                                                distributed=True)]
             results.append(spearmanr(logp, [scores[i] for i in rows]))
     if not results:
         return {"n": len(texts), "prompts": 0, "spearman_r": None, "spearman_p": None}

@@ -8,8 +8,8 @@ Inputs:  preferences (train/test pairs, sft targets); in a later round either `i
 Output:  DatasetDict
            log:  step, epoch, loss, learning_rate, grad_norm, rewards_chosen, rewards_rejected,
                  rewards_margins, rewards_accuracies, logps_chosen, logps_rejected
-           eval_log: step, epoch, eval_loss, eval_rewards_* (the test pairs as TRL's eval_dataset, every
-                 finetune.eval_steps optimiser steps)
+           eval_log: step, epoch, eval_loss, eval_rewards_* (the test pairs, at most finetune.eval_pairs of
+                 them, as TRL's eval_dataset, every finetune.eval_steps optimiser steps)
            test: chosen_id, rejected_id, base/tuned log-probabilities of chosen and rejected, reward_margin
          adapter/ (adapter, tokenizer, model card README.md), merged/ when finetune.merge=true,
          summary.json (held-out preference accuracy of the base and the tuned policy, per pair and per
@@ -56,6 +56,7 @@ class Summary(TypedDict):
     final_loss: float | None
     final_eval_loss: float | None
     final_eval_reward_accuracy: float | None
+    eval_pairs: int  # the held-out pairs those two read (finetune.eval_pairs at most; 0: no curves)
     distinct_test_texts: DistinctTexts
     base_test_accuracy: float | None
     tuned_test_accuracy: float | None
@@ -221,6 +222,8 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     out = workdir / STATE_DIR / "dpo"
     loss = list(fc.loss_type)
     held_out = prefs["test"].select_columns(["prompt", "chosen", "rejected"]) if fc.eval_steps else None
+    if held_out is not None and held_out.num_rows > fc.eval_pairs:  # else evaluating grows with steps x pairs: P^2
+        held_out = held_out.shuffle(seed=fc.seed).select(range(fc.eval_pairs))
     evaluation = ({"eval_strategy": "steps", "eval_steps": fc.eval_steps, "per_device_eval_batch_size": fc.batch_size}
                   if held_out is not None and held_out.num_rows else {})
     args = DPOConfig(**training_args(cfg, out, device, fc.num_epochs), beta=fc.beta, loss_type=loss,
@@ -305,6 +308,7 @@ def _finish(cfg: Config, trainer, tok, prefs, workdir: Path, data_fp: str):
                "optimizer_steps": trainer.state.global_step, "final_loss": log[-1]["loss"] if log else None,
                "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
                "final_eval_reward_accuracy": evals[-1]["eval_rewards_accuracies"] if evals else None,
+               "eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
                "tuned_reward_accuracy": _mean(margin > 0), "mean_reward_margin": _mean(cfg.finetune.beta * margin),
                **held_out_accuracy(test, c)}
     _model_card(cfg, adapter, data_fp, summary)
@@ -340,7 +344,8 @@ def held_out_accuracy(test, c: dict) -> dict:
 
 def _lines(s: dict) -> list[str]:
     lines = [f"{s['optimizer_steps']} steps, final loss {number(s['final_loss'], '.4f')}; held-out DPO loss "
-             f"{number(s['final_eval_loss'], '.4f')}, reward accuracy {number(s['final_eval_reward_accuracy'], '.2f')}",
+             f"{number(s['final_eval_loss'], '.4f')}, reward accuracy {number(s['final_eval_reward_accuracy'], '.2f')} "
+             f"({s['eval_pairs']} pairs)",
              f"held-out pairs ranked right by log-probability: base {number(s['base_test_accuracy'], '.2f')} (per "
              f"distinct chosen text {number(s['base_test_accuracy_per_chosen_text'], '.2f')}), tuned "
              f"{number(s['tuned_test_accuracy'], '.2f')} (per distinct chosen text "

@@ -322,8 +322,10 @@ def run(cfg: Config, inputs: dict, workdir: Path):
     score = dict(zip(cands["id"], cands[column]))
     text = dict(zip(cands["id"], cands["text"]))
     exact = dict(zip(cands["id"], cands["stationary"])) if None not in cands["stationary"] else None
-    ids_of = {p["prompt_id"]: [i for i, pid in zip(cands["id"], cands["prompt_id"]) if pid == p["prompt_id"]]
-              for p in prompts}
+    ids_of = {p["prompt_id"]: [] for p in prompts}
+    for i, pid in zip(cands["id"], cands["prompt_id"]):  # one pass: a scan per prompt grew as prompts^2
+        if pid in ids_of:
+            ids_of[pid].append(i)
     system = cfg.sample_space.system_prompt
     message = {p["prompt_id"]: (_messages("system", system) if system else []) + _messages("user", p["prompt"])
                for p in prompts}

@@ -250,8 +250,9 @@ def run(cfg: Config, inputs: dict, workdir: Path):
         merged = {k: np.concatenate([p["trace"][k] for p in parts]) for k in parts[0]["trace"]}
         by_chain = np.lexsort((merged["step"], merged["chain"]))  # one order however the run was split or resumed
         merged = {k: v[by_chain] for k, v in merged.items()}
-    probs = {k: v for p in parts for k, v in p["probs"].items()}
-    mass = {k: v for p in parts for k, v in p["mass"].items()}
+    # in pair order: the fits sum over them, and the processes' (or a resumed cache's) order must not reach the bits
+    probs = dict(sorted((k, v) for p in parts for k, v in p["probs"].items()))
+    mass = dict(sorted((k, v) for p in parts for k, v in p["mass"].items()))
     if active:  # an active prompt's evidence is the design it chose, whatever else a reused cache holds
         probs, mass = (_within_designs(d, active, plans) for d in (probs, mass))
     return summarise(cfg, space, groups, plans, merged, probs, mass, workdir, adaptive)
