@@ -58,9 +58,13 @@ def test_dpo_changes_the_adapter_and_learns_a_held_out_preference(tmp_path):
 
 
 def test_sft_warmup_then_dpo_and_merged_export(tmp_path):
-    _, summary, work = train(tmp_path, "finetune.sft_first=true", "finetune.num_epochs=1", "finetune.merge=true")
+    out, summary, work = train(tmp_path, "finetune.sft_first=true", "finetune.num_epochs=1", "finetune.merge=true",
+                               "finetune.eval_steps=2", "finetune.eval_pairs=4")
     assert (work / "_state" / "sft_adapter" / "adapter_config.json").is_file()
     assert summary["optimizer_steps"] > 0
+    # the held-out curves read a sample of 4 of the 6 test pairs, every 2 steps
+    assert summary["test_pairs"] == 6 and summary["eval_pairs"] == 4
+    assert out["eval_log"].num_rows == summary["optimizer_steps"] // 2 > 0
     assert (work / "merged" / "config.json").is_file() and not (work / "merged" / "adapter_config.json").exists()
 
 
