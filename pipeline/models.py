@@ -182,10 +182,12 @@ def setup_device(mcfg: ModelConfig) -> str:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if mcfg.device == "auto" else mcfg.device
     if device == "cpu":
         # accelerate launch exports OMP_NUM_THREADS=1 unless told otherwise, which halved every
-        # forward pass on a 2-core machine: use the cores this process's share of the machine has
+        # forward pass on a 2-core machine: use the cores this process's share of the machine has (the ones it
+        # may run on: taskset, or a test worker's share)
         from pipeline.parallel import local_world_size
 
-        torch.set_num_threads(mcfg.cpu_threads or max(1, (os.cpu_count() or 1) // local_world_size()))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(mcfg.cpu_threads or max(1, cpus // local_world_size()))
     return device
 
 

@@ -26,6 +26,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _pin_worker() -> None:
+    """Under pytest-xdist (`-n auto`, the default here) each worker gets its own share of the CPUs, inherited by the
+    commands it starts. The pipeline sizes torch's threads by the affinity mask, so two workers on two cores no
+    longer run two OpenMP threads each on both: that oversubscription made the tiny model's small matmuls up to
+    100x slower, and made xdist look slower than one process."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and count > 1 and hasattr(os, "sched_setaffinity"):
+        cpus, i = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw"))
+        os.sched_setaffinity(0, cpus[i::count] or [cpus[i % len(cpus)]])
+
+
+_pin_worker()
+
+# two processes on one machine: torchrun's rendezvous on a free port, so two workers' launches never collide
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
 TINY = ["recipe=tiny"]
 
 
@@ -172,21 +189,56 @@ def design_resumes(tmp_path, finished, killed, args: list[str], kill_at: str) ->
     return json.loads((a / "summary.json").read_text()), computed
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the workers' common base), or this process's own."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def once(root: Path, key, make):
+    """`make(folder)` for `key`, done once per session across all workers: the first asks, builds it under a file lock
+    and marks it done; the others wait for the lock and read what it returned (JSON). A `make` that fails leaves no
+    mark, so the next asker tries again and fails the same way."""
+    import hashlib
+    import json
+
+    from filelock import FileLock
+
+    folder = root / hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+    done = folder.with_suffix(".done.json")
+    with FileLock(str(folder.with_suffix(".lock"))):
+        if not done.exists():
+            result = make(folder)
+            done.write_text(json.dumps(result))
+    return json.loads(done.read_text())
+
+
+def _proc_json(proc: subprocess.CompletedProcess) -> dict:
+    return {"args": list(map(str, proc.args)), "returncode": proc.returncode, "stdout": proc.stdout,
+            "stderr": proc.stderr}
+
+
+def _proc(data: dict) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(data["args"], data["returncode"], data["stdout"], data["stderr"])
+
+
 class FinishedRuns:
-    """Finished runs shared by the whole session: each distinct command line runs once, uninterrupted, in this
-    process, the first time a test asks for it. A test reads the shared folder and never writes to it; a test
-    that changes a run (damages it, resumes it, adds a stage) works on `copy(...)`."""
+    """Finished runs shared by the whole session: each distinct command line runs once, uninterrupted, in the
+    process of the first test that asks for it (under xdist, once for all workers). A test reads the shared folder
+    and never writes to it; a test that changes a run (damages it, resumes it, adds a stage) works on `copy(...)`."""
 
     def __init__(self, root: Path):
-        self.root, self.done = root, {}
+        self.root = root
 
     def __call__(self, *args: str) -> Path:
-        if args not in self.done:
-            out = self.root / f"run{len(self.done)}"
+        def make(out: Path) -> str:
             proc = run_main(*args, f"output_dir={out}")
             assert proc.returncode == 0, proc.stderr[-3000:]
-            self.done[args] = out
-        return self.done[args]
+            return str(out)
+
+        return Path(once(self.root, args, make))
 
     def copy(self, args, dest: Path) -> Path:
         """A private copy of the finished run of `args` (manifest paths are relative: the copy is a run of its own)."""
@@ -196,7 +248,7 @@ class FinishedRuns:
 
 @pytest.fixture(scope="session")
 def finished(tmp_path_factory) -> FinishedRuns:
-    return FinishedRuns(tmp_path_factory.mktemp("finished"))
+    return FinishedRuns(shared_dir(tmp_path_factory, "finished"))
 
 
 class KilledRuns:
@@ -204,25 +256,24 @@ class KilledRuns:
     points) is killed once; tests resume or damage a private `copy`."""
 
     def __init__(self, root: Path):
-        self.root, self.done = root, {}
+        self.root = root
 
     def copy(self, args, points, dest: Path) -> Path:
         import signal
 
-        key = (tuple(args), tuple(points))
-        if key not in self.done:
-            out = self.root / f"killed{len(self.done)}"
+        def make(out: Path) -> str:
             for point in points:
                 proc = run_cli(*args, f"output_dir={out}", env={"SPMCMC_KILL_AT": point})
                 assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
-            self.done[key] = out
-        shutil.copytree(self.done[key], dest, dirs_exist_ok=True)
+            return str(out)
+
+        shutil.copytree(once(self.root, (tuple(args), tuple(points)), make), dest, dirs_exist_ok=True)
         return dest
 
 
 @pytest.fixture(scope="session")
 def killed(tmp_path_factory) -> KilledRuns:
-    return KilledRuns(tmp_path_factory.mktemp("killed"))
+    return KilledRuns(shared_dir(tmp_path_factory, "killed"))
 
 
 # killed everywhere: generation, the exact fill, the chains, training, finalising (one kill per point, in order)
@@ -236,17 +287,25 @@ def resumed_everywhere(killed, tmp_path_factory) -> tuple[Path, subprocess.Compl
     """EVERYWHERE killed at each of EVERYWHERE_KILLS through the real command, then resumed by it once (the stale
     lock of the killed runs is no obstacle): (its output_dir, the resuming process). Read, never written; the
     uninterrupted run to compare with is `finished(*EVERYWHERE)`."""
-    out = killed.copy(EVERYWHERE, EVERYWHERE_KILLS, tmp_path_factory.mktemp("everywhere") / "out")
-    return out, run_cli(*EVERYWHERE, f"output_dir={out}")
+    def make(folder: Path) -> dict:
+        out = killed.copy(EVERYWHERE, EVERYWHERE_KILLS, folder / "out")
+        return {"out": str(out), **_proc_json(run_cli(*EVERYWHERE, f"output_dir={out}"))}
+
+    done = once(shared_dir(tmp_path_factory, "everywhere"), "everywhere", make)
+    return Path(done["out"]), _proc(done)
 
 
 @pytest.fixture(scope="session")
 def readme_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The README's launch command on the tiny model (`accelerate launch pipeline/run.py recipe=tiny`), all five
     stages, in a fresh interpreter, once per session: (its output_dir, the finished process). Read, never written."""
-    out = tmp_path_factory.mktemp("readme") / "out"
-    launcher = ["accelerate", "launch", "--config_file", str(REPO / "accelerate_config.yaml")]
-    return out, run_cli(*TINY, f"output_dir={out}", launcher=launcher)
+    def make(folder: Path) -> dict:
+        launcher = ["accelerate", "launch", "--config_file", str(REPO / "accelerate_config.yaml")]
+        return {"out": str(folder / "out"), **_proc_json(run_cli(*TINY, f"output_dir={folder / 'out'}",
+                                                                 launcher=launcher))}
+
+    done = once(shared_dir(tmp_path_factory, "readme"), "readme", make)
+    return Path(done["out"]), _proc(done)
 
 
 @pytest.fixture(scope="session")
@@ -282,8 +341,11 @@ def prompt_args(path):
 @pytest.fixture(scope="session")
 def three_prompts(tmp_path_factory):
     """recipe=tiny over a file of 3 prompts, all five stages, through the real command."""
-    folder = tmp_path_factory.mktemp("three")
-    proc = run_main("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
-                   "evaluate.winrate_samples=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return folder / "out"
+    def make(folder: Path) -> str:
+        folder.mkdir()
+        proc = run_main("recipe=tiny", f"output_dir={folder / 'out'}", *prompt_args(prompt_file(folder)),
+                        "evaluate.winrate_samples=3")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return str(folder / "out")
+
+    return Path(once(shared_dir(tmp_path_factory, "three"), "three", make))

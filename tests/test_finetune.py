@@ -3,7 +3,6 @@ and the checks against the model before training."""
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 from safetensors.numpy import load_file
 
-from conftest import EVERYWHERE, TINY, assert_one_error_line, run_cli, run_main, stage_paths, tiny_config
+from conftest import EVERYWHERE, TINY, TORCHRUN_2, assert_one_error_line, run_cli, run_main, stage_paths, tiny_config
 from pipeline.artifacts import MARKER, Artifact, StageError
 from pipeline.stages import finetune
 
@@ -96,7 +95,7 @@ def test_resume_from_checkpoint_matches_uninterrupted(finished, resumed_everywhe
 
 @pytest.mark.slow
 def test_data_parallel_training_with_two_processes(tmp_path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher = TORCHRUN_2
     proc = run_cli(*FT, f"output_dir={tmp_path}", launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, path = adapter(tmp_path)

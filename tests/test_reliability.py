@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from conftest import (
     EVERYWHERE,
     EVERYWHERE_KILLS,
     TINY,
+    TORCHRUN_2,
     assert_one_error_line,
     dataset_files,
     prompt_args,
@@ -82,7 +82,7 @@ def test_two_processes_killed_and_resumed_give_the_one_process_artifacts(three_p
     out = tmp_path / "out"
     out.mkdir()
     shutil.copytree(three_prompts / "finetune", out / "finetune")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher = TORCHRUN_2
     killed = run_cli(*args, f"output_dir={out}", launcher=launcher, env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
     assert killed.returncode != 0 and not list((out / "sample_space").glob(f"*/{MARKER}")), killed.stderr[-2000:]
     chunks = list((out / "sample_space").glob("*.partial/_state/chunks/chunk_*.json"))

@@ -2,14 +2,13 @@
 from kills and damaged resume state."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import TINY, dataset_files, run_cli, run_main, stage_paths, tiny_config
+from conftest import TINY, TORCHRUN_2, dataset_files, run_cli, run_main, stage_paths, tiny_config
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
@@ -80,7 +79,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, finished, killed):
 
 @pytest.mark.slow
 def test_two_processes_split_chains_and_merge_caches(tmp_path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher = TORCHRUN_2
     args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.num_chains=3", "spmcmc.mode=chains",
             f"output_dir={tmp_path}"]
     proc = run_cli(*args, launcher=launcher)
