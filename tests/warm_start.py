@@ -1,0 +1,94 @@
+"""A warm interpreter for the tests' commands (`python tests/warm_start.py`, started by conftest.run_cli).
+
+It imports once what every pipeline command imports (torch, transformers, datasets, TRL, ...), then forks one
+child per command. The child runs the script (or `-m` module) as `__main__` with the command's argv, environment
+and working directory, its stdout and stderr going to files, and exits with the script's code. It is a process of
+its own: a SIGKILL kills it alone and reads back as -9, exactly as from a fresh interpreter. What it skips is the
+import of the libraries, about 8-12 s per command on the 2-core machine, which was a third of the suite's time.
+
+Nothing ran in this interpreter before the fork but imports, so no thread pool (OpenMP, tokenizers) is forked
+half-alive; conftest sends here only commands whose environment differs from the one these modules were imported
+under in SPMCMC_KILL_AT alone (read at run time), and keeps a fresh interpreter for the rest.
+
+Protocol: one JSON request per line on stdin; one JSON line back with the child's pid, then one with its exit
+code (negative: the signal that ended it).
+"""
+
+import json
+import os
+import sys
+
+PRELOAD = ["numpy", "scipy.stats", "scipy.optimize", "pandas", "pyarrow", "datasets", "torch", "transformers",
+           "transformers.models.llama.modeling_llama", "peft", "trl", "accelerate", "choix", "omegaconf", "tqdm",
+           "matplotlib", "matplotlib.pyplot", "pipeline.config", "pipeline.artifacts", "pipeline.models"]
+
+
+def child(req: dict) -> None:
+    """Become the command; never returns."""
+    import atexit
+    import io
+    import runpy
+    import traceback
+
+    code = 1
+    try:
+        os.environ.clear()
+        os.environ.update(req["env"])
+        os.chdir(req["cwd"])
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(f, fd)
+            os.close(f)
+        # unbuffered, as PYTHONUNBUFFERED=1: what a killed command printed is in its files
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+                                      errors="backslashreplace")
+        argv = req["argv"]
+        try:
+            if argv[0] == "-m":
+                sys.argv = [argv[1], *argv[2:]]
+                sys.path[0] = req["cwd"]  # `python -m` puts the working directory first
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = list(argv)
+                sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+                runpy.run_path(argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as e:  # as the interpreter exits: an int is the code, anything else is printed, code 1
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def serve() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    replies = os.fdopen(os.dup(1), "w")
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            child(req)
+        replies.write(json.dumps({"pid": pid}) + "\n")
+        replies.flush()
+        _, status = os.waitpid(pid, 0)
+        replies.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    serve()
