@@ -295,7 +295,7 @@ def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int) -> d
         chosen = {e for e, keep in zip(edges, mask) if keep}
         fit = fit_strengths({k: v for k, v in probs.items() if (min(k), max(k)) in chosen}, n)
         return m @ fit.s if fit is not None else np.zeros(n)
-    out = split_half(estimate, len(edges), splits, seed)
+    out = split_half(lambda masks: np.array([estimate(mask) for mask in masks]), len(edges), splits, seed)
     return out and {**out, "evidence": "compared pairs"}
 
 

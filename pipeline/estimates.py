@@ -125,32 +125,30 @@ def acceptance_matrix(pf: np.ndarray, order: str) -> np.ndarray:
 
 
 def stationary_distribution(t: np.ndarray) -> np.ndarray:
-    """pi with pi T = pi, sum(pi) = 1 (one linear solve; T irreducible)."""
-    from scipy.linalg import solve
-
-    n = t.shape[0]
-    m = t.T - np.eye(n)
-    m[-1, :] = 1.0  # one (redundant) balance equation replaced by the normalisation
-    b = np.zeros(n)
-    b[-1] = 1.0
-    pi = np.clip(solve(m, b), 0.0, None)
-    return pi / pi.sum()
+    """pi with pi T = pi, sum(pi) = 1 (one linear solve; T irreducible). T may be a stack (..., n, n): one solve
+    each, all in one call."""
+    n = t.shape[-1]
+    m = np.swapaxes(t, -1, -2) - np.eye(n)
+    m[..., -1, :] = 1.0  # one (redundant) balance equation replaced by the normalisation
+    b = np.zeros((*t.shape[:-2], n, 1))
+    b[..., -1, 0] = 1.0
+    pi = np.clip(np.linalg.solve(m, b)[..., 0], 0.0, None)
+    return pi / pi.sum(-1, keepdims=True)
 
 
 def graph_stationary(accept: np.ndarray, weights: np.ndarray, regularise: float = 0.0) -> np.ndarray:
     """Stationary distribution of the Barker chain whose symmetric proposal picks neighbour j of i with
     probability weights[i, j] / max weighted degree (weights symmetric, 0 off the graph). With
     `regularise` > 0, that share of steps proposes uniformly with acceptance 1/2 (keeps a resampled
-    or halved graph irreducible)."""
+    or halved graph irreducible). `weights` may be a stack (R, n, n), a bootstrap's: (R, n) out."""
     n = accept.shape[0]
-    w = np.where(weights > 0, weights, 0.0)
-    np.fill_diagonal(w, 0.0)
-    t = w * np.nan_to_num(accept) / max(w.sum(1).max(), 1e-12)
+    off = ~np.eye(n, dtype=bool)
+    w = np.where((weights > 0) & off, weights, 0.0)
+    t = w * np.nan_to_num(accept) / np.maximum(w.sum(-1).max(-1), 1e-12)[..., None, None]
     if regularise:
-        flat = np.full((n, n), 0.5 / (n - 1))
-        np.fill_diagonal(flat, 0.0)
-        t = (1 - regularise) * t + regularise * flat
-    np.fill_diagonal(t, 1.0 - t.sum(1))
+        t = (1 - regularise) * t + regularise * np.where(off, 0.5 / (n - 1), 0.0)
+    diagonal = np.arange(n)
+    t[..., diagonal, diagonal] = 1.0 - t.sum(-1)
     return stationary_distribution(t)
 
 
@@ -194,12 +192,13 @@ def on_edges(probs: dict, edges: list[tuple[int, int]], keep) -> dict:
 
 
 def edge_weights(n: int, edges: list[tuple[int, int]], counts=None) -> np.ndarray:
-    w = np.zeros((n, n))
-    counts = np.ones(len(edges)) if counts is None else counts
+    """(n, n) symmetric weights of the edges (`counts` of each, 1 by default); (R, n, n) for counts (R, edges)."""
+    counts = np.ones(len(edges)) if counts is None else np.asarray(counts, dtype=float)
+    w = np.zeros((*counts.shape[:-1], n, n))
     if edges:
         e = np.array(edges)
-        np.add.at(w, (e[:, 0], e[:, 1]), counts)
-        np.add.at(w, (e[:, 1], e[:, 0]), counts)
+        w[..., e[:, 0], e[:, 1]] += counts  # an unordered edge appears once: no repeated index to lose
+        w[..., e[:, 1], e[:, 0]] += counts
     return w
 
 
@@ -214,23 +213,63 @@ def solve_on_edges(probs: dict, n: int, order: str, edges: list[tuple[int, int]]
                             regularise)
 
 
+def soft_wins(probs: dict, n: int, edges=None, counts=None) -> np.ndarray:
+    """wins[f, s] += P(first chosen), wins[s, f] += the rest, per comparison; with `edges`, each weighted by its
+    unordered pair's count (1 by default, 0 for a pair not listed); counts (R, edges) give (R, n, n)."""
+    keys = np.array(list(probs), dtype=np.int64).reshape(-1, 2)
+    p = np.fromiter(probs.values(), float, len(probs))
+    c = np.ones(len(p))
+    if edges is not None:
+        index = {e: k for k, e in enumerate(edges)}
+        where = [index.get((min(f, s), max(f, s)), len(edges)) for f, s in keys.tolist()]
+        counts = np.ones(len(edges)) if counts is None else np.asarray(counts, dtype=float)
+        c = np.concatenate([counts, np.zeros((*counts.shape[:-1], 1))], -1)[..., where]  # unlisted: weight 0
+    wins = np.zeros((*c.shape[:-1], n, n))
+    wins[..., keys[:, 0], keys[:, 1]] += c * p  # dict keys: each ordered pair at most once per statement
+    wins[..., keys[:, 1], keys[:, 0]] += c * (1.0 - p)
+    return wins
+
+
 def bradley_terry(probs: dict, n: int, alpha: float, edges=None, counts=None) -> np.ndarray:
     """BT strengths (sum 1) from soft wins: a comparison adds P(first chosen) to first-beats-second and
-    the rest to second-beats-first (choix ILSR). `edges`/`counts` reweight unordered pairs (bootstrap)."""
+    the rest to second-beats-first (choix ILSR). `edges`/`counts` reweight unordered pairs; counts (R, edges),
+    a bootstrap's, fit all R at once (ilsr_stack) and give (R, n)."""
     import choix
 
-    weight = {}
-    if edges is not None:
-        for (i, j), c in zip(edges, np.ones(len(edges)) if counts is None else counts):
-            weight[i, j] = weight[j, i] = c
-    wins = np.zeros((n, n))
-    for (f, s), p in probs.items():
-        c = weight.get((f, s), 0.0) if edges is not None else 1.0
-        wins[f, s] += c * p
-        wins[s, f] += c * (1.0 - p)
-    params = choix.ilsr_pairwise_dense(wins, alpha=alpha)
-    w = np.exp(params - params.max())
-    return w / w.sum()
+    wins = soft_wins(probs, n, edges, counts)
+    params = choix.ilsr_pairwise_dense(wins, alpha=alpha) if wins.ndim == 2 else ilsr_stack(wins, alpha)
+    w = np.exp(params - params.max(-1, keepdims=True))
+    return w / w.sum(-1, keepdims=True)
+
+
+def ilsr_stack(wins: np.ndarray, alpha: float, max_iter: int = 100, tol: float = 1e-8) -> np.ndarray:
+    """choix.ilsr_pairwise_dense over a stack of win matrices (R, n, n) at once: the same iteration (Luce spectral
+    ranking from equal weights, refined until the L1 change of the centred log-weights is at most tol * n), each
+    matrix left alone once it has converged. (R, n) centred log-weights; choix's to rounding (tests/test_estimates)."""
+    r, n, _ = wins.shape
+    params, last = np.zeros((r, n)), None
+    live = np.arange(r)
+    diagonal = np.arange(n)
+    for _ in range(max_iter):
+        w = np.exp(params[live] - params[live].mean(-1, keepdims=True))
+        w *= n / w.sum(-1, keepdims=True)
+        rates = alpha + np.swapaxes(wins[live], 1, 2) / (w[:, :, None] + w[:, None, :])  # choix's LSR chain
+        rates[:, diagonal, diagonal] = 0.0
+        rates[:, diagonal, diagonal] = -rates.sum(-1)
+        m = np.swapaxes(rates, 1, 2).copy()  # pi Q = 0, one balance equation replaced by the normalisation
+        m[:, -1, :] = 1.0
+        b = np.zeros((len(live), n, 1))
+        b[:, -1, 0] = 1.0
+        new = np.log(np.linalg.solve(m, b)[..., 0])
+        new -= new.mean(-1, keepdims=True)
+        moved = None if last is None else np.abs(new - last[live]).sum(-1)
+        params[live] = new
+        last = params.copy()
+        if moved is not None:
+            live = live[moved > tol * n]
+        if not len(live):
+            return params
+    raise RuntimeError(f"Bradley-Terry (ILSR) did not converge after {max_iter} iterations")
 
 
 def pair_edges(probs: dict) -> list[tuple[int, int]]:
@@ -238,15 +277,19 @@ def pair_edges(probs: dict) -> list[tuple[int, int]]:
     return sorted({(min(i, j), max(i, j)) for i, j in probs})
 
 
+def resample_counts(units: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, units): how often each unit is drawn in each resample with replacement."""
+    draws = np.random.default_rng(seed).integers(units, size=(resamples, units))
+    flat = (draws + units * np.arange(resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=units * resamples).reshape(resamples, units).astype(float)
+
+
 def bootstrap_se(fit, edges: list[tuple[int, int]], resamples: int, seed: int) -> np.ndarray:
-    """Per-candidate standard deviation of `fit(counts)` over compared pairs resampled with replacement
-    (NaN with no resamples)."""
+    """Per-candidate standard deviation of `fit(counts)` over compared pairs resampled with replacement (NaN with
+    no resamples). `fit` takes every resample's counts at once, (resamples, edges), and returns (resamples, n)."""
     if resamples < 2:
-        return np.full(len(fit(np.ones(len(edges)))), np.nan)
-    rng = np.random.default_rng(seed)
-    draws = [fit(np.bincount(rng.integers(len(edges), size=len(edges)), minlength=len(edges)).astype(float))
-             for _ in range(resamples)]
-    return np.std(draws, axis=0, ddof=1)
+        return np.full(fit(np.ones((1, len(edges)))).shape[-1], np.nan)
+    return np.std(fit(resample_counts(len(edges), resamples, seed)), axis=0, ddof=1)
 
 
 # ------------------------------------------------------------------------------------ from the chains
@@ -294,26 +337,25 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def split_half(estimate_half, units: int, splits: int, seed: int) -> dict | None:
-    """Spearman between estimates on random halves of the evidence (`estimate_half(mask)`), averaged over
-    `splits` random splits, and its Spearman–Brown correction."""
+def split_half(estimate_halves, units: int, splits: int, seed: int) -> dict | None:
+    """Spearman between estimates on random halves of the evidence, averaged over `splits` random splits, and its
+    Spearman–Brown correction. `estimate_halves(masks)` takes every half at once, (2 * splits, units) boolean masks
+    (the splits' first halves, then their complements), and returns one estimate per mask."""
     if units < 4 or splits < 1:
         return None
     rng = np.random.default_rng(seed)
-    rs = []
-    for _ in range(splits):
-        mask = np.zeros(units, dtype=bool)
-        mask[rng.permutation(units)[: units // 2]] = True
-        rs.append(_spearman(estimate_half(mask), estimate_half(~mask)))
-    r = float(np.mean(rs))
+    masks = np.zeros((splits, units), dtype=bool)
+    for k in range(splits):
+        masks[k, rng.permutation(units)[: units // 2]] = True
+    halves = estimate_halves(np.concatenate([masks, ~masks]))
+    r = float(np.mean([_spearman(halves[k], halves[splits + k]) for k in range(splits)]))
     return {"split_half_r": r, "consistency": spearman_brown(r), "splits": splits, "units": units}
 
 
 def graph_consistency(probs: dict, n: int, order: str, edges: list, splits: int, seed: int) -> dict | None:
-    """Halves of the compared pairs, each solved on its own (regularised) graph."""
-    def half(mask):
-        return solve_on_edges(probs, n, order, [e for e, m in zip(edges, mask) if m], regularise=REGULARISE)
-    out = split_half(half, len(edges), splits, seed)
+    """Halves of the compared pairs, each solved on its own (regularised) graph: all halves in one stacked solve."""
+    out = split_half(lambda masks: solve_on_edges(probs, n, order, edges, masks.astype(float), REGULARISE),
+                     len(edges), splits, seed)
     return out and {**out, "evidence": "compared pairs"}
 
 
@@ -321,7 +363,8 @@ def chain_consistency(contrib: np.ndarray, splits: int, seed: int) -> dict | Non
     """Halves of the chains (at least 4 chains), each half's visit estimate."""
     if contrib.shape[0] < 4:
         return None
-    out = split_half(lambda mask: contrib[mask].reshape(-1, contrib.shape[2]).mean(0), contrib.shape[0], splits, seed)
+    out = split_half(lambda masks: np.array([contrib[m].reshape(-1, contrib.shape[2]).mean(0) for m in masks]),
+                     contrib.shape[0], splits, seed)
     return out and {**out, "evidence": "chains"}
 
 
@@ -379,7 +422,8 @@ def all_estimates(probs: dict, n: int, order: str, mode: str, edges: list, trace
             lambda c: solve_on_edges(probs, n, order, edges, c, REGULARISE), edges, resamples, seed))
         rel["score"] = graph_consistency(probs, n, order, edges, splits, seed)
     else:
-        out = split_half(lambda m: bradley_terry(probs, n, alpha, pairs, m.astype(float)), len(pairs), splits, seed)
+        out = split_half(lambda masks: bradley_terry(probs, n, alpha, pairs, masks.astype(float)), len(pairs), splits,
+                         seed)
         rel["score"] = out and {**out, "evidence": "compared pairs"}
     return est, rel
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -216,16 +217,31 @@ def custom_code_guard(mcfg: ModelConfig):
 
 
 def load_tokenizer(path: Path, mcfg: ModelConfig):
-    from transformers import AutoTokenizer
+    """The tokenizer of the model folder `path`, read from disk once per process and folder (a run asks for it about
+    ten times: the length check, every model load, training); each caller gets its own copy, which it may change
+    (the trainers do)."""
+    import copy
 
     with custom_code_guard(mcfg):
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=mcfg.trust_remote_code)
+        tok = copy.deepcopy(_read_tokenizer(str(path), mcfg.trust_remote_code, _folder_signature(Path(path))))
     if not tok.chat_template:
         raise ModelError(f"the tokenizer of {mcfg.name_or_path} has no chat template; use an instruct/chat model")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # batched generation continues from the right edge
     return tok
+
+
+def _folder_signature(path: Path) -> tuple:
+    """Names, sizes and times of the folder's files: a tokenizer rewritten in place is read again."""
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_tokenizer(path: str, trust_remote_code: bool, signature: tuple):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def load_model(mcfg: ModelConfig, adapter: Path | None = None):

@@ -9,14 +9,18 @@ from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.config import SpmcmcConfig
 from pipeline.diagnostics import total_variation
 from pipeline.estimates import (
+    REGULARISE,
     all_estimates,
     bradley_terry,
     calibration_shift,
     choose_mode,
     design_graph,
     exact_stationary,
+    ilsr_stack,
     ordered,
+    pair_edges,
     plan_design,
+    resample_counts,
     shifted,
     solve_on_edges,
 )
@@ -149,3 +153,30 @@ def test_exact_solver_matches_bt_weights(order):
 
 def test_bt_fit_recovers_weights():
     assert np.abs(bradley_terry(answers(bt_judge, every_pair(N)), N, alpha=1e-6) - PI).max() < 1e-4
+
+
+def test_the_stacked_bradley_terry_fit_is_choix_s():
+    import choix
+
+    rng = np.random.default_rng(4)
+    for n in (2, 5, 12):
+        wins = rng.uniform(0.0, 2.0, size=(6, n, n)) * (rng.random((6, n, n)) < 0.7) + 0.05  # every pair met
+        for alpha in (0.0, 0.01):
+            ref = np.array([choix.ilsr_pairwise_dense(w - np.diag(np.diag(w)), alpha=alpha) for w in wins])
+            got = ilsr_stack(np.array([w - np.diag(np.diag(w)) for w in wins]), alpha)
+            assert np.abs(got - ref).max() < 1e-9, (n, alpha)
+
+
+def test_the_bootstrap_fits_every_resample_at_once_as_one_at_a_time_would():
+    rng = np.random.default_rng(1)
+    n = 9
+    probs = {(i, j): float(rng.uniform(0.05, 0.95)) for i in range(n) for j in range(n) if i != j and rng.random() < 0.7}
+    pairs = pair_edges(probs)
+    counts = resample_counts(len(pairs), 50, seed=3)
+    draws = np.random.default_rng(3)  # one resample after another, as the bootstrap drew them before
+    assert np.array_equal(counts, [np.bincount(draws.integers(len(pairs), size=len(pairs)), minlength=len(pairs))
+                                   for _ in range(50)])
+    one_by_one = np.array([bradley_terry(probs, n, 0.01, pairs, c) for c in counts])
+    assert np.abs(bradley_terry(probs, n, 0.01, pairs, counts) - one_by_one).max() < 1e-9
+    graph = np.array([solve_on_edges(probs, n, "random", pairs, c, REGULARISE) for c in counts])
+    assert np.abs(solve_on_edges(probs, n, "random", pairs, counts, REGULARISE) - graph).max() < 1e-12

@@ -94,3 +94,21 @@ def test_an_answer_cut_off_at_max_new_tokens_is_scored_without_an_end_of_turn(ti
                                finished=[True, False])
     assert cut[0] > ended[0]  # one log-probability (<= 0) fewer
     assert answer_scores(model, tok, prompt, ["Why did the chicken"])[0] == pytest.approx(ended)
+
+
+def test_the_tokenizer_is_read_once_per_folder_and_each_caller_gets_its_own(tiny_model_dir, tmp_path):
+    from pipeline.config import ModelConfig
+    from pipeline.models import _read_tokenizer, load_tokenizer
+
+    folder, mcfg = tmp_path / "model", ModelConfig(name_or_path="embedded:tiny-random")
+    shutil.copytree(tiny_model_dir, folder)
+    first = load_tokenizer(folder, mcfg)
+    reads = _read_tokenizer.cache_info().misses
+    second = load_tokenizer(folder, mcfg)
+    assert _read_tokenizer.cache_info().misses == reads  # from memory
+    first.padding_side, first.pad_token = "right", "<|im_start|>"  # what a trainer may do to its copy
+    assert (second.padding_side, second.pad_token) == ("left", second.eos_token)
+    assert load_tokenizer(folder, mcfg).padding_side == "left"
+    config = folder / "tokenizer_config.json"  # rewritten in place: read again
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 77}))
+    assert load_tokenizer(folder, mcfg).model_max_length == 77 and _read_tokenizer.cache_info().misses == reads + 1

@@ -73,7 +73,7 @@ from pipeline.report import wald_prompts
 from pipeline.stages.finetune import adapter_of
 from pipeline.workdir import STATE_DIR, failpoint, write_json
 
-NAME, VERSION = "spmcmc", 6  # 6: the active design and its candidates columns
+NAME, VERSION = "spmcmc", 7  # 7: the bootstrap fits its resamples at once (SEs move by ~1e-11)
 
 
 class Consistency(TypedDict, total=False):
