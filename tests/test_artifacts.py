@@ -131,6 +131,7 @@ def test_complete_marker_without_dataset_files_is_recomputed(tmp_path, finished)
     assert dataset_files(path) == before
 
 
+@pytest.mark.slow
 def test_subset_run_keeps_the_other_stages_in_the_manifest(tmp_path):
     run_pipeline(tiny_config(tmp_path, "stages=[sample_space,spmcmc]"))
     run_pipeline(tiny_config(tmp_path, "stages=[spmcmc]", "spmcmc.iterations=50"))

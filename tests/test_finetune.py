@@ -57,6 +57,7 @@ def test_dpo_changes_the_adapter_and_learns_a_held_out_preference(tmp_path):
     assert (work / "adapter" / "README.md").read_text().count("base model") == 1
 
 
+@pytest.mark.slow
 def test_sft_warmup_then_dpo_and_merged_export(tmp_path):
     out, summary, work = train(tmp_path, "finetune.sft_first=true", "finetune.num_epochs=1", "finetune.merge=true",
                                "finetune.eval_steps=2", "finetune.eval_pairs=4")

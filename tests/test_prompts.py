@@ -133,6 +133,7 @@ def test_per_prompt_resume_after_kill_equals_an_uninterrupted_run(tmp_path, fini
     assert sorted(set(trace["chain"])) == list(range(6)) and trace.num_rows == 6 * 40  # 2 chains x 3 prompts
 
 
+@pytest.mark.slow
 def test_one_query_is_a_prompt_set_of_one(tmp_path):
     """`query=X` and `prompts=[X]` are the same run: identical datasets for every stage that reads them."""
     stages = "stages=[sample_space,spmcmc,preferences]"

@@ -112,6 +112,7 @@ def adapter_weights(out: Path) -> dict:
     return load_file(str(stage_paths(out)["finetune"] / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_cut_short_is_set_aside_and_the_one_before_resumed(finished, killed, tmp_path):
     """Killed after its second checkpoint; that checkpoint's trainer_state.json is then lost (what a full disk
     leaves): the resume removes it, says so, resumes from checkpoint-1 and ends with the uninterrupted adapter."""

@@ -90,6 +90,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, finished, killed):
     assert sum(e["count"] for e in log if e["event"] == "generated_chunk") == 3  # 12 samples / 4 per chunk
 
 
+@pytest.mark.slow
 def test_damaged_generation_chunk_is_generated_again(tmp_path, finished, killed):
     out = killed.copy(SPACE, KILL, tmp_path / "a")
     chunk = next((out / "sample_space").glob("*.partial/_state/chunks/chunk_00000.json"))

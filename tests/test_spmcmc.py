@@ -108,6 +108,7 @@ def test_pair_cache_line_of_the_wrong_shape_is_skipped(tmp_path, finished, kille
     assert dataset_files(stage_paths(out)["spmcmc"]) == dataset_files(stage_paths(finished(*RESUME))["spmcmc"])
 
 
+@pytest.mark.slow
 def test_deleted_pair_cache_with_kept_checkpoints_ends_the_same(tmp_path, finished, killed):
     out, partial = killed_in_spmcmc(tmp_path, killed)
     (partial / "pair_cache.rank0.jsonl").unlink()

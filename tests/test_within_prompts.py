@@ -197,6 +197,7 @@ def test_the_bundled_caption_contests():
     assert wp.rating_scale(r.items, None) == SCALE
 
 
+@pytest.mark.slow
 def test_a_prompt_set_end_to_end_with_training_prompts_flagged(three_prompts, tmp_path):
     """The real command, evaluate only, over the tiny run of three prompts: a rated prompt that is a training prompt
     is flagged and left out of before/after; every prompt has its per-prompt rows; the pooled table has intervals."""
@@ -228,6 +229,7 @@ def test_a_prompt_set_end_to_end_with_training_prompts_flagged(three_prompts, tm
     assert (folder / "prompt_correlations.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_caption_contests_recipe_on_the_tiny_model(tiny_model_dir, tmp_path):
     """The recipe's own command over every bundled contest (10 captions each), here with the active design (one
     budget shared across contests): per-prompt rows for all 24, the parametric ceiling, the pooled table."""
