@@ -145,7 +145,7 @@ def evaluation_plots(workdir: Path, human, scores: dict, metrics: list[dict], ce
     plt = _pyplot()
     evaluators = list(scores["base"])
     fig, axes = plt.subplots(len(scores), len(evaluators), figsize=(2.6 * len(evaluators), 2.6 * len(scores)),
-                             squeeze=False)
+                             squeeze=False, sharey=True)  # one y axis, the human mean: its tick labels drawn once
     m = {(r["evaluator"], r["model"]): r for r in metrics}
     for row, (model, per) in enumerate(scores.items()):
         for col, e in enumerate(evaluators):

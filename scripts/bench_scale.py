@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="answers sampled per prompt")
     parser.add_argument("--finetune-epochs", type=float, default=None,
                         help="finetune.num_epochs at the largest P (default: the recipe's)")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
+                        help="the last stage to run (each stage reads the ones before it)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scale"))
     args = parser.parse_args()
     sizes = [int(x) for x in args.prompts.split(",")]
@@ -153,7 +155,7 @@ def main() -> None:
         run_args = settings(prompt_file(args.out, n), args.samples, out,
                             args.finetune_epochs if n == max(sizes) else None)
         rows = []
-        for stage in STAGES:
+        for stage in STAGES[:STAGES.index(args.until) + 1]:
             r = run_stage(stage, run_args, out)
             own = r["wall_s"] - r["model_s"]
             note = f"{r['steps']} steps, {r['wall_s'] / r['steps']:.2f} s/step" if r["steps"] else ""

@@ -1,16 +1,14 @@
 """scripts/dose_response.py: the grid checked before any run, --out relative to where it is run."""
 
-import subprocess
-import sys
+import os
 
 import pytest
 
-from conftest import REPO, assert_one_error_line
+from conftest import REPO, assert_one_error_line, command
 
 
 def dose_response(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "dose_response.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return command([str(REPO / "scripts" / "dose_response.py"), *args], cwd, dict(os.environ), 600)
 
 
 @pytest.mark.parametrize("item", ["1e-3:1", "fast:2:0.1", "5e-4:0:0.1", "5e-4:2:0.1:7"])
