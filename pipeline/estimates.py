@@ -256,11 +256,7 @@ def ilsr_stack(wins: np.ndarray, alpha: float, max_iter: int = 100, tol: float =
         rates = alpha + np.swapaxes(wins[live], 1, 2) / (w[:, :, None] + w[:, None, :])  # choix's LSR chain
         rates[:, diagonal, diagonal] = 0.0
         rates[:, diagonal, diagonal] = -rates.sum(-1)
-        m = np.swapaxes(rates, 1, 2).copy()  # pi Q = 0, one balance equation replaced by the normalisation
-        m[:, -1, :] = 1.0
-        b = np.zeros((len(live), n, 1))
-        b[:, -1, 0] = 1.0
-        new = np.log(np.linalg.solve(m, b)[..., 0])
+        new = np.log(stationary_distribution(rates + np.eye(n)))  # pi Q = 0 is pi (Q + I) = pi
         new -= new.mean(-1, keepdims=True)
         moved = None if last is None else np.abs(new - last[live]).sum(-1)
         params[live] = new
