@@ -108,6 +108,15 @@ def test_the_tokenizer_is_read_once_per_folder_and_each_caller_gets_its_own(tiny
     assert _read_tokenizer.cache_info().misses == reads  # from memory
     first.padding_side, first.pad_token = "right", "<|im_start|>"  # what a trainer may do to its copy
     assert (second.padding_side, second.pad_token) == ("left", second.eos_token)
+    # the copies share the Rust tokenizer: padding one way through the first leaves the second's batches as they were
+    from transformers import AutoTokenizer
+
+    fresh = AutoTokenizer.from_pretrained(str(folder))
+    fresh.padding_side, fresh.pad_token = "left", fresh.eos_token
+    texts = ["Why?", "Why did the chicken cross the road?"]
+    right = first(texts, padding=True)["input_ids"]
+    assert right[0][-1] == first.convert_tokens_to_ids("<|im_start|>")
+    assert second(texts, padding=True)["input_ids"] == fresh(texts, padding=True)["input_ids"] != right
     assert load_tokenizer(folder, mcfg).padding_side == "left"
     config = folder / "tokenizer_config.json"  # rewritten in place: read again
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 77}))

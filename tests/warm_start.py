@@ -6,7 +6,8 @@ and working directory, its stdout and stderr going to files, and exits with the 
 its own: a SIGKILL kills it alone and reads back as -9, exactly as from a fresh interpreter. What it skips is the
 import of the libraries, about 8-12 s per command on the 2-core machine, which was a third of the suite's time.
 
-Nothing ran in this interpreter before the fork but imports: no OpenMP or tokenizers pool has started. Its other
+Nothing ran in this interpreter before the fork but imports and one tokenizer read (no encoding): no OpenMP or
+tokenizers pool has started. Its other
 threads then are idle native ones (numpy's and scipy's OpenBLAS pools, pyarrow's jemalloc background thread), which
 reset themselves in a forked child (pthread_atfork), as under multiprocessing's fork. conftest sends here only
 commands whose environment differs from the one these modules were imported under in SPMCMC_KILL_AT alone (read
@@ -22,7 +23,9 @@ import sys
 
 PRELOAD = ["numpy", "scipy.stats", "scipy.optimize", "pandas", "pyarrow", "datasets", "torch", "transformers",
            "transformers.models.llama.modeling_llama", "peft", "trl", "accelerate", "choix", "omegaconf", "tqdm",
-           "matplotlib", "matplotlib.pyplot", "pipeline.config", "pipeline.artifacts", "pipeline.models"]
+           "matplotlib", "matplotlib.pyplot", "statsmodels.api", "arviz", "wandb", "trl.trainer.dpo_trainer",
+           "pipeline.config", "pipeline.artifacts", "pipeline.models", "pipeline.run",
+           *(f"pipeline.stages.{stage}" for stage in ("sample_space", "spmcmc", "preferences", "finetune", "evaluate"))]
 
 
 def child(req: dict) -> None:
@@ -74,11 +77,22 @@ def child(req: dict) -> None:
         os._exit(code)
 
 
+def warm_tokenizer() -> None:
+    """Read the tiny model's tokenizer into pipeline.models' per-process cache, which every child inherits: the
+    commands here are the tests' `recipe=tiny` runs, and each read costs about 0.7 s."""
+    from pipeline.config import ModelConfig
+    from pipeline.models import load_tokenizer, resolve_model_path
+
+    mcfg = ModelConfig(name_or_path="embedded:tiny-random")
+    load_tokenizer(resolve_model_path(mcfg), mcfg)
+
+
 def serve() -> None:
     import importlib
 
     for name in PRELOAD:
         importlib.import_module(name)
+    warm_tokenizer()
     replies = os.fdopen(os.dup(1), "w")
     for line in sys.stdin:
         req = json.loads(line)
