@@ -76,13 +76,16 @@ def run_pipeline(cfg) -> None:
     pipeline(cfg)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600, launcher: list[str] | None = None):
-    """The real command in a subprocess, from the repo root (a launcher's: in a fresh interpreter)."""
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600, launcher: list[str] | None = None,
+            ranks: int = 1):
+    """The real command in a subprocess, from the repo root (a launcher's: in a fresh interpreter). `ranks=2`: two
+    processes with torchrun's environment, forked from the warm interpreter (TORCHRUN_2 where the launch itself is
+    under test)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if launcher:
         return subprocess.run([*launcher, "pipeline/run.py", *args], cwd=REPO, env=full_env, capture_output=True,
                               text=True, timeout=timeout)
-    return command(["pipeline/run.py", *args], REPO, full_env, timeout)
+    return command(["pipeline/run.py", *args], REPO, full_env, timeout, ranks)
 
 
 class _Warm:
@@ -91,19 +94,30 @@ class _Warm:
     proc: subprocess.Popen | None = None
     env: dict = {}
     buffer = b""
-    # read at run time, or only to find the package (the warm interpreter imported it from this checkout)
-    RUN_TIME = {"SPMCMC_KILL_AT", "PYTHONUNBUFFERED", "PYTHONPATH"}
+    # read at run time, or only to find the package (the warm interpreter imported it from this checkout), or set by
+    # pytest for each test phase and read by no library at import
+    RUN_TIME = {"SPMCMC_KILL_AT", "PYTHONUNBUFFERED", "PYTHONPATH", "PYTEST_CURRENT_TEST"}
+
+    @classmethod
+    def _strip(cls, env) -> dict:
+        return {k: v for k, v in env.items() if k not in cls.RUN_TIME}
 
     @classmethod
     def fits(cls, env: dict) -> bool:
-        base = cls.env if cls.proc is not None else os.environ
-        strip = lambda e: {k: v for k, v in e.items() if k not in cls.RUN_TIME}  # noqa: E731
-        return strip(env) == strip(base) and env.get("PYTHONPATH", str(REPO)) == str(REPO)
+        """The command's environment is this worker's but for what is read at run time: a test that sets anything
+        else for its command (no network, another home, W&B's keys) gets a fresh interpreter."""
+        return cls._strip(env) == cls._strip(os.environ) and env.get("PYTHONPATH", str(REPO)) == str(REPO)
 
     @classmethod
     def start(cls) -> subprocess.Popen:
+        """The warm interpreter, started again when this worker's environment has changed since it was: in-process
+        runs leave variables behind (W&B's and accelerate's), and the commands must see the libraries imported
+        under the environment they were given, as a fresh interpreter would."""
         import atexit
 
+        if cls.proc is not None and cls._strip(cls.env) != cls._strip(os.environ):
+            cls.proc.kill()
+            cls.proc.wait()
         if cls.proc is None or cls.proc.poll() is not None:
             cls.env = dict(os.environ)
             cls.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "warm_start.py")], cwd=REPO,
@@ -132,26 +146,27 @@ class _Warm:
         return json.loads(line)
 
 
-def command(argv: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """`python *argv` as a process of its own: forked from the warm interpreter when its environment allows
-    (the same exit code, output and SIGKILL as a fresh interpreter, without the ~10 s of imports), a fresh
-    interpreter otherwise."""
+def command(argv: list[str], cwd, env: dict, timeout: float, ranks: int = 1) -> subprocess.CompletedProcess:
+    """`python *argv` as a process of its own (`ranks` of them, as torchrun starts them): forked from the warm
+    interpreter when its environment allows (the same exit code, output and SIGKILL as a fresh interpreter, without
+    the ~10 s of imports), a fresh interpreter otherwise."""
     import json
     import signal
     import tempfile
 
     if not _Warm.fits(env):
-        return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        launch = [] if ranks == 1 else [*TORCHRUN_2[:-1], str(ranks)]
+        return subprocess.run([*(launch or [sys.executable]), *argv], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
     warm = _Warm.start()
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         warm.stdin.write((json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(out),
-                                      "stderr": str(err)}) + "\n").encode())
+                                      "stderr": str(err), "ranks": ranks}) + "\n").encode())
         pid = _Warm.reply()["pid"]
         done = _Warm.reply(timeout)
         if done is None:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL) if ranks > 1 else os.kill(pid, signal.SIGKILL)
             _Warm.reply()
             raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, out.read_text(), err.read_text())
         read = lambda path: path.read_bytes().decode(errors="replace")  # noqa: E731

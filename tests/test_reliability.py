@@ -1,6 +1,7 @@
 """Kill at any moment and lose nothing; every bad input gets one clear line; same seed, same bytes."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,6 @@ from conftest import (
     EVERYWHERE,
     EVERYWHERE_KILLS,
     TINY,
-    TORCHRUN_2,
     assert_one_error_line,
     dataset_files,
     prompt_args,
@@ -72,22 +72,22 @@ def test_killed_everywhere_resumes_to_the_same_artifacts_without_redoing_work(fi
 
 @pytest.mark.slow
 def test_two_processes_killed_and_resumed_give_the_one_process_artifacts(three_prompts, tmp_path):
-    """A prompt set under torchrun with 2 processes (gloo), killed in generation and resumed, ends with the dataset
-    bytes of the one-process run of the same command for every stage it computes: sample_space (chunks, greedy
-    blocks and scores split across processes), spmcmc (the design's chunks), preferences and evaluate (the win rate's
-    answers and judging, the rated items' forward passes). Finetune's artifact is the one-process run's, copied: a
-    second process trains on its own batches (DDP), which is tested in tests/test_finetune.py."""
+    """A prompt set in 2 processes (gloo; started with the environment torchrun gives its ranks, forked from the warm
+    interpreter: tests/warm_start.py), killed in generation and resumed, ends with the dataset bytes of the
+    one-process run of the same command for every stage it computes: sample_space (chunks, greedy blocks and scores
+    split across processes), spmcmc (the design's chunks), preferences and evaluate (the win rate's answers and
+    judging, the rated items' forward passes). Finetune's artifact is the one-process run's, copied: a second
+    process trains on its own batches (DDP), which is tested, under torchrun itself, in tests/test_finetune.py."""
 
     args = ["recipe=tiny", *prompt_args(three_prompts.parent / "prompts.csv"), "evaluate.winrate_samples=3"]
     out = tmp_path / "out"
     out.mkdir()
     shutil.copytree(three_prompts / "finetune", out / "finetune")
-    launcher = TORCHRUN_2
-    killed = run_cli(*args, f"output_dir={out}", launcher=launcher, env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
+    killed = run_cli(*args, f"output_dir={out}", ranks=2, env={"SPMCMC_KILL_AT": "sample_space.chunk:2"})
     assert killed.returncode != 0 and not list((out / "sample_space").glob(f"*/{MARKER}")), killed.stderr[-2000:]
     chunks = list((out / "sample_space").glob("*.partial/_state/chunks/chunk_*.json"))
     assert 0 < len(chunks) < 9, chunks  # a process killed after its second chunk: the others are stopped with it
-    resumed = run_cli(*args, f"output_dir={out}", launcher=launcher)
+    resumed = run_cli(*args, f"output_dir={out}", ranks=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got, ref = stages(out), stages(three_prompts)
     for stage in ("sample_space", "spmcmc", "preferences", "evaluate"):
@@ -102,6 +102,18 @@ def test_no_network_is_needed(tmp_path):
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
     proc = run_cli("recipe=tiny", f"output_dir={tmp_path}", "stages=[sample_space]", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_tests_commands_run_warm_whatever_pytest_sets_for_each_test():
+    """What pytest sets per test phase (PYTEST_CURRENT_TEST) and what the pipeline reads at run time do not send a
+    command to a fresh interpreter: before this, only the commands of the test that started a worker's warm
+    interpreter ran warm, and every other one paid ~10 s of imports. A variable libraries read at import does."""
+    from conftest import _Warm
+
+    run_time = {"PYTEST_CURRENT_TEST": "tests/test_x.py::another (call)", "SPMCMC_KILL_AT": "finalise:1",
+                "PYTHONUNBUFFERED": "1"}
+    assert _Warm.fits({**os.environ, **run_time})
+    assert not _Warm.fits({**os.environ, **run_time, "HF_ENDPOINT": "http://127.0.0.1:9"})
 
 
 def test_trust_remote_code_is_off_by_default():

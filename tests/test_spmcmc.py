@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import TINY, TORCHRUN_2, dataset_files, run_cli, run_main, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_main, stage_paths, tiny_config
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
@@ -79,10 +79,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, finished, killed):
 
 @pytest.mark.slow
 def test_two_processes_split_chains_and_merge_caches(tmp_path):
-    launcher = TORCHRUN_2
     args = ["recipe=tiny", "stages=[sample_space,spmcmc]", "spmcmc.num_chains=3", "spmcmc.mode=chains",
             f"output_dir={tmp_path}"]
-    proc = run_cli(*args, launcher=launcher)
+    proc = run_cli(*args, ranks=2)  # two processes with torchrun's environment (the real launcher: test_finetune)
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = stage_path(tmp_path, "spmcmc")
     ds = load_from_disk(str(path / "dataset"))

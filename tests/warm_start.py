@@ -42,8 +42,9 @@ def child(req: dict) -> None:
         os.chdir(req["cwd"])
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        mode = os.O_APPEND if req.get("append") else os.O_TRUNC  # ranks share their group's files
         for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            f = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o644)
             os.dup2(f, fd)
             os.close(f)
         # unbuffered, as PYTHONUNBUFFERED=1: what a killed command printed is in its files
@@ -77,6 +78,45 @@ def child(req: dict) -> None:
         os._exit(code)
 
 
+def group(req: dict) -> None:
+    """torchrun's part for `req["ranks"]` processes on this machine, in a forked child; never returns. Each rank is a
+    child of its own with the environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE,
+    LOCAL_WORLD_SIZE, MASTER_ADDR and a free MASTER_PORT for gloo's rendezvous, OMP_NUM_THREADS=1), writing to the
+    group's stdout and stderr. As torchrun does, the first rank to fail stops the others (here by SIGKILL: one rank
+    killed mid-collective would leave the other waiting on gloo), and the group exits 1 if any rank failed."""
+    import signal
+    import socket
+
+    code = 1
+    try:
+        os.setpgid(0, 0)  # a timeout in conftest kills the group, ranks included
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        for path in (req["stdout"], req["stderr"]):
+            open(path, "w").close()
+        k, ranks = req["ranks"], set()
+        for r in range(k):
+            env = {"OMP_NUM_THREADS": "1", **req["env"], "RANK": str(r), "LOCAL_RANK": str(r), "GROUP_RANK": "0",
+                   "WORLD_SIZE": str(k), "LOCAL_WORLD_SIZE": str(k), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port)}
+            pid = os.fork()
+            if pid == 0:
+                child({**req, "env": env, "append": True})
+            ranks.add(pid)
+        failed = False
+        while ranks:
+            pid, status = os.wait()
+            ranks.discard(pid)
+            if os.waitstatus_to_exitcode(status) != 0 and not failed:
+                failed = True
+                for other in ranks:
+                    os.kill(other, signal.SIGKILL)
+        code = int(failed)
+    finally:
+        os._exit(code)
+
+
 def warm_tokenizer() -> None:
     """Read the tiny model's tokenizer into pipeline.models' per-process cache, which every child inherits: the
     commands here are the tests' `recipe=tiny` runs, and each read costs about 0.7 s."""
@@ -98,7 +138,7 @@ def serve() -> None:
         req = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            child(req)
+            group(req) if req.get("ranks", 1) > 1 else child(req)
         replies.write(json.dumps({"pid": pid}) + "\n")
         replies.flush()
         _, status = os.waitpid(pid, 0)
