@@ -95,8 +95,10 @@ class _Warm:
     env: dict = {}
     buffer = b""
     # read at run time, or only to find the package (the warm interpreter imported it from this checkout), or set by
-    # pytest for each test phase and read by no library at import
-    RUN_TIME = {"SPMCMC_KILL_AT", "PYTHONUNBUFFERED", "PYTHONPATH", "PYTEST_CURRENT_TEST"}
+    # pytest for each test phase, or left behind by an in-process run and read by their library only when it runs
+    # (W&B's service and folders at wandb.init, inductor's cache when it compiles)
+    RUN_TIME = {"SPMCMC_KILL_AT", "PYTHONUNBUFFERED", "PYTHONPATH", "PYTEST_CURRENT_TEST", "WANDB_SERVICE",
+                "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "TORCHINDUCTOR_CACHE_DIR"}
 
     @classmethod
     def _strip(cls, env) -> dict:

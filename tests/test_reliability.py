@@ -97,6 +97,7 @@ def test_two_processes_killed_and_resumed_give_the_one_process_artifacts(three_p
     assert work(got["sample_space"], "generated_chunk") == 9  # the two saved chunks were not generated again
 
 
+@pytest.mark.slow  # a fresh interpreter by design: the hub's settings are read at import
 def test_no_network_is_needed(tmp_path):
     """With hub access allowed but unreachable, a run on local weights never tries it."""
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
