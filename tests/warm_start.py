@@ -82,10 +82,12 @@ def group(req: dict) -> None:
     """torchrun's part for `req["ranks"]` processes on this machine, in a forked child; never returns. Each rank is a
     child of its own with the environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE,
     LOCAL_WORLD_SIZE, MASTER_ADDR and a free MASTER_PORT for gloo's rendezvous, OMP_NUM_THREADS=1), writing to the
-    group's stdout and stderr. As torchrun does, the first rank to fail stops the others (here by SIGKILL: one rank
-    killed mid-collective would leave the other waiting on gloo), and the group exits 1 if any rank failed."""
+    group's stdout and stderr. As torchrun does, the first rank to fail stops the others (SIGTERM, then SIGKILL
+    after 30 s: a rank left waiting on gloo for a dead peer would wait out its timeout), and the group exits 1 if
+    any rank failed."""
     import signal
     import socket
+    import time
 
     code = 1
     try:
@@ -104,15 +106,21 @@ def group(req: dict) -> None:
             if pid == 0:
                 child({**req, "env": env, "append": True})
             ranks.add(pid)
-        failed = False
+        failed_at = None
         while ranks:
-            pid, status = os.wait()
+            pid, status = os.wait() if failed_at is None else os.waitpid(-1, os.WNOHANG)
+            if pid == 0:  # stopping the others: SIGTERM, then SIGKILL after torchrun's 30 s grace
+                if time.monotonic() - failed_at > 30:
+                    for other in ranks:
+                        os.kill(other, signal.SIGKILL)
+                time.sleep(0.05)
+                continue
             ranks.discard(pid)
-            if os.waitstatus_to_exitcode(status) != 0 and not failed:
-                failed = True
+            if os.waitstatus_to_exitcode(status) != 0 and failed_at is None:
+                failed_at = time.monotonic()
                 for other in ranks:
-                    os.kill(other, signal.SIGKILL)
-        code = int(failed)
+                    os.kill(other, signal.SIGTERM)
+        code = int(failed_at is not None)
     finally:
         os._exit(code)
 
