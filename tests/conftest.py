@@ -112,8 +112,8 @@ class _Warm:
 
     @classmethod
     def start(cls) -> subprocess.Popen:
-        """The warm interpreter, started again when this worker's environment has changed since it was: in-process
-        runs leave variables behind (W&B's and accelerate's), and the commands must see the libraries imported
+        """The warm interpreter, started again when this worker's environment has changed since it was, beyond
+        RUN_TIME (an in-process run may leave other variables behind): the commands must see the libraries imported
         under the environment they were given, as a fresh interpreter would."""
         import atexit
 
@@ -157,9 +157,8 @@ def command(argv: list[str], cwd, env: dict, timeout: float, ranks: int = 1) -> 
     import tempfile
 
     if not _Warm.fits(env):
-        launch = [] if ranks == 1 else [*TORCHRUN_2[:-1], str(ranks)]
-        return subprocess.run([*(launch or [sys.executable]), *argv], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        launch = [sys.executable] if ranks == 1 else [*TORCHRUN_2[:-1], str(ranks)]
+        return subprocess.run([*launch, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     warm = _Warm.start()
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"

@@ -7,14 +7,13 @@ its own: a SIGKILL kills it alone and reads back as -9, exactly as from a fresh 
 import of the libraries, about 8-12 s per command on the 2-core machine, which was a third of the suite's time.
 
 Nothing ran in this interpreter before the fork but imports and one tokenizer read (no encoding): no OpenMP or
-tokenizers pool has started. Its other
-threads then are idle native ones (numpy's and scipy's OpenBLAS pools, pyarrow's jemalloc background thread), which
-reset themselves in a forked child (pthread_atfork), as under multiprocessing's fork. conftest sends here only
-commands whose environment differs from the one these modules were imported under in SPMCMC_KILL_AT alone (read
-at run time), and keeps a fresh interpreter for the rest.
+tokenizers pool has started. Its other threads then are idle native ones (numpy's and scipy's OpenBLAS pools,
+pyarrow's jemalloc background thread), which reset themselves in a forked child (pthread_atfork), as under
+multiprocessing's fork. conftest sends here only commands whose environment differs from the one these modules were
+imported under in variables read at run time (`_Warm.RUN_TIME`), and keeps a fresh interpreter for the rest.
 
-Protocol: one JSON request per line on stdin; one JSON line back with the child's pid, then one with its exit
-code (negative: the signal that ended it).
+Protocol: one JSON request per line on stdin; one JSON line back with the child's pid (with `ranks` > 1: the pid
+of the group that starts them), then one with its exit code (negative: the signal that ended it).
 """
 
 import json
