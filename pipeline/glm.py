@@ -40,6 +40,27 @@ def fit_strengths(probs: dict, n: int, tol: float = 1e-10) -> StrengthFit | None
         return _fit(probs, n, tol, null_space)
 
 
+def strengths_on_subsets(probs: dict, n: int, masks: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """fit_strengths' s on each subset of `probs`' comparisons at once: `masks` (S x comparisons, in `probs`' order)
+    says which each fit uses, and the S Newton fits run as one stacked solve (split-half consistency fits 20 of
+    them per prompt, which one at a time cost ~1 ms each). A subset with fewer than n + 1 comparisons gives
+    zeros: no preference."""
+    from scipy.linalg import null_space
+
+    masks = np.asarray(masks, dtype=bool)
+    out = np.zeros((len(masks), n))
+    enough = masks.sum(1) >= n + 1
+    if n < 2 or not enough.any():
+        return out
+    k = np.array(list(probs))
+    y = np.clip(np.array(list(probs.values()), dtype=float), 0.0, 1.0)
+    basis = null_space(np.ones((1, n)))
+    with np.errstate(over="ignore"):
+        theta = _newton(k[:, 0], k[:, 1], y, masks[enough].astype(float), n, basis, tol)
+    out[enough] = theta[:, 1:] @ basis.T
+    return out
+
+
 def _fit(probs: dict, n: int, tol: float, null_space) -> StrengthFit | None:
     keys = list(probs)
     if n < 2 or len(keys) < n + 1:
@@ -48,28 +69,46 @@ def _fit(probs: dict, n: int, tol: float, null_space) -> StrengthFit | None:
     first, second = k[:, 0], k[:, 1]
     y = np.clip(np.array([probs[key] for key in keys], dtype=float), 0.0, 1.0)
     basis = null_space(np.ones((1, n)))  # N x (N-1): s = basis @ gamma sums to 0
-    theta, s = np.zeros(n), np.zeros(n)  # theta = [c, gamma]
-    for _ in range(100):
-        eta = theta[0] + s[first] - s[second]
-        mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
-        w = mu * (1 - mu)
-        info = _information(first, second, w, n, basis)
-        score = np.concatenate([[np.sum(y - mu)], basis.T @ (np.bincount(first, y - mu, n) - np.bincount(second, y - mu, n))])
-        step = _solve(info, score)  # Newton = IRLS for the canonical link
-        theta = theta + step
-        s = basis @ theta[1:]
-        if np.abs(step).max() < tol:
-            break
+    theta = _newton(first, second, y, np.ones((1, len(y))), n, basis, tol)[0]
+    s = basis @ theta[1:]
     eta = theta[0] + s[first] - s[second]
     mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
     dispersion = float(np.sum((y - mu) ** 2 / (mu * (1 - mu))) / (len(y) - n))  # Pearson chi2 / residual df
-    info = _information(first, second, mu * (1 - mu), n, basis)
+    info = _information(first, second, (mu * (1 - mu))[None], n, basis)[0]
     phi, clusters = _pair_dispersions(first, second, y - mu, mu * (1 - mu), n)
     scale = np.sqrt(phi)
     bread = _inverse(info)
     cov = bread @ (scale[:, None] * info * scale[None, :]) @ bread
     return StrengthFit(s=s, cov=basis @ cov[1:, 1:] @ basis.T, position=float(theta[0]), dispersion=dispersion,
                        comparisons=len(keys), resid_df=max(clusters - n, 1))
+
+
+def _newton(first, second, y, weights: np.ndarray, n: int, basis: np.ndarray, tol: float) -> np.ndarray:
+    """theta = [c, gamma] (S x n) for each row of `weights` (S x comparisons; 0 leaves a comparison out): Newton,
+    which is IRLS for the canonical link. A fit stops moving once its largest step is below tol."""
+    theta = np.zeros((len(weights), n))
+    moving = np.ones(len(weights), dtype=bool)
+    for _ in range(100):
+        s = theta[:, 1:] @ basis.T
+        eta = theta[:, :1] + s[:, first] - s[:, second]
+        mu = np.clip(1.0 / (1.0 + np.exp(-eta)), 1e-12, 1 - 1e-12)
+        resid = weights * (y - mu)
+        info = _information(first, second, weights * mu * (1 - mu), n, basis)
+        score = np.concatenate([resid.sum(1, keepdims=True),
+                                (_row_bincount(first, resid, n) - _row_bincount(second, resid, n)) @ basis], axis=1)
+        step = np.where(moving[:, None], _solve(info, score), 0.0)
+        theta = theta + step
+        moving &= np.abs(step).max(1) >= tol
+        if not moving.any():
+            break
+    return theta
+
+
+def _row_bincount(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """np.bincount(index, row, size) for each row of `weights` (S x len(index)): S x size."""
+    rows = len(weights)
+    flat = (np.arange(rows)[:, None] * size + index[None, :]).ravel()
+    return np.bincount(flat, weights.ravel(), rows * size).reshape(rows, size)
 
 
 def _pair_dispersions(first, second, resid, w, n: int) -> tuple[np.ndarray, int]:
@@ -91,8 +130,15 @@ def _pair_dispersions(first, second, resid, w, n: int) -> tuple[np.ndarray, int]
 
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a x = b for the (symmetric) information matrix: a direct solve, least squares where it is singular (a
-    design whose graph falls apart). lstsq's SVD costs ~30x a solve at N = 237."""
+    """a x = b for each (symmetric) information matrix in the stack a (S x n x n; b: S x n): a direct solve, least
+    squares for a singular one (a design whose graph falls apart). lstsq's SVD costs ~30x a solve at N = 237."""
+    try:
+        return np.linalg.solve(a, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # one singular matrix fails the stack: each on its own
+        return np.stack([_solve_one(m, v) for m, v in zip(a, b)])
+
+
+def _solve_one(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     try:
         return np.linalg.solve(a, b)
     except np.linalg.LinAlgError:
@@ -106,13 +152,16 @@ def _inverse(a: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(a, hermitian=True)
 
 
-def _information(first, second, w, n: int, basis: np.ndarray) -> np.ndarray:
-    """X'WX for the design [1, e_first - e_second] in the basis [c, gamma]."""
-    off = np.bincount(first * n + second, w, n * n).reshape(n, n)
-    lap = np.diag(np.bincount(first, w, n) + np.bincount(second, w, n)) - off - off.T
-    cross = basis.T @ (np.bincount(first, w, n) - np.bincount(second, w, n))
-    out = np.empty((n, n))
-    out[0, 0], out[0, 1:], out[1:, 0], out[1:, 1:] = w.sum(), cross, cross, basis.T @ lap @ basis
+def _information(first, second, w: np.ndarray, n: int, basis: np.ndarray) -> np.ndarray:
+    """X'WX for the design [1, e_first - e_second] in the basis [c, gamma], for each row of w (S x comparisons):
+    S x n x n."""
+    rows = len(w)
+    off = _row_bincount(first * n + second, w, n * n).reshape(rows, n, n)
+    out_deg, in_deg = _row_bincount(first, w, n), _row_bincount(second, w, n)
+    lap = (out_deg + in_deg)[:, :, None] * np.eye(n) - off - off.transpose(0, 2, 1)
+    cross = (out_deg - in_deg) @ basis
+    out = np.empty((rows, n, n))
+    out[:, 0, 0], out[:, 0, 1:], out[:, 1:, 0], out[:, 1:, 1:] = w.sum(1), cross, cross, basis.T @ lap @ basis
     return out
 
 

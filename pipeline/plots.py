@@ -65,18 +65,29 @@ def estimate_plots(workdir: Path, texts: list[str], est: dict, score: str, state
     return paths
 
 
+LABELLED_PROMPTS = 60  # past this a bar and a label per prompt are unreadable, and at 10,000 prompts the figure
+# would be wider than a PNG can be (2^16 pixels): one point per prompt on a fixed width instead
+
+
 def prompt_plots(workdir: Path, rows: list[dict]) -> list[Path]:
     """prompts.png: per prompt, the preference consistency and how far its top candidate stands above uniform."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(rows)), 5), sharex=True)
+    labelled = len(rows) <= LABELLED_PROMPTS
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(rows)) if labelled else 10, 5), sharex=True)
     x = np.arange(len(rows))
-    axes[0].bar(x, _column(rows, "consistency"), color="tab:blue")
+    for ax, key, colour in ((axes[0], "consistency", "tab:blue"), (axes[1], "top_over_uniform", "tab:orange")):
+        if labelled:
+            ax.bar(x, _column(rows, key), color=colour)
+        else:
+            ax.plot(x, _column(rows, key), ".", ms=2, color=colour)
     axes[0].axhline(0.5, color="grey", ls="--", lw=0.8)
     axes[0].set_ylabel("preference consistency")
-    axes[1].bar(x, _column(rows, "top_over_uniform"), color="tab:orange")
     axes[1].axhline(1.0, color="grey", ls=":", lw=0.8)
     axes[1].set_ylabel("top score / uniform")
-    axes[1].set_xticks(x, [r["prompt"][:28] for r in rows], rotation=60, ha="right", fontsize=6)
+    if labelled:
+        axes[1].set_xticks(x, [r["prompt"][:28] for r in rows], rotation=60, ha="right", fontsize=6)
+    else:
+        axes[1].set_xlabel(f"prompt (the prompt file's order; {len(rows)} prompts, the table has them by name)")
     fig.suptitle("spMCMC per prompt: were the model's preferences measured, and how strong are they?", fontsize=9)
     return [_save(fig, workdir / "prompts.png")]
 

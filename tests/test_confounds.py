@@ -156,6 +156,27 @@ def test_the_glm_equals_statsmodels():
     assert np.corrcoef(np.diag(fit.cov), np.diag(quasi))[0, 1] > 0.95
 
 
+def test_the_stacked_subset_fits_equal_one_fit_per_subset():
+    """strengths_on_subsets (split-half consistency's 20 fits at once) gives each subset's fit_strengths s: halves,
+    a subset whose graph falls apart (the least-squares step), and one with too few comparisons (zeros)."""
+    n = 8
+    s = np.random.default_rng(8).normal(0, 0.7, size=n)
+    probs = simulated(n, s - s.mean(), 0.8, 0.3, 9)
+    keys = list(probs)
+    masks = np.random.default_rng(10).random((6, len(keys))) < 0.5
+    masks[4] = [max(k) < 4 or min(k) >= 4 for k in keys]  # two components: {0..3} and {4..7}, never compared across
+    masks[5] = False
+    masks[5, :n] = True  # n comparisons: fewer than the n + 1 parameters
+    got = glm.strengths_on_subsets(probs, n, masks)
+    for k, (row, mask) in enumerate(zip(got, masks)):
+        fit = glm.fit_strengths({key: probs[key] for key, keep in zip(keys, mask) if keep}, n)
+        want = fit.s if fit else np.zeros(n)
+        if k == 4:  # the shift between the components is not identified: compare within each
+            row, want = (np.concatenate([v[:4] - v[0], v[4:] - v[4]]) for v in (row, want))
+        assert np.allclose(row, want, atol=1e-8)
+    assert np.all(got[5] == 0) and np.ptp(got[4]) > 0
+
+
 def test_pooled_r2_within_prompts_keeps_a_confound_constant_in_some_prompts():
     rng = np.random.default_rng(8)
     pools = []

@@ -23,6 +23,7 @@ from pipeline.estimates import (
     resample_counts,
     shifted,
     solve_on_edges,
+    split_half,
 )
 
 N = 20
@@ -180,3 +181,19 @@ def test_the_bootstrap_fits_every_resample_at_once_as_one_at_a_time_would():
     assert np.abs(bradley_terry(probs, n, 0.01, pairs, counts) - one_by_one).max() < 1e-9
     graph = np.array([solve_on_edges(probs, n, "random", pairs, c, REGULARISE) for c in counts])
     assert np.abs(solve_on_edges(probs, n, "random", pairs, counts, REGULARISE) - graph).max() < 1e-12
+
+
+def test_split_half_takes_scipys_spearman_of_each_split_ties_and_flat_halves_included():
+    """split_half's Spearman, all splits at once, is scipy's spearmanr of each split's halves (ties averaged); a half
+    with no ranking counts as 0, and the consistency is the Spearman-Brown corrected mean."""
+    from scipy.stats import spearmanr
+
+    halves = np.random.default_rng(3).normal(size=(8, 6))
+    halves[1, :3] = halves[1, 3:]  # ties
+    halves[2] = 0.5  # a flat half (split 2's first half)
+    halves[7, 4] = halves[7, 5] + 1e-15  # equal up to a solve's rounding: a tie
+    out = split_half(lambda masks: halves, 6, 4, 0)
+    rhos = [0.0 if k == 2 else spearmanr(np.round(halves[k], 12), np.round(halves[4 + k], 12)).statistic
+            for k in range(4)]
+    assert out["split_half_r"] == pytest.approx(np.mean(rhos), abs=1e-12)
+    assert out["consistency"] == pytest.approx(2 * np.mean(rhos) / (1 + np.mean(rhos)), abs=1e-12)

@@ -114,3 +114,18 @@ def test_deleted_pair_cache_with_kept_checkpoints_ends_the_same(tmp_path, finish
     proc = run_main(*RESUME, f"output_dir={out}")
     assert proc.returncode == 0 and "restarting chains" in proc.stdout
     assert dataset_files(stage_paths(out)["spmcmc"]) == dataset_files(stage_paths(finished(*RESUME))["spmcmc"])
+
+
+def test_the_prompts_plot_of_ten_thousand_prompts_fits_a_png(tmp_path):
+    """A bar and a label per prompt made prompts.png 0.35 inch per prompt: 385,000 pixels wide at 10,000 prompts,
+    past what a PNG holds. Past 60 prompts it is one point per prompt on a fixed width."""
+    from matplotlib.image import imread
+
+    from pipeline.plots import LABELLED_PROMPTS, prompt_plots
+
+    for count in (LABELLED_PROMPTS, 10_000):
+        rows = [{"prompt": f"prompt {k}", "consistency": (k % 10) / 10, "top_over_uniform": None if k % 7 else 1.5}
+                for k in range(count)]
+        (path,) = prompt_plots(tmp_path, rows)
+        height, width, _ = imread(path).shape
+        assert 500 < width <= 110 * max(10, 0.35 * LABELLED_PROMPTS) and height == 550

@@ -22,7 +22,7 @@ import sys
 
 PRELOAD = ["numpy", "scipy.stats", "scipy.optimize", "pandas", "pyarrow", "datasets", "torch", "transformers",
            "transformers.models.llama.modeling_llama", "peft", "trl", "accelerate", "choix", "omegaconf", "tqdm",
-           "matplotlib", "matplotlib.pyplot", "statsmodels.api", "arviz", "wandb", "trl.trainer.dpo_trainer",
+           "matplotlib", "matplotlib.pyplot", "statsmodels.api", "wandb", "trl.trainer.dpo_trainer",
            "pipeline.config", "pipeline.artifacts", "pipeline.models", "pipeline.run",
            *(f"pipeline.stages.{stage}" for stage in ("sample_space", "spmcmc", "preferences", "finetune", "evaluate"))]
 

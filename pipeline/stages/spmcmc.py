@@ -73,7 +73,7 @@ from pipeline.report import wald_prompts
 from pipeline.stages.finetune import adapter_of
 from pipeline.workdir import STATE_DIR, failpoint, write_json
 
-NAME, VERSION = "spmcmc", 7  # 7: the bootstrap fits its resamples at once (SEs move by ~1e-11)
+NAME, VERSION = "spmcmc", 8  # 8: split halves, R-hat/ESS and intervals computed at once (figures move by ~1e-14)
 
 
 class Consistency(TypedDict, total=False):
@@ -166,8 +166,11 @@ def _load_chains(state: Path, ids: list[int], fresh: dict[int, Chain]):
 
 
 def _checkpoint(state: Path, chains: list[Chain], rows: list[tuple]) -> None:
+    mine = {c.id: [] for c in chains}  # one pass over the trace: a scan per chain grows as P^2
+    for r in rows:
+        mine[r[0]].append(r)
     for c in chains:
-        write_json(state / f"chain_{c.id}.json", {"state": c.state(), "rows": [r for r in rows if r[0] == c.id]})
+        write_json(state / f"chain_{c.id}.json", {"state": c.state(), "rows": mine[c.id]})
 
 
 def sample_chains(cfg: Config, cached: CachedJudge, groups: list[Group], workdir: Path) -> dict:
@@ -291,17 +294,23 @@ def _within_designs(values: dict, groups: list[Group], plans: dict) -> dict:
     return {k: v for k, v in values.items() if k[0] not in ids or k in keep}
 
 
-def _local(probs: dict, g: Group) -> dict:
-    """One prompt's comparisons, in its own ids 0 .. n-1."""
-    return {(f - g.lo, s - g.lo): v for (f, s), v in probs.items() if g.lo <= f < g.lo + g.n}
+def by_prompt(values: dict, groups: list[Group]) -> list[dict]:
+    """Each group's entries of `values` ({(first, second): v}, global ids) in its own ids 0 .. n-1, in `values`' order;
+    entries of candidates outside `groups` are left out. One pass: a scan of every comparison per prompt grows as P^2."""
+    owner = {i: g for g in groups for i in range(g.lo, g.lo + g.n)}
+    out = {g.index: {} for g in groups}
+    for (f, s), v in values.items():
+        g = owner.get(f)
+        if g is not None:
+            out[g.index][f - g.lo, s - g.lo] = v
+    return [out[g.index] for g in groups]
 
 
 def _calibrated(probs: dict, groups: list[Group], how: str) -> dict:
     """Each prompt's comparisons shifted by that prompt's own mean label-logit difference."""
     out = {}
-    for g in groups:
-        mine = {k: v for k, v in probs.items() if g.lo <= k[0] < g.lo + g.n}
-        out.update(shifted(mine, calibration_shift(_local(mine, g), how)))
+    for g, mine in zip(groups, by_prompt(probs, groups)):
+        out.update({(f + g.lo, s + g.lo): v for (f, s), v in shifted(mine, calibration_shift(mine, how)).items()})
     return out
 
 
@@ -326,8 +335,9 @@ def summarise(cfg: Config, space, groups: list[Group], plans: dict, trace: dict 
 
     sc = cfg.spmcmc
     spent = (adaptive or {}).get("per_prompt", {})
-    results = [_prompt_result(cfg, g, plans.get(g.index), trace, raw_probs, mass, space[g.lo:g.lo + g.n],
-                              spent.get(g.index)) for g in groups]
+    results = [_prompt_result(cfg, g, plans.get(g.index), local, raw, local_mass, space[g.lo:g.lo + g.n], spent.get(g.index))
+               for g, local, raw, local_mass in zip(groups, traces_by_prompt(trace, groups, sc.num_chains),
+                                                    by_prompt(raw_probs, groups), by_prompt(mass, groups))]
     names = [*confounds.FEATURES, *(k for k, _ in confounds.parse_formats(cfg.confounds.formats))]
     rows = [_prompt_row(g, r, names) for g, r in zip(groups, results)]
     if len(groups) == 1:
@@ -360,30 +370,36 @@ def summarise(cfg: Config, space, groups: list[Group], plans: dict, trace: dict 
     })
 
 
-def _local_trace(trace: dict | None, g: Group, num_chains: int) -> dict | None:
-    """One prompt's chains, in its own candidate ids."""
+def traces_by_prompt(trace: dict | None, groups: list[Group], num_chains: int) -> list[dict | None]:
+    """Each prompt's chains (None without any), in its own candidate ids, the rows in the trace's order; one stable
+    sort of the trace, not a scan of it per prompt."""
     if trace is None:
-        return None
-    mine = trace["chain"] // num_chains == g.index
-    if not mine.any():
-        return None
-    out = {k: v[mine] for k, v in trace.items()}
-    for k in ("current", "proposal"):
-        out[k] = out[k] - g.lo
-    out["first_shown"] = np.where(out["first_shown"] >= 0, out["first_shown"] - g.lo, -1)
+        return [None] * len(groups)
+    prompt = trace["chain"] // num_chains
+    order = np.argsort(prompt, kind="stable")
+    index = [g.index for g in groups]
+    out = []
+    for g, a, b in zip(groups, np.searchsorted(prompt[order], index, "left"), np.searchsorted(prompt[order], index, "right")):
+        if a == b:
+            out.append(None)
+            continue
+        mine = {k: v[order[a:b]] for k, v in trace.items()}
+        for k in ("current", "proposal"):
+            mine[k] = mine[k] - g.lo
+        mine["first_shown"] = np.where(mine["first_shown"] >= 0, mine["first_shown"] - g.lo, -1)
+        out.append(mine)
     return out
 
 
-def _prompt_result(cfg: Config, g: Group, plan: tuple | None, trace: dict | None, raw_probs: dict, mass: dict,
+def _prompt_result(cfg: Config, g: Group, plan: tuple | None, local: dict | None, raw: dict, local_mass: dict,
                    rows: dict, spent: dict | None = None) -> dict | None:
-    """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare); `rows` are its
+    """One prompt's estimates and summary (None with fewer than 2 candidates: nothing to compare) from its chains,
+    the judge's answers and label masses, all in its own ids (traces_by_prompt, by_prompt); `rows` are its
     sample-space columns; `spent` how the active design spent its share (None for the fixed designs)."""
     sc, n = cfg.spmcmc, g.n
     if n < 2:
         return None
-    raw, local_mass = _local(raw_probs, g), _local(mass, g)
     mode, edges, why = plan
-    local = _local_trace(trace, g, sc.num_chains)
     m = measured(raw, n, sc, cfg.judge.calibration, mode, edges, local, sc.burn_in, sc.thin, sc.bootstrap,
                  sc.consistency_splits)
     shift, probs, est, rel, score = m["shift"], m["probs"], m["est"], m["rel"], m["score"]
