@@ -170,7 +170,7 @@ def _checkpoint(state: Path, chains: list[Chain], rows: list[tuple]) -> None:
     for r in rows:
         mine[r[0]].append(r)
     for c in chains:
-        write_json(state / f"chain_{c.id}.json", {"state": c.state(), "rows": mine[c.id]})
+        write_json(state / f"chain_{c.id}.json", {"state": c.state(), "rows": mine[c.id]}, indent=None)
 
 
 def sample_chains(cfg: Config, cached: CachedJudge, groups: list[Group], workdir: Path) -> dict:
