@@ -129,3 +129,30 @@ def test_the_prompts_plot_of_ten_thousand_prompts_fits_a_png(tmp_path):
         (path,) = prompt_plots(tmp_path, rows)
         height, width, _ = imread(path).shape
         assert 500 < width <= 110 * max(10, 0.35 * LABELLED_PROMPTS) and height == 550
+
+
+def test_chain_checkpoints_resume_under_another_number_of_processes(tmp_path, monkeypatch):
+    """One checkpoint file per process: killed under 1 process, run on under 2, resumed under 1, every chain comes
+    back at its latest step, not at a stale copy that another process's file still carries."""
+    from pipeline import parallel
+    from pipeline.stages import spmcmc
+
+    fresh = {c.id: c for c in new_chains(5, 4, 0)}
+
+    def at(rank: int, ids: list[int], step: int | None) -> list:
+        monkeypatch.setattr(parallel, "rank", lambda: rank)
+        chains, rows, others = spmcmc._load_chains(tmp_path, ids, fresh)
+        if step is not None:
+            for c in chains:
+                c.step = step
+            rows = rows + [(c.id, step, c.current, c.current, c.current, 1.0, True) for c in chains]
+            spmcmc._checkpoint(tmp_path, chains, rows, others)
+        return chains, rows
+
+    at(0, [0, 1, 2, 3], 2)  # one process
+    at(1, [1, 3], 5)  # two processes: rank 1 saves its chains, rank 0 carries its stale copies of them
+    at(0, [0, 2], 5)
+    chains, rows = at(0, [0, 1, 2, 3], None)  # one process again
+    assert [c.step for c in chains] == [5, 5, 5, 5]
+    assert sorted((r[0], r[1]) for r in rows) == [(c, s) for c in range(4) for s in (2, 5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chains.rank0.json", "chains.rank1.json"]
