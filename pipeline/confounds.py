@@ -67,16 +67,29 @@ def candidate_features(texts: list[str], n_tokens=None, sum_logprob=None, mean_l
 def spearman_ci(x, y) -> dict:
     """Spearman rho, a 95% interval (Fisher z with the Bonett–Wright variance (1 + rho^2/2)/(n - 3)) and
     its p-value; None where a side is constant or n < 4."""
+    return spearman_cis(x, {"y": y})["y"]
+
+
+def spearman_cis(x, ys: dict) -> dict:
+    """spearman_ci(x, y) for each y in `ys`, from one scipy spearmanr over the stacked columns (the correlation
+    matrix and its p-values at once: a call per confound cost ~0.6 ms, six a prompt)."""
     from scipy.stats import spearmanr
 
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"spearman": None, "ci_low": None, "ci_high": None, "p": None, "n": len(x)}
-    res = spearmanr(x, y)
-    r = float(np.clip(res.statistic, -0.9999, 0.9999))
-    half = 1.959964 * math.sqrt((1 + r * r / 2) / (len(x) - 3))
-    return {"spearman": float(res.statistic), "ci_low": math.tanh(math.atanh(r) - half),
-            "ci_high": math.tanh(math.atanh(r) + half), "p": float(res.pvalue), "n": len(x)}
+    x = np.asarray(x, float)
+    out = {name: {"spearman": None, "ci_low": None, "ci_high": None, "p": None, "n": len(x)} for name in ys}
+    cols = {name: np.asarray(y, float) for name, y in ys.items()}
+    live = [name for name, y in cols.items() if len(x) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0]
+    if not live:
+        return out
+    res = spearmanr(np.column_stack([x, *(cols[name] for name in live)]))
+    # two columns give scipy's scalars, more its matrices (x is the first row)
+    rho, p = ((np.atleast_1d(v) if len(live) == 1 else v[0, 1:]) for v in (res.statistic, res.pvalue))
+    for name, rho_k, p_k in zip(live, rho, p):
+        r = float(np.clip(rho_k, -0.9999, 0.9999))
+        half = 1.959964 * math.sqrt((1 + r * r / 2) / (len(x) - 3))
+        out[name] = {"spearman": float(rho_k), "ci_low": math.tanh(math.atanh(r) - half),
+                     "ci_high": math.tanh(math.atanh(r) + half), "p": float(p_k), "n": len(x)}
+    return out
 
 
 def standardised(feats: dict[str, np.ndarray], names) -> tuple[np.ndarray, list[str]]:
@@ -320,7 +333,7 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
     fit = fit_strengths(probs, n)
     x_all, all_names = standardised(feats, list(feats))
     pairs = sorted({(min(f, s), max(f, s)) for f, s in probs if f != s})
-    summary = {"features": {name: spearman_ci(score, v) for name, v in feats.items()},
+    summary = {"features": spearman_cis(score, feats),
                "greedy_rank": greedy_rank(score, greedy), "controlled": None,
                "explained": {**explained(fit.s, x_all), "names": all_names} if fit else None,
                "glm": {"position": fit.position, "dispersion": fit.dispersion, "comparisons": fit.comparisons}

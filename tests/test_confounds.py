@@ -130,6 +130,18 @@ def test_format_features_and_spearman_intervals():
     r = confounds.spearman_ci(np.arange(20), np.arange(20) + np.random.default_rng(0).normal(0, 3, 20))
     assert r["ci_low"] < r["spearman"] < r["ci_high"] and 0 < r["p"] < 0.05
     assert confounds.spearman_ci([1, 1, 1, 1, 1], [1, 2, 3, 4, 5])["spearman"] is None
+    # every confound at once (one spearmanr over the stacked columns): each as scipy gives it alone
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(1)
+    score = rng.normal(size=12)
+    ys = {"noise": rng.normal(size=12), "ties": np.round(score * 2), "constant": np.ones(12)}
+    both = confounds.spearman_cis(score, ys)
+    for name in ("noise", "ties"):
+        alone = spearmanr(score, ys[name])
+        assert both[name]["spearman"] == pytest.approx(alone.statistic, abs=1e-12)
+        assert both[name]["p"] == pytest.approx(alone.pvalue, rel=1e-9)
+    assert both["constant"]["spearman"] is None
 
 
 def test_the_glm_equals_statsmodels():

@@ -595,9 +595,14 @@ def _agreement(est: dict, score: str, mode: str) -> dict:
     from scipy.stats import spearmanr
 
     ref = est["stationary" if mode == "exact" else score][0]
+    ranked = [name for name, (value, _) in est.items() if np.ptp(value) > 0] if np.ptp(ref) > 0 else []
+    rhos = {}
+    if ranked:  # one spearmanr over the stacked columns (ref first): scalars for two, a matrix for more
+        res = spearmanr(np.column_stack([ref, *(est[name][0] for name in ranked)])).statistic
+        rhos = dict(zip(ranked, np.atleast_1d(res) if len(ranked) == 1 else res[0, 1:]))
     out = {}
     for name, (value, se) in est.items():
-        rho = spearmanr(value, ref).statistic if np.ptp(value) > 0 and np.ptp(ref) > 0 else None
+        rho = rhos.get(name)
         out[name] = {"tv_vs_reference": total_variation(value, ref),
                      "spearman_vs_reference": None if rho is None else float(rho),
                      "mean_se": float(np.nanmean(se)), "min": float(value.min()), "max": float(value.max())}
