@@ -318,6 +318,7 @@ def cached_judge(cfg: Config, texts: list[str], folder: Path, load, queries: str
     any `extra_cache_files`): the policy, `load()` -> (model, tokenizer) with its adapter `adapter_key`; another
     model (judge.model); or a reward function (judge.function). Nothing is loaded until a comparison is missing."""
     queries = [queries] if isinstance(queries, str) else list(queries)
+    texts = texts[:]  # a datasets Column read whole: iterating one reads a row at a time (~20 us a value)
     prompt_of = list(prompt_of) if prompt_of is not None else [0] * len(texts)
     if not judge_is_policy(cfg.judge):
         adapter_key = None  # a fixed judge: the same whichever policy's answers it reads

@@ -134,8 +134,8 @@ class Group:
 
 def prompt_groups(space) -> list[Group]:
     """The sample space's prompts in order, each with its contiguous run of candidate ids."""
-    groups, prompts, lo = [], space["prompt"], 0
-    for index, (pid, run) in enumerate(itertools.groupby(space["prompt_id"])):
+    groups, prompts, lo = [], space["prompt"][:], 0  # columns read whole: a datasets Column iterates a row at a time
+    for index, (pid, run) in enumerate(itertools.groupby(space["prompt_id"][:])):
         n = sum(1 for _ in run)
         groups.append(Group(index, pid, prompts[lo], lo, n))
         lo += n
