@@ -337,7 +337,8 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
     prompt_ids = tok(prompt, add_special_tokens=False).input_ids
     end = tok.eos_token_id
     ends = [[end] if finished is None or finished[i] else [] for i in range(len(answers))]
-    rows = [prompt_ids + tok(a, add_special_tokens=False).input_ids + e for a, e in zip(answers, ends)]
+    encoded = tok(list(answers), add_special_tokens=False).input_ids if answers else []  # one batch call, not one a text
+    rows = [prompt_ids + ids + e for ids, e in zip(encoded, ends)]
     vocab = model.config.vocab_size
     lo = len(prompt_ids) - 1  # the position predicting the answer's first token
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # bucket by length

@@ -6,7 +6,8 @@ model costs little and what grows is the pipeline's), on prompt sets of P prompt
 Each stage runs in a fresh interpreter of its own (`pipeline/run.py ... stages=[<stage>]`, the earlier stages
 already complete on disk), so its peak RSS is its own. Inside it the model's work is timed: every forward pass (the
 causal LM, its decoder called directly by the judge, the output head), generation with its sampling, and each
-training or evaluation step of the Trainer with its backward pass. `own` is the stage's wall time (meta.json's
+training or evaluation step of the Trainer with its backward pass, and the log-softmax and log-sum-exp over the
+vocabulary (scoring answers, the judge's label mass). `own` is the stage's wall time (meta.json's
 wall_s) less that: the pipeline's own work (designs, fits, caches, artifacts, reports, loading the model) and the
 libraries' around the model (tokenising, the Trainer's data preparation). Per stage: wall, model and own seconds,
 own ms per prompt, peak RSS, artifact and pair-cache size. The growth exponent is the least-squares slope of
@@ -95,6 +96,9 @@ def child(args: list[str]) -> None:
         return call
 
     torch.autograd.backward = counted(torch.autograd.backward)
+    # the normalisations over the vocabulary that score answers (log-softmax) and the judge's label mass
+    # (log-sum-exp) are the model's output distribution, as generation's sampling is: counted with the model
+    torch.log_softmax, torch.logsumexp = counted(torch.log_softmax), counted(torch.logsumexp)
     import trl
 
     for owner, name in ((transformers.GenerationMixin, "generate"), (transformers.Trainer, "training_step"),

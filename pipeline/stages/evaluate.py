@@ -319,9 +319,9 @@ def training_prompts(inputs: dict) -> set[str]:
     """The texts of the prompts the tuned policy was trained on (the preferences train split's)."""
     if "preferences" not in inputs or "spmcmc" not in inputs:
         return set()
-    ids = set(inputs["preferences"].load()["train"]["prompt_id"])
+    ids = set(inputs["preferences"].load()["train"]["prompt_id"][:])  # [:]: a Column read whole, not row by row
     cands = inputs["spmcmc"].load()["candidates"]
-    return {p.strip() for pid, p in zip(cands["prompt_id"], cands["prompt"]) if pid in ids}
+    return {p.strip() for pid, p in zip(cands["prompt_id"][:], cands["prompt"][:]) if pid in ids}
 
 
 def evaluation_prompts(inputs: dict) -> list[dict]:
@@ -331,17 +331,18 @@ def evaluation_prompts(inputs: dict) -> list[dict]:
     if held.num_rows:
         return held.to_list()
     cands = inputs["spmcmc"].load()["candidates"]
-    return [{"prompt_id": pid, "prompt": p} for pid, p in dict(zip(cands["prompt_id"], cands["prompt"])).items()]
+    return [{"prompt_id": pid, "prompt": p} for pid, p in dict(zip(cands["prompt_id"][:], cands["prompt"][:])).items()]
 
 
 def _held_out(inputs: dict) -> tuple[list[str], list[float], list[str]]:
     """Texts, base spMCMC scores (those the pairs were built from) and prompts of the preferences test
     split's candidates."""
     test = inputs["preferences"].load()["test"]
-    score = {**dict(zip(test["chosen_id"], test["chosen_score"])), **dict(zip(test["rejected_id"], test["rejected_score"]))}
+    score = {**dict(zip(test["chosen_id"][:], test["chosen_score"][:])),
+             **dict(zip(test["rejected_id"][:], test["rejected_score"][:]))}
     ids = sorted(score)
     cands = inputs["spmcmc"].load()["candidates"]
-    text, prompt = dict(zip(cands["id"], cands["text"])), dict(zip(cands["id"], cands["prompt"]))
+    text, prompt = dict(zip(cands["id"][:], cands["text"][:])), dict(zip(cands["id"][:], cands["prompt"][:]))
     return [text[i] for i in ids], [score[i] for i in ids], [prompt[i] for i in ids]
 
 
@@ -371,9 +372,9 @@ def paper_checks(inputs: dict) -> dict | None:
 
     if "spmcmc" not in inputs:
         return None
-    c = inputs["spmcmc"].load()["candidates"]
+    c = inputs["spmcmc"].load()["candidates"].to_dict()  # columns read whole, not row by row
     greedy = [i for i, g in enumerate(c["is_greedy"]) if g]
-    out = {"n_candidates": c.num_rows, "greedy_text": c["text"][greedy[0]] if greedy else None}
+    out = {"n_candidates": len(c["id"]), "greedy_text": c["text"][greedy[0]] if greedy else None}
     for column in ("score", "frequency"):
         if None not in c[column]:
             ranks = (-np.array(c[column])).argsort(kind="stable").argsort() + 1

@@ -221,7 +221,8 @@ def _scored(model, tok, templated: str, candidates: list[dict]) -> list[tuple[in
         return []
     texts = [c["text"] for c in candidates]
     scores = answer_scores(model, tok, templated, texts, desc="[sample_space] scoring")
-    return [(len(tok(t, add_special_tokens=False).input_ids), s[0], s[1]) for t, s in zip(texts, scores)]
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False).input_ids]  # one batch call
+    return [(n, s[0], s[1]) for n, s in zip(lengths, scores)]
 
 
 def _summary(per_prompt: list[dict]) -> dict:
