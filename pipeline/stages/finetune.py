@@ -271,20 +271,22 @@ def held_out_logps(model, tok, test) -> dict:
     """Sum log-probabilities of chosen and rejected under the tuned policy and the base (adapter off)."""
     import contextlib
 
-    prompts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in test["prompt"]]
+    # [:]: a datasets Column read whole; iterating one reads a row at a time
+    prompts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in test["prompt"][:]]
     cols = {}
     for tag, ctx in (("base", model.disable_adapter), ("tuned", contextlib.nullcontext)):
         with ctx():
             for side in ("chosen", "rejected"):
-                answers = [m[-1]["content"] for m in test[side]]
+                answers = [m[-1]["content"] for m in test[side][:]]
                 cols[f"{tag}_logp_{side}"] = _scores_by_prompt(model, tok, prompts, answers)
     return cols
 
 
 def _scores_by_prompt(model, tok, prompts: list[str], answers: list[str]) -> list[float]:
-    out = [0.0] * len(prompts)
-    for prompt in dict.fromkeys(prompts):  # usually one query: one batched call
-        rows = [i for i, p in enumerate(prompts) if p == prompt]
+    out, rows_of = [0.0] * len(prompts), {}
+    for i, p in enumerate(prompts):  # one pass: a scan of every row per prompt grows as prompts^2
+        rows_of.setdefault(p, []).append(i)
+    for prompt, rows in rows_of.items():  # usually one query: one batched call
         for i, s in zip(rows, answer_scores(model, tok, prompt, [answers[i] for i in rows])):
             out[i] = s[0]
     return out
