@@ -70,20 +70,25 @@ def spearman_ci(x, y) -> dict:
     return spearman_cis(x, {"y": y})["y"]
 
 
+def spearman_against(x, columns: list) -> tuple[np.ndarray, np.ndarray]:
+    """(Spearman's rho, its p) of x with each column, from one scipy spearmanr over the stacked columns: two
+    columns give scipy's scalars, more its matrices, of which x's row is the first."""
+    from scipy.stats import spearmanr
+
+    res = spearmanr(np.column_stack([x, *columns]))
+    return tuple(np.atleast_1d(v) if len(columns) == 1 else v[0, 1:] for v in (res.statistic, res.pvalue))
+
+
 def spearman_cis(x, ys: dict) -> dict:
     """spearman_ci(x, y) for each y in `ys`, from one scipy spearmanr over the stacked columns (the correlation
     matrix and its p-values at once: a call per confound cost ~0.6 ms, six a prompt)."""
-    from scipy.stats import spearmanr
-
     x = np.asarray(x, float)
     out = {name: {"spearman": None, "ci_low": None, "ci_high": None, "p": None, "n": len(x)} for name in ys}
     cols = {name: np.asarray(y, float) for name, y in ys.items()}
     live = [name for name, y in cols.items() if len(x) >= 4 and np.ptp(x) > 0 and np.ptp(y) > 0]
     if not live:
         return out
-    res = spearmanr(np.column_stack([x, *(cols[name] for name in live)]))
-    # two columns give scipy's scalars, more its matrices (x is the first row)
-    rho, p = ((np.atleast_1d(v) if len(live) == 1 else v[0, 1:]) for v in (res.statistic, res.pvalue))
+    rho, p = spearman_against(x, [cols[name] for name in live])
     for name, rho_k, p_k in zip(live, rho, p):
         r = float(np.clip(rho_k, -0.9999, 0.9999))
         half = 1.959964 * math.sqrt((1 + r * r / 2) / (len(x) - 3))

@@ -88,9 +88,9 @@ def _ess(x: np.ndarray) -> np.ndarray:
     from scipy.fftpack import next_fast_len  # ArviZ's FFT length
 
     k, chains, draws = x.shape
-    centred = x - x.mean(2, keepdims=True)
-    spec = np.fft.rfft(centred, n=next_fast_len(2 * draws), axis=2)
-    acov = np.fft.irfft(spec * np.conjugate(spec), n=next_fast_len(2 * draws), axis=2)[:, :, :draws] / draws
+    length = next_fast_len(2 * draws)
+    spec = np.fft.rfft(x - x.mean(2, keepdims=True), n=length, axis=2)
+    acov = np.fft.irfft(spec * np.conjugate(spec), n=length, axis=2)[:, :, :draws] / draws
     mean_var = acov[:, :, 0].mean(1) * draws / (draws - 1.0)
     var_plus = mean_var * (draws - 1.0) / draws + (np.var(x.mean(2), axis=1, ddof=1) if chains > 1 else 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):

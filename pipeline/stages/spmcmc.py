@@ -166,7 +166,8 @@ def _load_chains(state: Path, ids: list[int], fresh: dict[int, Chain]) -> tuple[
             own = entries
     chains = [Chain.from_state(saved[c]["state"]) if c in saved else fresh[c] for c in ids]
     rows = [tuple(r) for c in ids if c in saved for r in saved[c]["rows"]]
-    return chains, rows, {k: e for k, e in own.items() if int(k) not in set(ids)}
+    mine = set(ids)
+    return chains, rows, {k: e for k, e in own.items() if int(k) not in mine}
 
 
 def _checkpoint_file(rank: int) -> str:
@@ -387,9 +388,9 @@ def traces_by_prompt(trace: dict | None, groups: list[Group], num_chains: int) -
         return [None] * len(groups)
     prompt = trace["chain"] // num_chains
     order = np.argsort(prompt, kind="stable")
-    index = [g.index for g in groups]
+    index, ordered_prompt = [g.index for g in groups], prompt[order]
     out = []
-    for g, a, b in zip(groups, np.searchsorted(prompt[order], index, "left"), np.searchsorted(prompt[order], index, "right")):
+    for g, a, b in zip(groups, np.searchsorted(ordered_prompt, index, "left"), np.searchsorted(ordered_prompt, index, "right")):
         if a == b:
             out.append(None)
             continue
@@ -592,14 +593,9 @@ def _strength(probs: dict, score: np.ndarray) -> dict:
 def _agreement(est: dict, score: str, mode: str) -> dict:
     """Each estimate against the reference (the exact distribution when computed, else the score):
     total variation, Spearman, and its mean standard error."""
-    from scipy.stats import spearmanr
-
     ref = est["stationary" if mode == "exact" else score][0]
     ranked = [name for name, (value, _) in est.items() if np.ptp(value) > 0] if np.ptp(ref) > 0 else []
-    rhos = {}
-    if ranked:  # one spearmanr over the stacked columns (ref first): scalars for two, a matrix for more
-        res = spearmanr(np.column_stack([ref, *(est[name][0] for name in ranked)])).statistic
-        rhos = dict(zip(ranked, np.atleast_1d(res) if len(ranked) == 1 else res[0, 1:]))
+    rhos = dict(zip(ranked, confounds.spearman_against(ref, [est[name][0] for name in ranked])[0])) if ranked else {}
     out = {}
     for name, (value, se) in est.items():
         rho = rhos.get(name)
