@@ -14,6 +14,32 @@ SPACE = [*TINY, "stages=[sample_space]"]
 KILL = ["sample_space.chunk:2"]
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.8), (1.6, 0.95)])
+def test_the_sampler_draws_from_the_distribution_transformers_samples_from(temperature, top_p):
+    """generation.sampler leaves one token finite per row, drawn with the probabilities that transformers'
+    temperature and nucleus warpers and softmax give: a chi-square fit over 60,000 draws holds, the nucleus'
+    excluded tokens are never drawn, and the same fit rejects the untempered distribution (the test has power)."""
+    import torch
+    from scipy.stats import chisquare
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    from pipeline.generation import sampler
+
+    logits = torch.tensor([[2.0, 1.2, 0.9, 0.0, -0.5, -1.5, -3.0]]).expand(60_000, -1)
+    reference = LogitsProcessorList([TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)])
+    probs = reference(None, logits.clone())[0].double().softmax(-1).numpy()
+    torch.manual_seed(0)
+    drawn = sampler(temperature, top_p)(None, logits.clone())
+    assert (drawn == 0).sum(1).eq(1).all() and drawn.isinf().sum(1).eq(logits.shape[1] - 1).all()
+    counts = torch.bincount(drawn.argmax(1), minlength=logits.shape[1]).double().numpy()
+    kept = probs > 0
+    assert counts[~kept].sum() == 0
+    assert chisquare(counts[kept], len(logits) * probs[kept] / probs[kept].sum()).pvalue > 1e-3
+    if temperature != 1.0:
+        plain = logits[0].double().softmax(-1).numpy()
+        assert chisquare(counts, len(logits) * plain).pvalue < 1e-6
+
+
 def sc(**kw):
     return SampleSpaceConfig(query="q", **kw)
 
