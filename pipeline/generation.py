@@ -77,7 +77,7 @@ def sampler(temperature: float, top_p: float):
 
     class InverseCdfDraw(LogitsProcessor):
         def __call__(self, input_ids, scores):
-            cdf = scores.softmax(-1).cumsum(-1, dtype=torch.float64)  # summed in float64: no drift over 49,152 terms
+            cdf = scores.softmax(-1).double().cumsum(-1)  # summed in float64: no drift over 49,152 terms
             u = torch.rand(len(cdf), 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
             # the first token whose cumulative mass exceeds u: masked tokens (no mass) are never drawn
             token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)

@@ -13,6 +13,7 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -277,14 +278,15 @@ def padded(rows: list[list[int]], pad_id: int, left: bool = False, device=None):
     token see a later pad. Left padding for the next token of every row: the last position is each row's own."""
     import torch
 
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, device=device)
-    mask = torch.zeros_like(ids)
-    for r, row in enumerate(rows):
-        cells = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[r, cells] = torch.tensor(row, device=device)
-        mask[r, cells] = 1
-    return ids, mask
+    lengths = np.fromiter(map(len, rows), int, len(rows))
+    width = int(lengths.max())
+    # filled in numpy, one tensor made at the end: a tensor per row cost ~10 us each, in every judge and scoring batch
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
+    cols = np.arange(width)
+    mask = cols >= (width - lengths)[:, None] if left else cols < lengths[:, None]
+    ids[mask] = flat  # row-major: each row's cells in order
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask.astype(np.int64)).to(device)
 
 
 def chat_prompt(tok, user: str, system: str | None = None) -> str:

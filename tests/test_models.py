@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY, assert_one_error_line, run_main, write
-from pipeline.models import SCORING_BYTES, answer_scores, chat_prompt, scoring_batches
+from pipeline.models import SCORING_BYTES, answer_scores, chat_prompt, padded, scoring_batches
 
 PEAK = """
 import resource
@@ -121,3 +121,16 @@ def test_the_tokenizer_is_read_once_per_folder_and_each_caller_gets_its_own(tiny
     config = folder / "tokenizer_config.json"  # rewritten in place: read again
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 77}))
     assert load_tokenizer(folder, mcfg).model_max_length == 77 and _read_tokenizer.cache_info().misses == reads + 1
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_padded_places_each_row_and_its_mask(left):
+    """Right padding leaves each row at the start, left padding at the end; the mask marks its cells, an empty
+    row has none, and the pads carry pad_id."""
+    rows, pad = [[5, 6, 7], [], [8], [1, 2, 3, 4, 9]], 0
+    ids, mask = padded(rows, pad, left=left)
+    assert ids.shape == mask.shape == (4, 5) and str(ids.dtype) == str(mask.dtype) == "torch.int64"
+    for r, row in enumerate(rows):
+        cells = list(range(5 - len(row), 5)) if left else list(range(len(row)))
+        assert ids[r, cells].tolist() == row and mask[r].nonzero().flatten().tolist() == cells
+        assert ids[r][mask[r] == 0].tolist() == [pad] * (5 - len(row))

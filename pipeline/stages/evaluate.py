@@ -351,9 +351,10 @@ def _sharpening(cfg: Config, model, tok, texts: list[str], scores: list[float], 
     base spMCMC score, within each prompt (averaged over prompts with at least 3 such candidates)."""
     from scipy.stats import spearmanr
 
-    results = []
-    for prompt in dict.fromkeys(prompts):
-        rows = [i for i, p in enumerate(prompts) if p == prompt]
+    results, by_prompt = [], {}
+    for i, p in enumerate(prompts):  # one pass: a scan of every text per prompt grew as P^2
+        by_prompt.setdefault(p, []).append(i)
+    for prompt, rows in by_prompt.items():
         if len(rows) >= 3:
             chat = chat_prompt(tok, prompt, cfg.sample_space.system_prompt)
             logp = [s[1] for s in answer_scores(model, tok, chat, [texts[i] for i in rows], cfg.evaluate.batch_size,
