@@ -71,12 +71,19 @@ def spearman_ci(x, y) -> dict:
 
 
 def spearman_against(x, columns: list) -> tuple[np.ndarray, np.ndarray]:
-    """(Spearman's rho, its p) of x with each column, from one scipy spearmanr over the stacked columns: two
-    columns give scipy's scalars, more its matrices, of which x's row is the first."""
-    from scipy.stats import spearmanr
+    """(Spearman's rho, its two-sided p) of x with each column: scipy's spearmanr arithmetic (Pearson's r of the
+    average ranks; Student's t with n - 2 degrees of freedom) for x's row only, the columns ranked in one call.
+    spearmanr ranks column by column in Python and tests every pair: ~2 ms a call, three calls a prompt. Equal to
+    spearmanr (tests/test_confounds.py)."""
+    from scipy.special import stdtr
+    from scipy.stats import rankdata
 
-    res = spearmanr(np.column_stack([x, *columns]))
-    return tuple(np.atleast_1d(v) if len(columns) == 1 else v[0, 1:] for v in (res.statistic, res.pvalue))
+    ranks = rankdata(np.column_stack([x, *columns]), axis=0)
+    rho = np.corrcoef(ranks, rowvar=False)[0, 1:]
+    dof = len(ranks) - 2
+    with np.errstate(divide="ignore"):  # rho = +-1: t infinite, p 0, as in scipy
+        t = rho * np.sqrt((dof / ((rho + 1.0) * (1.0 - rho))).clip(0))
+    return rho, 2 * stdtr(dof, -np.abs(t))
 
 
 def spearman_cis(x, ys: dict) -> dict:

@@ -150,12 +150,13 @@ class ModelJudge:
             n, length = len(prompts), len(self.heads[prompts[0]])
             return ([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
                     torch.ones(n, length, dtype=torch.long, device=device), False)
-        width = max(len(self.heads[p]) for p in prompts)
-        kv = _stacked([self._head_cache(p) for p in prompts], width)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-        for r, p in enumerate(prompts):
-            mask[r, :len(self.heads[p])] = 1
-        return kv, mask, True
+        distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        width = max(len(self.heads[p]) for p in distinct)
+        # each query's instruction padded once, then picked per row (a pad per row and layer cost ~12 ms a batch)
+        pick = torch.tensor([distinct[p] for p in prompts], device=device)
+        kv = [(k[pick], v[pick]) for k, v in _stacked([self._head_cache(p) for p in distinct], width)]
+        lengths = torch.tensor([len(self.heads[p]) for p in prompts], device=device)
+        return kv, (torch.arange(width, device=device)[None, :] < lengths[:, None]).long(), True
 
     def _row_prefixes(self, firsts: list[int]):
         """Key/values of instruction + first candidate for a block of rows, right-padded to the longest, their mask

@@ -135,9 +135,10 @@ def test_format_features_and_spearman_intervals():
 
     rng = np.random.default_rng(1)
     score = rng.normal(size=12)
-    ys = {"noise": rng.normal(size=12), "ties": np.round(score * 2), "constant": np.ones(12)}
+    ys = {"noise": rng.normal(size=12), "ties": np.round(score * 2), "constant": np.ones(12), "same": 3 * score,
+          "reversed": -score}
     both = confounds.spearman_cis(score, ys)
-    for name in ("noise", "ties"):
+    for name in ("noise", "ties", "same", "reversed"):
         alone = spearmanr(score, ys[name])
         assert both[name]["spearman"] == pytest.approx(alone.statistic, abs=1e-12)
         assert both[name]["p"] == pytest.approx(alone.pvalue, rel=1e-9)
