@@ -47,9 +47,11 @@ def generate(model, tok, prompts: list[str], sc, sample: bool, seed: int, desc: 
     from transformers import GenerationConfig
 
     eos = eos_ids(model, tok)
-    # sampled answers decode greedily over scores on which `sampler` has already drawn the token (see there)
-    gen = GenerationConfig(do_sample=False, max_new_tokens=sc.max_new_tokens, eos_token_id=eos,
-                           pad_token_id=tok.pad_token_id)
+    # sampled answers decode greedily over scores on which `sampler` has already drawn the token (see there). The
+    # sampling flags are set to transformers' neutral defaults: left unset, generate() fills them from the model's
+    # generation_config.json (Llama-3.1-Instruct: temperature 0.6, top_p 0.9) and warns that greedy ignores them
+    gen = GenerationConfig(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=sc.max_new_tokens,
+                           eos_token_id=eos, pad_token_id=tok.pad_token_id)
     processors = sampler(sc.temperature, sc.top_p) if sample else None
     torch.manual_seed(seed)
     out = []

@@ -40,6 +40,33 @@ def test_the_sampler_draws_from_the_distribution_transformers_samples_from(tempe
         assert chisquare(counts, len(logits) * plain).pvalue < 1e-6
 
 
+def test_a_models_own_sampling_defaults_neither_leak_nor_warn():
+    """A model whose generation_config.json sets its own sampling (Llama-3.1-Instruct: do_sample, temperature 0.6,
+    top_p 0.9) samples with the stage's settings, and transformers logs nothing about flags greedy decoding
+    ignores (generate fills unset flags from the model's file)."""
+    import logging
+    from types import SimpleNamespace
+
+    from pipeline.config import ModelConfig
+    from pipeline.generation import generate
+    from pipeline.models import chat_prompt, load_model
+
+    model, tok = load_model(ModelConfig(name_or_path="embedded:tiny-random"))
+    model.generation_config.update(do_sample=True, temperature=0.05, top_p=0.9, top_k=1)
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers.generation.configuration_utils")
+    logger.addHandler(handler)
+    try:
+        sc_ = SimpleNamespace(temperature=1.0, top_p=1.0, max_new_tokens=6, batch_size=8)
+        answers = generate(model, tok, [chat_prompt(tok, "Tell me a joke.")] * 8, sc_, True, 0)
+    finally:
+        logger.removeHandler(handler)
+    assert len({a["text"] for a in answers}) > 4  # top_k=1 or T = 0.05 would make the 8 draws alike
+    assert not [r.getMessage() for r in records if "not valid" in r.getMessage()]
+
+
 def sc(**kw):
     return SampleSpaceConfig(query="q", **kw)
 
