@@ -87,8 +87,8 @@ def spearman_against(x, columns: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spearman_cis(x, ys: dict) -> dict:
-    """spearman_ci(x, y) for each y in `ys`, from one scipy spearmanr over the stacked columns (the correlation
-    matrix and its p-values at once: a call per confound cost ~0.6 ms, six a prompt)."""
+    """spearman_ci(x, y) for each y in `ys`, from one spearman_against over the stacked columns (a scipy call per
+    confound cost ~0.6 ms, six a prompt)."""
     x = np.asarray(x, float)
     out = {name: {"spearman": None, "ci_low": None, "ci_high": None, "p": None, "n": len(x)} for name in ys}
     cols = {name: np.asarray(y, float) for name, y in ys.items()}

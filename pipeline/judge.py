@@ -152,7 +152,7 @@ class ModelJudge:
                     torch.ones(n, length, dtype=torch.long, device=device), False)
         distinct = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
         width = max(len(self.heads[p]) for p in distinct)
-        # each query's instruction padded once, then picked per row (a pad per row and layer cost ~12 ms a batch)
+        # each query's instruction padded once, then picked per row (a pad per row and layer: 1.0 against 0.4 ms)
         pick = torch.tensor([distinct[p] for p in prompts], device=device)
         kv = [(k[pick], v[pick]) for k, v in _stacked([self._head_cache(p) for p in distinct], width)]
         lengths = torch.tensor([len(self.heads[p]) for p in prompts], device=device)
