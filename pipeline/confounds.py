@@ -154,12 +154,12 @@ class Controlled:
     r2: float | None
 
 
-def control(fit: StrengthFit, x: np.ndarray, names: list[str]) -> Controlled:
-    """q = M s and its covariance M cov M', M removing control_basis(x); beta (the linear part, per SD of each
-    confound), its SE and p from the candidate-level regression of s on x."""
+def control(fit: StrengthFit, x: np.ndarray, names: list[str], m: np.ndarray | None = None) -> Controlled:
+    """q = M s and its covariance M cov M', M removing control_basis(x) (`m`: that M, when the caller has it); beta
+    (the linear part, per SD of each confound), its SE and p from the candidate-level regression of s on x."""
     import statsmodels.api as sm
 
-    m = residual_maker(control_basis(x))
+    m = residual_maker(control_basis(x)) if m is None else m
     n, k = x.shape
     beta = se = p = np.zeros(0)
     r2 = None
@@ -298,26 +298,28 @@ def noncentrality_interval(observed: float, df: int, resid_df: int | None = None
 def wald_test(q: np.ndarray, cov: np.ndarray, resid_df: int | None = None) -> dict:
     """Is any preference left? chi2 = q' cov^+ q on df = rank(cov); p from F = chi2 / df against F(df, resid_df)
     when the covariance is estimated from resid_df clusters (the GLM's), else from chi^2(df)."""
-    from scipy.stats import chi2, f
+    from scipy.special import chdtrc, fdtrc  # what chi2.sf and f.sf compute, without their ~0.03 ms a call
 
     eig = np.linalg.eigvalsh(cov)
     df = int((eig > eig.max() * 1e-9).sum()) if eig.size and eig.max() > 0 else 0
     if df == 0:
         return {"chi2": None, "df": 0, "resid_df": resid_df, "p": None}
     stat = float(q @ np.linalg.pinv(cov, hermitian=True, rcond=1e-9) @ q)
-    p = chi2.sf(stat, df) if resid_df is None else f.sf(stat / df, df, resid_df)
+    tail = max(stat, 0.0)  # a rounding-negative statistic: p 1, as scipy.stats' support gives (the ufuncs give NaN)
+    p = chdtrc(df, tail) if resid_df is None else fdtrc(df, resid_df, tail / df)
     return {"chi2": stat, "df": df, "resid_df": resid_df, "p": float(p)}
 
 
-def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int) -> dict | None:
+def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int, m: np.ndarray | None = None) -> dict | None:
     """Split-half consistency of q: the compared pairs (both orders together) split at random, the GLM and the
-    control fitted on each half, Spearman between the halves' q, Spearman–Brown corrected, averaged over splits."""
+    control fitted on each half, Spearman between the halves' q, Spearman–Brown corrected, averaged over splits.
+    `m`: residual_maker(control_basis(x)), when the caller has it."""
     from pipeline.estimates import split_half
 
     edges = sorted({(min(f, s), max(f, s)) for f, s in probs})
     if len(edges) < 4:
         return None
-    m = residual_maker(control_basis(x))
+    m = residual_maker(control_basis(x)) if m is None else m
     column = {e: k for k, e in enumerate(edges)}
     edge_of = np.array([column[min(k), max(k)] for k in probs])  # each comparison's unordered pair
     out = split_half(lambda masks: strengths_on_subsets(probs, n, masks[:, edge_of]) @ m.T, len(edges), splits, seed)
@@ -355,7 +357,8 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
     x, names = standardised(feats, control_names)
     if fit is None or not control_names or n - 1 - len(names) < 2:
         return summary, None, pool
-    c = control(fit, x, names)
+    m = residual_maker(control_basis(x))  # once: the control and its consistency remove the same columns
+    c = control(fit, x, names, m)
     pool["q"] = c.q
     p, se = softmax_se(c.q, c.cov)
     summary["controlled"] = {
@@ -365,7 +368,7 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
         "r2": c.r2, "strength": strength(c.q, c.cov, fit.position, pairs, fit.resid_df),
         # 0 for the controlled confounds by construction; what the others still explain of it is a finding
         "explained_by_all": {**explained(c.q, x_all), "names": all_names},
-        "consistency": consistency(probs, n, x, splits, seed),
+        "consistency": consistency(probs, n, x, splits, seed, m),
         "greedy_rank": greedy_rank(p, greedy), "score_spearman_with_raw": spearman_ci(p, score)["spearman"]}
     return summary, (p, se), pool
 

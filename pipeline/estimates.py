@@ -295,7 +295,9 @@ def batch_means(per_step: np.ndarray, batches: int = 10) -> tuple[np.ndarray, np
     stays inside a block)."""
     chains, steps, n = per_step.shape
     b = max(1, min(batches, steps))
-    means = np.stack([blk.mean(0) for c in per_step for blk in np.array_split(c, b)])
+    sizes = np.full(b, steps // b) + (np.arange(b) < steps % b)  # np.array_split's blocks, all chains at once
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    means = (np.add.reduceat(per_step, starts, axis=1) / sizes[None, :, None]).reshape(-1, n)
     est = per_step.reshape(-1, n).mean(0)
     se = means.std(0, ddof=1) / np.sqrt(len(means)) if len(means) > 1 else np.full(n, np.nan)
     return est, se

@@ -14,7 +14,9 @@ own ms per prompt, peak RSS, artifact and pair-cache size. The growth exponent i
 log(own time, all stages) on log(P). The last line: `prompts=P own_ms_per_prompt=<worst stage> peak_rss_gb=<worst
 stage> exponent=<slope>`.
 
-`--finetune-epochs` caps training at the largest P (the table gives its steps and the cost per step).
+`--finetune-epochs E` caps training: E epochs at the largest P and E x (largest P) / P at each smaller one, so that
+every P trains about the same number of steps (the table gives the steps and the cost per step). Without it each P
+trains the recipe's epochs, and the steps grow with P.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def main() -> None:
     parser.add_argument("--prompts", default="100,1000,10000", help="prompt-set sizes, comma-separated")
     parser.add_argument("--samples", type=int, default=8, help="answers sampled per prompt")
     parser.add_argument("--finetune-epochs", type=float, default=None,
-                        help="finetune.num_epochs at the largest P (default: the recipe's)")
+                        help="finetune.num_epochs at the largest P, scaled up at smaller P to the same steps "
+                             "(default: the recipe's)")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
                         help="the last stage to run (each stage reads the ones before it)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scale"))
@@ -156,8 +159,8 @@ def main() -> None:
     own_total, worst = {}, {}
     for n in sizes:
         out = args.out / f"p{n}"
-        run_args = settings(prompt_file(args.out, n), args.samples, out,
-                            args.finetune_epochs if n == max(sizes) else None)
+        epochs = args.finetune_epochs and args.finetune_epochs * max(sizes) / n  # the same steps at every P
+        run_args = settings(prompt_file(args.out, n), args.samples, out, epochs)
         rows = []
         for stage in STAGES[:STAGES.index(args.until) + 1]:
             r = run_stage(stage, run_args, out)

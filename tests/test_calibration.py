@@ -119,3 +119,16 @@ def test_the_headroom_share_interval_covers_with_the_ceilings_own_noise():
         h = headroom(*_with_variances(rows, mean_ci_t([r["win"] for r in rows]), False))
         inside.append(h["ci_low"] is not None and h["ci_low"] <= 0.5 <= h["ci_high"])
     assert 0.92 <= np.mean(inside) <= 0.98
+
+
+def test_the_wald_p_is_scipy_stats_tail_including_a_rounding_negative_statistic():
+    from scipy.stats import chi2, f
+
+    for df, stat in ((1, 0.3), (3, 7.5), (6, 40.0)):
+        q, cov = np.r_[np.sqrt(stat), np.zeros(df - 1)], np.eye(df)
+        assert confounds.wald_test(q, cov)["p"] == pytest.approx(chi2.sf(stat, df), rel=1e-12)
+        assert confounds.wald_test(q, cov, 30)["p"] == pytest.approx(f.sf(stat / df, df, 30), rel=1e-12)
+    cov = np.diag([1.0, -1e-3])  # a covariance carrying a negative (rounding) eigenvalue: q' cov^+ q below 0
+    for resid_df in (None, 30):
+        out = confounds.wald_test(np.array([0.0, 1e-3]), cov, resid_df)
+        assert out["chi2"] < 0 and out["p"] == 1.0, out

@@ -197,3 +197,17 @@ def test_split_half_takes_scipys_spearman_of_each_split_ties_and_flat_halves_inc
             for k in range(4)]
     assert out["split_half_r"] == pytest.approx(np.mean(rhos), abs=1e-12)
     assert out["consistency"] == pytest.approx(2 * np.mean(rhos) / (1 + np.mean(rhos)), abs=1e-12)
+
+
+def test_batch_means_cuts_each_chain_into_np_array_splits_blocks():
+    """All chains' blocks at once are np.array_split's blocks of each chain, uneven lengths included (to rounding)."""
+    from pipeline.estimates import batch_means
+
+    rng = np.random.default_rng(5)
+    for chains, steps, batches in ((1, 35, 10), (3, 11, 10), (4, 3, 10), (2, 200, 7)):
+        x = rng.random((chains, steps, 6))
+        means = np.stack([blk.mean(0) for c in x for blk in np.array_split(c, min(batches, steps))])
+        est, se = batch_means(x, batches)
+        assert np.allclose(est, x.reshape(-1, 6).mean(0), rtol=0, atol=1e-15)
+        assert np.allclose(se, means.std(0, ddof=1) / np.sqrt(len(means)), rtol=0, atol=1e-15)
+    assert np.isnan(batch_means(rng.random((1, 1, 3)))[1]).all()  # one block: no spread to measure

@@ -59,7 +59,7 @@ from pipeline.ratings import check_scale, load_ratings, noise_ceiling, select_it
 from pipeline.report import write_report
 from pipeline.stages.finetune import adapter_of
 
-NAME, VERSION = "evaluate", 11  # 11: sampled answers drawn by inverting the CDF (generation.sampler): new draws
+NAME, VERSION = "evaluate", 12  # 12: the spmcmc evaluator's batch means at once (its SEs move by ~1e-17)
 SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = True
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")
