@@ -15,8 +15,13 @@ STATE_DIR = "_state"  # resume scratch inside a stage folder, dropped once the s
 def write_json(path: Path, obj, sort_keys: bool = True, indent: int | None = 2) -> None:
     """Atomic: a reader sees the old file or the new one, never half of one. `indent=None`: one line, for state
     that only the code reads back (a chain's rows indented take ~5x as long to write)."""
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic, as write_json."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

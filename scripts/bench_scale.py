@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1],
                         help="the last stage to run (each stage reads the ones before it)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_scale"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every stage, after the benchmark's own (e.g. judge.batch_size=64)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.prompts.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +162,7 @@ def main() -> None:
     for n in sizes:
         out = args.out / f"p{n}"
         epochs = args.finetune_epochs and args.finetune_epochs * max(sizes) / n  # the same steps at every P
-        run_args = settings(prompt_file(args.out, n), args.samples, out, epochs)
+        run_args = settings(prompt_file(args.out, n), args.samples, out, epochs) + args.set
         rows = []
         for stage in STAGES[:STAGES.index(args.until) + 1]:
             r = run_stage(stage, run_args, out)

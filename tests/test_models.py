@@ -96,6 +96,28 @@ def test_an_answer_cut_off_at_max_new_tokens_is_scored_without_an_end_of_turn(ti
     assert answer_scores(model, tok, prompt, ["Why did the chicken"])[0] == pytest.approx(ended)
 
 
+def test_self_certainty_is_the_mean_kl_from_uniform_over_the_answers_positions(tiny_model):
+    """KL(U || p) = -log V - mean_v log p(v), averaged over the positions that predict the answer's tokens and its
+    end of turn, from one forward pass of prompt + answer; the sum of log-probabilities from the same pass."""
+    import math
+
+    import torch
+
+    model, tok = tiny_model
+    prompt = chat_prompt(tok, "Tell me a joke.")
+    answer = "Why did the chicken cross the road?"
+    p_ids, a_ids = tok(prompt, add_special_tokens=False).input_ids, tok(answer, add_special_tokens=False).input_ids
+    ids = torch.tensor([p_ids + a_ids + [tok.eos_token_id]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)[len(p_ids) - 1:-1]
+    vocab = model.config.vocab_size
+    expected = float((-math.log(vocab) - logp.mean(-1)).mean())
+    total, mean, certainty = answer_scores(model, tok, prompt, [answer, "Knock knock."])[0]
+    assert certainty == pytest.approx(expected, rel=1e-5) and certainty > 0
+    assert total == pytest.approx(float(logp.gather(-1, ids[0, len(p_ids):, None])[:, 0].sum()), rel=1e-5)
+    assert mean == pytest.approx(total / (len(a_ids) + 1), rel=1e-6)
+
+
 def test_the_tokenizer_is_read_once_per_folder_and_each_caller_gets_its_own(tiny_model_dir, tmp_path):
     from pipeline.config import ModelConfig
     from pipeline.models import _read_tokenizer, load_tokenizer

@@ -131,6 +131,26 @@ def test_the_prompts_plot_of_ten_thousand_prompts_fits_a_png(tmp_path):
         assert 500 < width <= 110 * max(10, 0.35 * LABELLED_PROMPTS) and height == 550
 
 
+def test_a_checkpoint_written_piecewise_reads_back_as_every_row_so_far(tmp_path):
+    """Checkpoints encode only the rows since the last one: the file still reads back as every chain's state and all
+    its rows, the other processes' entries kept, after each of several checkpoints."""
+    from pipeline.stages import spmcmc
+
+    chains = new_chains(5, 3, 0)
+    others = {"7": {"rows": [[7, 0, 1, 2, -1, 0.25, False]], "state": {"step": 1}}}
+    saver, rows = spmcmc.Checkpoints(tmp_path, others), []
+    for step in range(4):
+        for c in chains[: 2 + step % 2]:  # chain 2 steps every other time
+            rows.append((c.id, c.step, c.current, (c.current + 1) % 5, -1, 0.1 * step, step % 2 == 0))
+            c.step += 1
+        saver.save(chains, rows)
+        saved = json.loads((tmp_path / "chains.rank0.json").read_text())
+        assert saved["7"] == others["7"]
+        for c in chains:
+            assert saved[str(c.id)]["state"] == json.loads(json.dumps(c.state()))
+            assert saved[str(c.id)]["rows"] == [list(r) for r in rows if r[0] == c.id]
+
+
 def test_chain_checkpoints_resume_under_another_number_of_processes(tmp_path, monkeypatch):
     """One checkpoint file per process: killed under 1 process, run on under 2, resumed under 1, every chain comes
     back at its latest step, not at a stale copy that another process's file still carries."""
@@ -146,7 +166,7 @@ def test_chain_checkpoints_resume_under_another_number_of_processes(tmp_path, mo
             for c in chains:
                 c.step = step
             rows = rows + [(c.id, step, c.current, c.current, c.current, 1.0, True) for c in chains]
-            spmcmc._checkpoint(tmp_path, chains, rows, others)
+            spmcmc.Checkpoints(tmp_path, others).save(chains, rows)
         return chains, rows
 
     at(0, [0, 1, 2, 3], 2)  # one process
