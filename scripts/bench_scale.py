@@ -2,6 +2,7 @@
 model costs little and what grows is the pipeline's), on prompt sets of P prompts x 8 answers.
 
     python scripts/bench_scale.py [--prompts 100,1000,10000] [--samples 8] [--out /tmp/bench_scale]
+                                  [--finetune-epochs E] [--until STAGE] [--set KEY=VALUE ...]
 
 Each stage runs in a fresh interpreter of its own (`pipeline/run.py ... stages=[<stage>]`, the earlier stages
 already complete on disk), so its peak RSS is its own. Inside it the model's work is timed: every forward pass (the
