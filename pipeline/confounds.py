@@ -142,6 +142,11 @@ def residual_maker(x: np.ndarray) -> np.ndarray:
     return np.eye(n) - a @ np.linalg.pinv(a)
 
 
+def control_residuals(x: np.ndarray) -> np.ndarray:
+    """The M the control applies to confounds x: residual_maker of control_basis(x)."""
+    return residual_maker(control_basis(x))
+
+
 @dataclass
 class Controlled:
     """The preference at zero difference of the controlled confounds."""
@@ -155,11 +160,11 @@ class Controlled:
 
 
 def control(fit: StrengthFit, x: np.ndarray, names: list[str], m: np.ndarray | None = None) -> Controlled:
-    """q = M s and its covariance M cov M', M removing control_basis(x) (`m`: that M, when the caller has it); beta
+    """q = M s and its covariance M cov M', M = control_residuals(x) (`m`: that M, when the caller has it); beta
     (the linear part, per SD of each confound), its SE and p from the candidate-level regression of s on x."""
     import statsmodels.api as sm
 
-    m = residual_maker(control_basis(x)) if m is None else m
+    m = control_residuals(x) if m is None else m
     n, k = x.shape
     beta = se = p = np.zeros(0)
     r2 = None
@@ -191,7 +196,7 @@ def cross_fit(probs: dict, n: int, x: np.ndarray, seed) -> CrossFit | None:
 
     edges = sorted({(min(f, s), max(f, s)) for f, s in probs})
     side = np.random.default_rng(seed).permutation(len(edges)) < len(edges) // 2
-    m = residual_maker(control_basis(x))
+    m = control_residuals(x)
     fits = []
     for half in (True, False):
         kept = np.array([e for e, h in zip(edges, side) if h == half]).reshape(-1, 2)
@@ -313,13 +318,13 @@ def wald_test(q: np.ndarray, cov: np.ndarray, resid_df: int | None = None) -> di
 def consistency(probs: dict, n: int, x: np.ndarray, splits: int, seed: int, m: np.ndarray | None = None) -> dict | None:
     """Split-half consistency of q: the compared pairs (both orders together) split at random, the GLM and the
     control fitted on each half, Spearman between the halves' q, Spearman–Brown corrected, averaged over splits.
-    `m`: residual_maker(control_basis(x)), when the caller has it."""
+    `m`: control_residuals(x), when the caller has it."""
     from pipeline.estimates import split_half
 
     edges = sorted({(min(f, s), max(f, s)) for f, s in probs})
     if len(edges) < 4:
         return None
-    m = residual_maker(control_basis(x)) if m is None else m
+    m = control_residuals(x) if m is None else m
     column = {e: k for k, e in enumerate(edges)}
     edge_of = np.array([column[min(k), max(k)] for k in probs])  # each comparison's unordered pair
     out = split_half(lambda masks: strengths_on_subsets(probs, n, masks[:, edge_of]) @ m.T, len(edges), splits, seed)
@@ -357,7 +362,7 @@ def analyse(probs: dict, n: int, feats: dict[str, np.ndarray], score: np.ndarray
     x, names = standardised(feats, control_names)
     if fit is None or not control_names or n - 1 - len(names) < 2:
         return summary, None, pool
-    m = residual_maker(control_basis(x))  # once: the control and its consistency remove the same columns
+    m = control_residuals(x)  # once: the control and its consistency remove the same columns
     c = control(fit, x, names, m)
     pool["q"] = c.q
     p, se = softmax_se(c.q, c.cov)

@@ -36,7 +36,7 @@ def world(n, rng, length_effect=0.8, quality_sd=0.0):
     x, names = confounds.standardised({"length": np.log(rng.integers(20, 200, n).astype(float))}, ["length"])
     s = length_effect * x[:, 0] + rng.normal(0, quality_sd, n) * (quality_sd > 0)
     s -= s.mean()
-    return x, names, s, confounds.residual_maker(confounds.control_basis(x)) @ s
+    return x, names, s, confounds.control_residuals(x) @ s
 
 
 def prompt_set_judge(kind: str, seed: int):
