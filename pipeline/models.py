@@ -349,19 +349,23 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
 
     def score(idx: list[int]) -> list[tuple[float, float, float]]:
         ids, mask = padded([rows[i] for i in idx], tok.pad_token_id)
-        width, out = ids.shape[1], []
+        width = ids.shape[1]
+        n = torch.tensor([len(rows[i]) - 1 - lo for i in idx])  # answer tokens, end of turn included
+        keep = torch.arange(lo, width - 1)  # the positions that predict them (the last predicts nothing)
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           logits_to_keep=width - lo).logits  # positions lo .. width-1
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        for r, i in enumerate(idx):
-            n = len(rows[i]) - 1 - lo  # answer tokens, end of turn included
-            target = ids[r, lo + 1:lo + 1 + n].to(logp.device)
-            lp = logp[r, :n].gather(-1, target[:, None])[:, 0]
-            certainty = (-math.log(vocab) - logp[r, :n].mean(-1)).mean()  # KL(U||p) = -log V - mean log p
-            out.append((float(lp.sum()), float(lp.mean()), float(certainty)))
+                           logits_to_keep=keep.to(model.device)).logits.float()
+            # log p = logit - logsumexp, read without writing a log-softmax copy of every position x vocabulary
+            lse = torch.logsumexp(logits, dim=-1)
+            target = ids[:, lo + 1:width].to(logits.device)
+            lp = logits.gather(-1, target[..., None])[..., 0] - lse
+            certainty = -math.log(vocab) - (logits.mean(-1) - lse)  # KL(U||p) = -log V - mean log p
+            answer = (torch.arange(len(keep)) < n[:, None]).to(logits.device)
+            sums = torch.where(answer, lp, 0.0).sum(1)
+            per = n.to(logits.device)
+            out = torch.stack([sums, sums / per, torch.where(answer, certainty, 0.0).sum(1) / per], 1)
         bar.update(1)
-        return out
+        return [tuple(x) for x in out.tolist()]
 
     scored = {i: x for idx, part in zip(batches, parallel.split_map(score, batches, distributed)) for i, x in zip(idx, part)}
     bar.close()

@@ -113,7 +113,9 @@ def test_self_certainty_is_the_mean_kl_from_uniform_over_the_answers_positions(t
     vocab = model.config.vocab_size
     expected = float((-math.log(vocab) - logp.mean(-1)).mean())
     total, mean, certainty = answer_scores(model, tok, prompt, [answer, "Knock knock."])[0]
-    assert certainty == pytest.approx(expected, rel=1e-5) and certainty > 0
+    # certainty is a small difference of two numbers near log V = 10.8, where float32's resolution is ~1e-6: the
+    # stage reads it as logsumexp - mean logit, this test as a mean of log-softmax, equal to that resolution
+    assert certainty == pytest.approx(expected, abs=1e-6) and certainty > 1e-3
     assert total == pytest.approx(float(logp.gather(-1, ids[0, len(p_ids):, None])[:, 0].sum()), rel=1e-5)
     assert mean == pytest.approx(total / (len(a_ids) + 1), rel=1e-6)
 

@@ -59,7 +59,7 @@ from pipeline.ratings import check_scale, load_ratings, noise_ceiling, select_it
 from pipeline.report import write_report
 from pipeline.stages.finetune import adapter_of
 
-NAME, VERSION = "evaluate", 12  # 12: the spmcmc evaluator's batch means at once (its SEs move by ~1e-17)
+NAME, VERSION = "evaluate", 13  # 13: log-probabilities as logit - logsumexp (models.answer_scores): last bits move
 SETTINGS = ("model", "judge", "sample_space", "confounds", "spmcmc", "evaluate", "rounds")
 DISTRIBUTED = True
 OPTIONAL_INPUTS = ("sample_space", "spmcmc", "preferences", "finetune", "history")

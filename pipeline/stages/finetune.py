@@ -33,7 +33,7 @@ from pipeline.formatting import number
 from pipeline.models import answer_scores, custom_code_guard, load_tokenizer, pick_dtype, resolve_model_path, setup_device
 from pipeline.workdir import STATE_DIR, failpoint, log_work
 
-NAME, VERSION = "finetune", 3
+NAME, VERSION = "finetune", 4  # 4: held-out log-probabilities as logit - logsumexp (models.answer_scores)
 SETTINGS = ("model", "sample_space", "finetune")
 OPTIONAL_INPUTS = ()
 DISTRIBUTED = True

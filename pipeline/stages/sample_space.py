@@ -35,7 +35,7 @@ from pipeline.stages.finetune import adapter_of
 from pipeline.tables import TableError, read_table
 from pipeline.workdir import STATE_DIR, failpoint, log_work, write_json
 
-NAME, VERSION = "sample_space", 5  # 5: answers drawn by inverting the CDF (generation.sampler): new draws
+NAME, VERSION = "sample_space", 6  # 6: log-probabilities as logit - logsumexp (models.answer_scores): last bits move
 
 
 class Summary(TypedDict):
