@@ -186,10 +186,9 @@ def setup_device(mcfg: ModelConfig) -> str:
         # accelerate launch exports OMP_NUM_THREADS=1 unless told otherwise, which halved every
         # forward pass on a 2-core machine: use the cores this process's share of the machine has (the ones it
         # may run on: taskset, or a test worker's share)
-        from pipeline.parallel import local_world_size
+        from pipeline.parallel import cpu_share
 
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(mcfg.cpu_threads or max(1, cpus // local_world_size()))
+        torch.set_num_threads(mcfg.cpu_threads or cpu_share())
         keep_freed_buffers()
     return device
 

@@ -11,7 +11,8 @@ training or evaluation step of the Trainer with its backward pass, and the log-s
 vocabulary (scoring answers, the judge's label mass). `own` is the stage's wall time (meta.json's
 wall_s) less that: the pipeline's own work (designs, fits, caches, artifacts, reports, loading the model) and the
 libraries' around the model (tokenising, the Trainer's data preparation). Per stage: wall, model and own seconds,
-own ms per prompt, peak RSS, artifact and pair-cache size. The growth exponent is the least-squares slope of
+own ms per prompt, peak RSS (with the worker processes a stage starts, summed: TreeRss), artifact and pair-cache
+size. The growth exponent is the least-squares slope of
 log(own time, all stages) on log(P). The last line: `prompts=P own_ms_per_prompt=<worst stage> peak_rss_gb=<worst
 stage> exponent=<slope>`.
 
@@ -108,9 +109,48 @@ def child(args: list[str]) -> None:
                         (transformers.Trainer, "prediction_step"), (trl.DPOTrainer, "training_step"),
                         (trl.DPOTrainer, "prediction_step")):
         setattr(owner, name, counted(owner.__dict__.get(name, getattr(owner, name))))
+    watch = TreeRss()
     code = main(args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    watch.stop()
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, watch.peak) / 2**30  # KiB -> GiB
     print("BENCH " + json.dumps({"code": code, "model_s": timed["s"], "peak_rss_gb": peak}), flush=True)
+
+
+class TreeRss:
+    """The largest summed RSS of this process and its worker processes (parallel.pool_map), read from /proc every
+    50 ms. A worker's own ru_maxrss is no use: a spawned child counts the parent's pages it held between fork and
+    exec."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self._done = 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak = max(self.peak, sum(map(_rss, _tree(os.getpid()))))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+    except OSError:
+        return [pid]
+    return [pid, *(p for k in kids for p in _tree(k))]
+
+
+def _rss(pid: int) -> int:
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+    return int(line.split()[1]) * 1024
 
 
 def size_mb(paths) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
 
-from conftest import TINY, dataset_files, run_cli, run_main, stage_paths, tiny_config
+from conftest import TINY, dataset_files, run_cli, run_main, run_pipeline, stage_paths, tiny_config
 from pipeline.chains import CachedJudge, new_chains, run_chains
 from pipeline.stages.spmcmc import plan, prompt_groups, summarise
 
@@ -176,3 +176,26 @@ def test_chain_checkpoints_resume_under_another_number_of_processes(tmp_path, mo
     assert [c.step for c in chains] == [5, 5, 5, 5]
     assert sorted((r[0], r[1]) for r in rows) == [(c, s) for c in range(4) for s in (2, 5)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chains.rank0.json", "chains.rank1.json"]
+
+
+def test_each_prompts_figures_spread_over_worker_processes_give_the_same_artifact(tmp_path, monkeypatch):
+    """A large prompt set's per-prompt figures run in spawned worker processes (parallel.pool_map): forced here for 3
+    prompts on 2 workers, the spmcmc artifact is the same bytes as the one-process run's."""
+    from conftest import prompt_args, prompt_file
+    from pipeline import parallel
+    from pipeline.stages import spmcmc
+
+    args = [*prompt_args(prompt_file(tmp_path)), "stages=[sample_space,spmcmc]"]
+    run_pipeline(tiny_config(tmp_path / "one", *args))
+    spawned, real = [], parallel.pool_map
+
+    def counted(fn, items, min_items):
+        spawned.append(len(items))
+        return real(fn, items, min_items)
+
+    monkeypatch.setattr(spmcmc, "POOL_PROMPTS", 1)
+    monkeypatch.setattr(parallel, "cpu_share", lambda: 2)
+    monkeypatch.setattr(parallel, "pool_map", counted)
+    run_pipeline(tiny_config(tmp_path / "pool", *args))
+    assert spawned == [3]
+    assert dataset_files(stage_path(tmp_path / "pool", "spmcmc")) == dataset_files(stage_path(tmp_path / "one", "spmcmc"))
