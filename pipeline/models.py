@@ -197,7 +197,7 @@ def keep_freed_buffers() -> None:
     """Let glibc's malloc keep freed blocks of up to 32 MiB for reuse, rather than return each to the system: a
     forward pass on CPU allocates and frees vocabulary-sized tensors at every step (32 rows x 49,152 float64 =
     12 MiB), which glibc's adaptive thresholds mostly hand back to the kernel, so each is page-faulted in afresh.
-    Kept, a 32-answer chunk of the tiny model generated in 78 against 124-132 ms (docs/PERFORMANCE.md). Memory
+    Kept, a 32-answer chunk of the tiny model generated in 81 against 165 ms (docs/PERFORMANCE.md). Memory
     stays bounded: blocks over 32 MiB still go straight back, and the heap's free top is trimmed past 1 GiB.
     Nothing to do under another C library (no mallopt)."""
     import ctypes
@@ -344,8 +344,10 @@ def answer_scores(model, tok, prompt: str, answers: list[str], batch_size: int =
     answer that `finished` marks as cut off at max_new_tokens: it never ended), and self-certainty (mean
     KL(uniform || p) over the answer's positions, Kang et al. 2025).
 
-    Logits are computed for the answer positions only (`logits_to_keep`: the prompt is shared, so they are the
-    last positions of every row), in batches bounded by SCORING_BYTES: memory does not grow with the prompt.
+    Logits are computed only at the positions that predict the answer (`logits_to_keep` given those positions: the
+    prompt is shared, so they are the same in every row), in batches bounded by SCORING_BYTES: memory does not grow
+    with the prompt. Each token's log-probability is its logit less the position's logsumexp: no log-softmax copy of
+    every position x vocabulary (docs/PERFORMANCE.md).
     `distributed`: batch b on process b % K, the scores gathered to every process (the same batches: the same bits)."""
     import math
 
