@@ -1,4 +1,5 @@
-"""Which process am I, and the two collectives the pipeline needs (through accelerate).
+"""Which process am I, and the two collectives the pipeline needs (through accelerate); and `pool_map`, which
+spreads pure work over the cores of one process's share of the machine.
 
 Under `accelerate launch` or `torchrun` every process runs the whole pipeline; stages that are not
 distributed run on the main process while the others wait for the completion marker.
